@@ -1,0 +1,1 @@
+//! Protocol core for encrypted room state and shared history.

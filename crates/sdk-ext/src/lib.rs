@@ -1,0 +1,1 @@
+//! Encrypted room state and shared history for matrix-sdk apps.

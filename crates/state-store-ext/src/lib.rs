@@ -1,0 +1,1 @@
+//! Persistence for encrypted room state.

@@ -1,0 +1,20 @@
+//! Helpers for the integration suite and the demo scenario.
+//!
+//! Everything here talks to a real homeserver whose URL is in the `MATRIX_HOMESERVER_URL`
+//! environment variable; `cargo xtask test` and `cargo xtask demo` start a local Synapse and set
+//! it.
+
+pub mod demo;
+mod sync;
+mod user;
+
+pub use sync::{DEFAULT_TIMEOUT, sync_until, wait_until};
+pub use user::{TestUser, homeserver_url, unique_name};
+
+/// Sets up `tracing` output once per process, filtered by `RUST_LOG`, else by `default_filter`.
+pub fn init_tracing(default_filter: &str) {
+    use tracing_subscriber::EnvFilter;
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_test_writer().try_init();
+}

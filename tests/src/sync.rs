@@ -1,0 +1,55 @@
+//! Waiting on conditions with timeouts, never fixed sleeps.
+
+use std::{future::Future, time::Duration};
+
+use anyhow::{Result, bail};
+use matrix_sdk::{Client, config::SyncSettings};
+use tokio::time::Instant;
+
+/// The default time a test waits for a condition before failing.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Syncs `client` (long-polling, one second at a time) until `condition` holds, or fails after
+/// `timeout` naming `what` was awaited.
+pub async fn sync_until<F, Fut>(
+    client: &Client,
+    what: &str,
+    timeout: Duration,
+    mut condition: F,
+) -> Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if condition().await {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            bail!("timed out after {timeout:?} waiting for: {what}");
+        }
+        let settings = SyncSettings::default().timeout(Duration::from_secs(1));
+        tokio::time::timeout_at(deadline, client.sync_once(settings)).await.ok().transpose()?;
+    }
+}
+
+/// Polls `condition` (every 50 ms) until it holds, or fails after `timeout`; for conditions
+/// that change without a sync (for example a background task finishing).
+pub async fn wait_until<F, Fut>(what: &str, timeout: Duration, mut condition: F) -> Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    let mut tick = tokio::time::interval(Duration::from_millis(50));
+    loop {
+        if condition().await {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            bail!("timed out after {timeout:?} waiting for: {what}");
+        }
+        tick.tick().await;
+    }
+}

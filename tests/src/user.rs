@@ -1,0 +1,116 @@
+//! Registering uniquely named users on the test homeserver, each with a SQLite store.
+
+use std::{
+    sync::atomic::{AtomicU32, Ordering},
+    time::{SystemTime, UNIX_EPOCH},
+};
+
+use anyhow::{Context, Result, bail};
+use matrix_sdk::{
+    Client,
+    encryption::EncryptionSettings,
+    ruma::api::client::{
+        account::register::v3::Request as RegistrationRequest,
+        uiaa::{AuthData, Dummy, MatrixUserIdentifier, Password, UserIdentifier},
+    },
+};
+use tempfile::TempDir;
+
+/// The environment variable holding the homeserver's base URL.
+pub const URL_ENV: &str = "MATRIX_HOMESERVER_URL";
+
+/// The homeserver's URL, or an error telling how to get one.
+pub fn homeserver_url() -> Result<String> {
+    std::env::var(URL_ENV).with_context(|| {
+        format!(
+            "{URL_ENV} is not set: run the integration suite with `cargo xtask test`, or start a \
+             server with `cargo xtask synapse start` and export the URL it prints"
+        )
+    })
+}
+
+/// A user name that no other test, process or earlier run has used: `{prefix}-{time}-{pid}-{n}`.
+pub fn unique_name(prefix: &str) -> String {
+    static COUNTER: AtomicU32 = AtomicU32::new(0);
+    let millis = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis()).unwrap_or(0);
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    format!("{prefix}-{millis}-{}-{n}", std::process::id())
+}
+
+/// A registered, logged-in user with its own SQLite store in a temporary directory.
+#[derive(Debug)]
+pub struct TestUser {
+    /// The logged-in client.
+    pub client: Client,
+    /// The account password (also needed for user-interactive auth).
+    pub password: String,
+    /// Where the client's stores live; deleted when the user is dropped.
+    pub store_dir: TempDir,
+}
+
+impl TestUser {
+    /// Registers a new user whose name starts with `prefix`, logs it in with a fresh SQLite
+    /// store, and sets up its cross-signing identity.
+    pub async fn register(prefix: &str) -> Result<Self> {
+        let store_dir = tempfile::tempdir()?;
+        let username = unique_name(prefix);
+        let password = format!("{username}-password");
+        let client = Self::client_builder(&store_dir).await?.build().await?;
+
+        let mut request = RegistrationRequest::new();
+        request.username = Some(username.clone());
+        request.password = Some(password.clone());
+        request.auth = Some(AuthData::Dummy(Dummy::new()));
+        client
+            .matrix_auth()
+            .register(request)
+            .await
+            .with_context(|| format!("registering {username}"))?;
+        if !client.is_active() {
+            bail!("registering {username} did not log the client in");
+        }
+
+        let user = Self { client, password, store_dir };
+        user.bootstrap_cross_signing().await?;
+        Ok(user)
+    }
+
+    /// A client builder for the test homeserver, with a SQLite store in `dir`.
+    pub async fn client_builder(dir: &TempDir) -> Result<matrix_sdk::ClientBuilder> {
+        Ok(Client::builder()
+            .homeserver_url(homeserver_url()?)
+            .sqlite_store(dir.path(), None)
+            .with_encryption_settings(EncryptionSettings::default()))
+    }
+
+    /// Uploads cross-signing keys (if the account has none yet) and checks they are in place.
+    async fn bootstrap_cross_signing(&self) -> Result<()> {
+        let encryption = self.client.encryption();
+        if let Err(error) = encryption.bootstrap_cross_signing_if_needed(None).await {
+            // Servers that require user-interactive auth for the first upload get the password.
+            let Some(uiaa) = error.as_uiaa_response() else {
+                return Err(error).context("bootstrapping cross-signing");
+            };
+            let user_id = self.client.user_id().context("client is logged in")?;
+            let mut password = Password::new(
+                UserIdentifier::Matrix(MatrixUserIdentifier::new(user_id.to_string())),
+                self.password.clone(),
+            );
+            password.session = uiaa.session.clone();
+            encryption
+                .bootstrap_cross_signing(Some(AuthData::Password(password)))
+                .await
+                .context("bootstrapping cross-signing with a password")?;
+        }
+        let status = encryption.cross_signing_status().await.context("no cross-signing status")?;
+        if !status.is_complete() {
+            bail!("cross-signing is incomplete after bootstrap: {status:?}");
+        }
+        Ok(())
+    }
+
+    /// The user's Matrix ID.
+    pub fn user_id(&self) -> &matrix_sdk::ruma::UserId {
+        self.client.user_id().expect("a TestUser is always logged in")
+    }
+}

@@ -1,0 +1,145 @@
+//! `cargo xtask test` and `cargo xtask demo`.
+
+use std::{
+    path::Path,
+    sync::Mutex,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Result, bail};
+
+use crate::{
+    cmd,
+    synapse::{self, Synapse, URL_ENV},
+};
+
+/// The package holding the integration suite and the demo binary.
+const INTEGRATION_PACKAGE: &str = "integration-tests";
+
+/// The PID of the Synapse this process runs, for the Ctrl-C / SIGTERM handler.
+static RUNNING_PID: Mutex<Option<u32>> = Mutex::new(None);
+
+/// Stops the Synapse when dropped, whatever way the run ends (error, panic).
+struct SynapseGuard(Synapse);
+
+impl SynapseGuard {
+    fn start(root: &Path, label: &str) -> Result<Self> {
+        install_interrupt_handler();
+        let synapse = synapse::start(root, label)?;
+        *RUNNING_PID.lock().unwrap_or_else(|e| e.into_inner()) = Some(synapse.pid);
+        Ok(Self(synapse))
+    }
+}
+
+impl Drop for SynapseGuard {
+    fn drop(&mut self) {
+        if let Err(error) = self.0.stop() {
+            eprintln!("xtask: could not stop Synapse (pid {}): {error:#}", self.0.pid);
+        }
+        *RUNNING_PID.lock().unwrap_or_else(|e| e.into_inner()) = None;
+    }
+}
+
+fn install_interrupt_handler() {
+    static INSTALLED: std::sync::Once = std::sync::Once::new();
+    INSTALLED.call_once(|| {
+        let result = ctrlc::set_handler(|| {
+            let pid = *RUNNING_PID.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(pid) = pid {
+                eprintln!("\nxtask: interrupted, stopping Synapse (pid {pid})");
+                let _ = synapse::stop_pid(pid);
+            }
+            std::process::exit(130);
+        });
+        if let Err(error) = result {
+            eprintln!("xtask: warning: no interrupt handler ({error}); Ctrl-C may leave Synapse");
+        }
+    });
+}
+
+struct Step {
+    name: &'static str,
+    outcome: Result<()>,
+    took: Duration,
+}
+
+fn step(steps: &mut Vec<Step>, name: &'static str, f: impl FnOnce() -> Result<()>) -> bool {
+    println!("\n==> {name}");
+    let start = Instant::now();
+    let outcome = f();
+    let ok = outcome.is_ok();
+    if let Err(error) = &outcome {
+        eprintln!("xtask: {name} failed: {error:#}");
+    }
+    steps.push(Step { name, outcome, took: start.elapsed() });
+    ok
+}
+
+/// `cargo xtask test`: every check and suite; non-zero exit if any fails.
+pub fn run(root: &Path) -> Result<()> {
+    let started = Instant::now();
+    let mut steps = Vec::new();
+    let cargo = |args: &[&str]| cmd::run(root, "cargo", args, &[]);
+
+    step(&mut steps, "format check", || cargo(&["fmt", "--all", "--", "--check"]));
+    step(&mut steps, "clippy", || {
+        cargo(&["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"])
+    });
+    step(&mut steps, "unit tests and doc tests", || {
+        cargo(&["test", "--workspace", "--exclude", INTEGRATION_PACKAGE])
+    });
+    // Build before the server starts, so Synapse does not sit idle through a compile.
+    let built = step(&mut steps, "build the integration suite", || {
+        cargo(&["test", "--package", INTEGRATION_PACKAGE, "--no-run"])
+    });
+    if built {
+        step(&mut steps, "integration suite against Synapse", || {
+            let guard = SynapseGuard::start(root, "test")?;
+            let result = cmd::run(
+                root,
+                "cargo",
+                &["test", "--package", INTEGRATION_PACKAGE],
+                &[(URL_ENV, &guard.0.url)],
+            );
+            if result.is_err() {
+                eprintln!(
+                    "xtask: last Synapse log lines:\n{}",
+                    synapse::log_tail(&guard.0.dir, 30)
+                );
+            }
+            let dir = guard.0.dir.clone();
+            drop(guard);
+            if result.is_ok() {
+                // The run's data is only kept when something failed.
+                let _ = std::fs::remove_dir_all(dir);
+            }
+            result
+        });
+    }
+
+    println!("\n==> summary");
+    for step in &steps {
+        let verdict = if step.outcome.is_ok() { "ok    " } else { "FAILED" };
+        println!("  {verdict} {:<40} {:>7.1}s", step.name, step.took.as_secs_f64());
+    }
+    println!("  total {:.1}s", started.elapsed().as_secs_f64());
+    let failed: Vec<&str> = steps.iter().filter(|s| s.outcome.is_err()).map(|s| s.name).collect();
+    if !failed.is_empty() {
+        bail!("failed: {}", failed.join(", "));
+    }
+    Ok(())
+}
+
+/// `cargo xtask demo`: the example scenario against a local Synapse.
+pub fn demo(root: &Path) -> Result<()> {
+    cmd::run(root, "cargo", &["build", "--package", INTEGRATION_PACKAGE, "--bin", "demo"], &[])?;
+    let guard = SynapseGuard::start(root, "demo")?;
+    let result = cmd::run(
+        root,
+        "cargo",
+        &["run", "--quiet", "--package", INTEGRATION_PACKAGE, "--bin", "demo"],
+        &[(URL_ENV, &guard.0.url)],
+    );
+    drop(guard);
+    result
+}
