@@ -1,1 +1,31 @@
-//! Protocol core for encrypted room state and shared history.
+#![doc = include_str!("../README.md")]
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
+
+pub mod critical;
+mod error;
+pub mod identifiers;
+pub mod state_event;
+pub mod state_sessions;
+pub mod validation;
+
+pub use error::{
+    DecryptStateError, EncryptStateError, ImportKeyError, PackedStateKeyError, PayloadError,
+    PickleError,
+};
+pub use state_event::{PackedStateKey, StatePayload, StateSlot};
+pub use state_sessions::{
+    DecryptedState, EncryptedState, EncryptedStateEvent, InboundStateSession, KeyOrigin,
+    OutboundStateSession, OwnDevice,
+};
+pub use validation::{
+    AcceptedState, DecryptionFacts, Provenance, RejectedState, RejectionReason, SessionOwner,
+    ValidationInput, Verdict, validate,
+};
+
+/// Converts a JSON value into a `Raw` of any type.
+pub(crate) fn to_raw<T>(value: &serde_json::Value) -> ruma::serde::Raw<T> {
+    // Serialising a `serde_json::Value` cannot fail: its keys are strings and its numbers finite.
+    #[allow(clippy::expect_used)]
+    let json = serde_json::value::to_raw_value(value).expect("a JSON value always serialises");
+    ruma::serde::Raw::from_json(json)
+}

@@ -1,0 +1,52 @@
+//! State types that are never encrypted, and never honoured when they arrive encrypted.
+//!
+//! Servers need these to authorise events (MSC3414, MSC4362), and the review of MSC3414 adds
+//! `m.room.server_acl` and `m.room.tombstone`. The same list guards the send side (refuse to
+//! encrypt) and the receive side (record as rejected, never apply).
+
+/// The critical state types (DESIGN section 5).
+pub const CRITICAL_STATE_TYPES: &[&str] = &[
+    "m.room.create",
+    "m.room.member",
+    "m.room.join_rules",
+    "m.room.power_levels",
+    "m.room.third_party_invite",
+    "m.room.history_visibility",
+    "m.room.guest_access",
+    "m.room.encryption",
+    "m.room.server_acl",
+    "m.room.tombstone",
+];
+
+/// State types that are not critical but stay in plaintext unless the app opts in, because
+/// servers read them (space hierarchies).
+pub const PLAINTEXT_BY_DEFAULT: &[&str] = &["m.space.child", "m.space.parent"];
+
+/// Whether `event_type` is critical state.
+pub fn is_critical(event_type: &str) -> bool {
+    CRITICAL_STATE_TYPES.contains(&event_type)
+}
+
+/// Whether `event_type` stays in plaintext unless the app explicitly asks to encrypt it.
+pub fn is_plaintext_by_default(event_type: &str) -> bool {
+    PLAINTEXT_BY_DEFAULT.contains(&event_type)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lists_are_disjoint_and_cover_the_design() {
+        for t in PLAINTEXT_BY_DEFAULT {
+            assert!(!is_critical(t));
+        }
+        assert_eq!(CRITICAL_STATE_TYPES.len(), 10);
+        assert!(is_critical("m.room.tombstone"));
+        assert!(is_critical("m.room.server_acl"));
+        assert!(!is_critical("m.room.name"));
+        assert!(!is_critical("m.room.topic"));
+        // Exact match only: a custom type that merely starts with a critical name is not critical.
+        assert!(!is_critical("m.room.member.extra"));
+    }
+}

@@ -1,0 +1,105 @@
+//! Errors, one enum per operation family.
+
+use thiserror::Error;
+
+/// A packed state key that cannot be built or accepted.
+#[derive(Debug, Error, Clone, PartialEq, Eq)]
+pub enum PackedStateKeyError {
+    /// `{type}:{state_key}` is longer than the server allows for a state key.
+    #[error("the packed state key is {length} bytes long, the limit is {max}")]
+    TooLong {
+        /// The length the packed key would have.
+        length: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// The outer state key has no `:` and so cannot be a packed key.
+    #[error("the packed state key has no ':' separator")]
+    MissingSeparator,
+}
+
+/// A decrypted plaintext that is not a state payload.
+#[derive(Debug, Error)]
+pub enum PayloadError {
+    /// Not JSON, or missing / mistyped fields.
+    #[error("the decrypted payload is not a state payload: {0}")]
+    Json(#[source] serde_json::Error),
+    /// `content` is not a JSON object.
+    #[error("the decrypted payload's content is not a JSON object")]
+    ContentNotAnObject,
+}
+
+/// Refusal to encrypt a state event.
+#[derive(Debug, Error)]
+pub enum EncryptStateError {
+    /// The type is critical state, which must stay in plaintext (DESIGN section 5).
+    #[error("{event_type} is critical state and is never encrypted")]
+    CriticalType {
+        /// The refused type.
+        event_type: String,
+    },
+    /// The packed state key is invalid.
+    #[error(transparent)]
+    PackedStateKey(#[from] PackedStateKeyError),
+    /// The session was used for another slot or room (a caller bug, refused to keep slots apart).
+    #[error("this state session belongs to another slot or room")]
+    WrongSession,
+}
+
+/// Failure to decrypt an encrypted state event with the sessions we hold.
+#[derive(Debug, Error)]
+pub enum DecryptStateError {
+    /// The event is not an `m.megolm.v1.aes-sha2` encrypted state event.
+    #[error("malformed encrypted state event: {0}")]
+    Malformed(String),
+    /// We hold no session with this id; the event waits as pending.
+    #[error("no state session {session_id}")]
+    MissingSession {
+        /// The unknown session.
+        session_id: String,
+    },
+    /// The session we hold starts after the event's message index (a newcomer's key).
+    #[error(
+        "the session {session_id} is only known from index {first_known}, the event is at {index}"
+    )]
+    UnknownIndex {
+        /// The session.
+        session_id: String,
+        /// The first index we can decrypt.
+        first_known: u32,
+        /// The event's index.
+        index: u32,
+    },
+    /// The ciphertext failed authentication.
+    #[error("decryption failed: {0}")]
+    Decryption(#[from] vodozemac::megolm::DecryptionError),
+}
+
+/// Failure to import an exported state key.
+#[derive(Debug, Error)]
+pub enum ImportKeyError {
+    /// The algorithm is not Megolm v1.
+    #[error("unsupported algorithm {0}")]
+    UnsupportedAlgorithm(String),
+    /// The session id does not belong to the exported key.
+    #[error("the session id {claimed} does not match the key's {actual}")]
+    SessionIdMismatch {
+        /// The id the export claims.
+        claimed: String,
+        /// The id of the key it carries.
+        actual: String,
+    },
+    /// The key is for another room than the one it is imported for.
+    #[error("the key is for room {found}, not {expected}")]
+    WrongRoom {
+        /// The room we import for.
+        expected: String,
+        /// The room the key names.
+        found: String,
+    },
+}
+
+/// A pickle that cannot be restored.
+#[derive(Debug, Error)]
+#[error("cannot restore a state session from its pickle: {0}")]
+pub struct PickleError(#[from] pub serde_json::Error);

@@ -1,0 +1,241 @@
+//! A state session we can decrypt with: our own, or one imported from an export (bundle, key
+//! share).
+
+use matrix_sdk_crypto::{olm::ExportedRoomKey, types::EventEncryptionAlgorithm};
+use ruma::{OwnedRoomId, OwnedUserId, RoomId};
+use serde::{Deserialize, Serialize};
+use vodozemac::{
+    Curve25519PublicKey,
+    megolm::{InboundGroupSession, InboundGroupSessionPickle, SessionConfig, SessionOrdering},
+};
+
+use super::{EncryptedStateEvent, OutboundStateSession, OwnDevice};
+use crate::error::{DecryptStateError, ImportKeyError, PickleError};
+
+/// How we came to hold a session's key; recorded for attribution ("shared by Alice").
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum KeyOrigin {
+    /// We created the session.
+    Own,
+    /// The session's creator sent us the key (`m.room_key` over Olm).
+    Direct,
+    /// The key came in a room-key bundle (MSC4268) from `shared_by`.
+    Bundle {
+        /// Who uploaded the bundle.
+        shared_by: OwnedUserId,
+    },
+    /// The key came in answer to a key request, from `shared_by`.
+    KeyShare {
+        /// Who answered.
+        shared_by: OwnedUserId,
+    },
+}
+
+impl KeyOrigin {
+    /// The user who shared the key, when it did not come from its creator.
+    pub fn shared_by(&self) -> Option<&OwnedUserId> {
+        match self {
+            Self::Bundle { shared_by } | Self::KeyShare { shared_by } => Some(shared_by),
+            Self::Own | Self::Direct => None,
+        }
+    }
+}
+
+/// The result of decrypting an encrypted state event with a session we hold.
+#[derive(Clone, Debug)]
+pub struct DecryptedState {
+    /// The decrypted plaintext (a state payload, not yet validated).
+    pub plaintext: String,
+    /// The session id.
+    pub session_id: String,
+    /// The event's index in the session.
+    pub message_index: u32,
+    /// The Curve25519 key of the device that created the session, to be checked against the
+    /// event sender's devices.
+    pub sender_key: Curve25519PublicKey,
+    /// How we got the key.
+    pub key_origin: KeyOrigin,
+}
+
+/// An inbound state session bound to one room.
+pub struct InboundStateSession {
+    room_id: OwnedRoomId,
+    session: InboundGroupSession,
+    sender_key: Curve25519PublicKey,
+    key_origin: KeyOrigin,
+}
+
+impl std::fmt::Debug for InboundStateSession {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("InboundStateSession")
+            .field("room_id", &self.room_id)
+            .field("session_id", &self.session.session_id())
+            .field("first_known_index", &self.session.first_known_index())
+            .field("key_origin", &self.key_origin)
+            .finish_non_exhaustive()
+    }
+}
+
+impl InboundStateSession {
+    /// Our own copy of an outbound state session.
+    pub fn from_outbound(outbound: &OutboundStateSession, own: &OwnDevice) -> Self {
+        Self {
+            room_id: outbound.room_id().to_owned(),
+            session: outbound.inbound_copy(),
+            sender_key: own.curve25519,
+            key_origin: KeyOrigin::Own,
+        }
+    }
+
+    /// Imports an exported key for `room_id`.
+    ///
+    /// # Errors
+    ///
+    /// [`ImportKeyError`] when the key is for another room, not Megolm v1, or its session id
+    /// does not match the key it carries.
+    pub fn import(
+        room_id: &RoomId,
+        key: &ExportedRoomKey,
+        key_origin: KeyOrigin,
+    ) -> Result<Self, ImportKeyError> {
+        if key.algorithm != EventEncryptionAlgorithm::MegolmV1AesSha2 {
+            return Err(ImportKeyError::UnsupportedAlgorithm(key.algorithm.to_string()));
+        }
+        if key.room_id != room_id {
+            return Err(ImportKeyError::WrongRoom {
+                expected: room_id.to_string(),
+                found: key.room_id.to_string(),
+            });
+        }
+        let session = InboundGroupSession::import(&key.session_key, SessionConfig::version_1());
+        if session.session_id() != key.session_id {
+            return Err(ImportKeyError::SessionIdMismatch {
+                claimed: key.session_id.clone(),
+                actual: session.session_id(),
+            });
+        }
+        Ok(Self { room_id: room_id.to_owned(), session, sender_key: key.sender_key, key_origin })
+    }
+
+    /// Keeps whichever of `self` and `other` (the same session) reaches further back, so that an
+    /// import never loses the ability to decrypt an event we could read before. Returns whether
+    /// `other` replaced `self`.
+    pub fn merge(&mut self, mut other: Self) -> bool {
+        match self.session.compare(&mut other.session) {
+            SessionOrdering::Worse => {
+                *self = other;
+                true
+            }
+            SessionOrdering::Better | SessionOrdering::Equal | SessionOrdering::Unconnected => {
+                false
+            }
+        }
+    }
+
+    /// The session id.
+    pub fn session_id(&self) -> String {
+        self.session.session_id()
+    }
+
+    /// The room the session is bound to.
+    pub fn room_id(&self) -> &RoomId {
+        &self.room_id
+    }
+
+    /// The first index this session decrypts.
+    pub fn first_known_index(&self) -> u32 {
+        self.session.first_known_index()
+    }
+
+    /// How we got the key.
+    pub fn key_origin(&self) -> &KeyOrigin {
+        &self.key_origin
+    }
+
+    /// Decrypts an encrypted state event of this session.
+    ///
+    /// # Errors
+    ///
+    /// [`DecryptStateError::MissingSession`] if the event uses another session,
+    /// [`DecryptStateError::UnknownIndex`] if it precedes our first known index,
+    /// [`DecryptStateError::Decryption`] if the ciphertext does not authenticate.
+    pub fn decrypt(
+        &mut self,
+        event: &EncryptedStateEvent,
+    ) -> Result<DecryptedState, DecryptStateError> {
+        if event.session_id != self.session.session_id() {
+            return Err(DecryptStateError::MissingSession { session_id: event.session_id.clone() });
+        }
+        if event.message_index < self.session.first_known_index() {
+            return Err(DecryptStateError::UnknownIndex {
+                session_id: event.session_id.clone(),
+                first_known: self.session.first_known_index(),
+                index: event.message_index,
+            });
+        }
+        let decrypted = self.session.decrypt(&event.message)?;
+        Ok(DecryptedState {
+            plaintext: String::from_utf8_lossy(&decrypted.plaintext).into_owned(),
+            session_id: event.session_id.clone(),
+            message_index: decrypted.message_index,
+            sender_key: self.sender_key,
+            key_origin: self.key_origin.clone(),
+        })
+    }
+
+    /// A serialisable snapshot for the store (which encrypts it at rest).
+    pub fn pickle(&self) -> InboundStateSessionPickle {
+        InboundStateSessionPickle {
+            room_id: self.room_id.clone(),
+            session: self.session.pickle(),
+            sender_key: self.sender_key,
+            key_origin: self.key_origin.clone(),
+        }
+    }
+
+    /// Restores a session from [`InboundStateSession::pickle`].
+    pub fn from_pickle(pickle: InboundStateSessionPickle) -> Self {
+        Self {
+            room_id: pickle.room_id,
+            session: InboundGroupSession::from_pickle(pickle.session),
+            sender_key: pickle.sender_key,
+            key_origin: pickle.key_origin,
+        }
+    }
+}
+
+/// The serialised form of an [`InboundStateSession`]. Holds key material: store it only
+/// encrypted.
+#[derive(Serialize, Deserialize)]
+pub struct InboundStateSessionPickle {
+    room_id: OwnedRoomId,
+    session: InboundGroupSessionPickle,
+    sender_key: Curve25519PublicKey,
+    key_origin: KeyOrigin,
+}
+
+impl std::fmt::Debug for InboundStateSessionPickle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("InboundStateSessionPickle")
+            .field("room_id", &self.room_id)
+            .field("key_origin", &self.key_origin)
+            .finish_non_exhaustive()
+    }
+}
+
+impl InboundStateSessionPickle {
+    /// Serialises the pickle to JSON.
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).unwrap_or_default()
+    }
+
+    /// Parses a pickle serialised with [`InboundStateSessionPickle::to_json`].
+    ///
+    /// # Errors
+    ///
+    /// [`PickleError`] if the JSON is not such a pickle.
+    pub fn from_json(json: &str) -> Result<Self, PickleError> {
+        Ok(serde_json::from_str(json)?)
+    }
+}

@@ -1,0 +1,67 @@
+//! What the decrypting party established about the session behind an event.
+
+use matrix_sdk_common::deserialized_responses::{
+    EncryptionInfo, VerificationLevel, VerificationState,
+};
+use ruma::{OwnedDeviceId, OwnedUserId};
+use serde::{Deserialize, Serialize};
+
+use crate::state_sessions::KeyOrigin;
+
+/// Who created the Megolm session, as far as the decrypting party knows.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum SessionOwner {
+    /// A device of `user_id` whose keys match the session's sender key.
+    Device {
+        /// The device's owner.
+        user_id: OwnedUserId,
+        /// The device, when known.
+        device_id: Option<OwnedDeviceId>,
+        /// Its verification state when the event was decrypted.
+        verification: VerificationState,
+    },
+    /// A device of another user than the event's sender (or of an unnamed other user).
+    OtherUser {
+        /// That user, when known.
+        user_id: Option<OwnedUserId>,
+    },
+    /// No known device has the session's sender key.
+    Unknown,
+}
+
+/// Facts about the decryption of one event, gathered by whoever decrypted it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DecryptionFacts {
+    /// Who created the session.
+    pub session_owner: SessionOwner,
+    /// How we got the session's key.
+    pub key_origin: KeyOrigin,
+}
+
+impl DecryptionFacts {
+    /// Facts from the [`EncryptionInfo`] of an event decrypted by a matrix-sdk `OlmMachine`
+    /// (`Room::decrypt_event`, `OlmMachine::decrypt_room_event`).
+    ///
+    /// The machine reports a session whose device belongs to someone else than the sender as
+    /// [`VerificationLevel::MismatchedSender`], and a device it does not know as
+    /// [`VerificationLevel::None`] with a link problem.
+    pub fn from_encryption_info(info: &EncryptionInfo) -> Self {
+        let session_owner = match &info.verification_state {
+            VerificationState::Unverified(VerificationLevel::MismatchedSender) => {
+                SessionOwner::OtherUser { user_id: None }
+            }
+            VerificationState::Unverified(VerificationLevel::None(_)) => SessionOwner::Unknown,
+            verification => SessionOwner::Device {
+                user_id: info.sender.clone(),
+                device_id: info.sender_device.clone(),
+                verification: verification.clone(),
+            },
+        };
+        let key_origin = match &info.forwarder {
+            Some(forwarder) => KeyOrigin::Bundle { shared_by: forwarder.user_id.clone() },
+            None => KeyOrigin::Direct,
+        };
+        Self { session_owner, key_origin }
+    }
+}

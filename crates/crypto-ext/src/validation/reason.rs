@@ -1,0 +1,76 @@
+//! Why a decrypted state event was rejected.
+
+use ruma::{OwnedRoomId, OwnedUserId};
+use serde::{Deserialize, Serialize};
+
+/// The reason a decrypted state event never reaches the room's view. Stored with the event.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[serde(tag = "reason", rename_all = "snake_case")]
+pub enum RejectionReason {
+    /// Rule 1: the Megolm session was created by a device of another user than the sender.
+    #[error("the session was not created by a device of the sender (owner: {owner:?})")]
+    SessionNotFromSender {
+        /// The user owning the session's device, when known.
+        owner: Option<OwnedUserId>,
+    },
+    /// Rule 1: no known device of anyone has the session's key; retried when device lists
+    /// change (see [`RejectionReason::is_transient`]).
+    #[error("the device that created the session is unknown")]
+    SenderDeviceUnknown,
+    /// Rule 2: the plaintext is not a state payload.
+    #[error("the decrypted payload is malformed: {detail}")]
+    MalformedPayload {
+        /// What is wrong with it.
+        detail: String,
+    },
+    /// Rule 2: the outer packed state key is not `{type}:{state_key}` of the plaintext.
+    #[error(
+        "packed state key {packed_state_key:?} does not match ({inner_type}, {inner_state_key:?})"
+    )]
+    PackedKeyMismatch {
+        /// The outer state key.
+        packed_state_key: String,
+        /// The inner type.
+        inner_type: String,
+        /// The inner state key.
+        inner_state_key: String,
+    },
+    /// Rule 2: the plaintext names another room.
+    #[error("the payload is for room {found}, not {expected}")]
+    WrongRoom {
+        /// The room the event arrived in.
+        expected: OwnedRoomId,
+        /// The room the payload names.
+        found: OwnedRoomId,
+    },
+    /// Rule 3: the inner type is critical state, never honoured when encrypted.
+    #[error("{event_type} is critical state and is never honoured when encrypted")]
+    CriticalType {
+        /// The inner type.
+        event_type: String,
+    },
+    /// Rule 4: the sender's power level is below what the room requires for the inner type.
+    #[error("sending {event_type} needs power level {required}, the sender has {actual}")]
+    InsufficientPower {
+        /// The inner type.
+        event_type: String,
+        /// The level the room requires.
+        required: i64,
+        /// The sender's level.
+        actual: i64,
+    },
+    /// Rule 4: the state key names a user other than the sender.
+    #[error("the state key {state_key:?} belongs to another user than the sender")]
+    StateKeyOfOtherUser {
+        /// The inner state key.
+        state_key: String,
+    },
+}
+
+impl RejectionReason {
+    /// Whether the rejection may be lifted by new information about devices, so the event is
+    /// worth validating again when the sender's devices change.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, Self::SenderDeviceUnknown)
+    }
+}
