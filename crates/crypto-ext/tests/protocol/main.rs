@@ -1,0 +1,6 @@
+//! Protocol tests with in-process `OlmMachine`s wired together in memory: no server, no sleeps.
+
+mod interop;
+mod machines;
+mod rejections;
+mod sessions;

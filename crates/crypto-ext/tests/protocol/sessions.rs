@@ -1,0 +1,244 @@
+//! Dedicated state sessions: ratchet, rotation, exports for newcomers, pickles, no leaks.
+
+use assert_matches::assert_matches;
+use crypto_ext::{
+    DecryptStateError, EncryptStateError, InboundStateSession, KeyOrigin, OutboundStateSession,
+    PackedStateKeyError,
+    state_sessions::{InboundStateSessionPickle, OutboundStateSessionPickle},
+};
+use matrix_sdk_crypto::MegolmError;
+use ruma::{room_id, user_id};
+use serde_json::{Value, json};
+
+use crate::machines::*;
+
+#[tokio::test]
+async fn each_update_ratchets_the_slot_session() {
+    let alice = peer("@alice:example.org", "ALICEDEVICE").await;
+    let room = room_id!("!room:example.org");
+    let name = slot("m.room.name", "");
+    let mut session = OutboundStateSession::new(room, name.clone()).unwrap();
+    let id = session.session_id();
+    let first =
+        session.encrypt(&alice.own_device(), room, &name, content(json!({"name": "a"}))).unwrap();
+    let second =
+        session.encrypt(&alice.own_device(), room, &name, content(json!({"name": "b"}))).unwrap();
+    assert_eq!((first.message_index, second.message_index), (0, 1));
+    assert_eq!((first.session_id.as_str(), second.session_id.as_str()), (id.as_str(), id.as_str()));
+    assert_eq!(session.current_index(), Some(1));
+}
+
+#[tokio::test]
+async fn a_session_serves_one_slot_of_one_room_and_never_critical_state() {
+    let alice = peer("@alice:example.org", "ALICEDEVICE").await;
+    let room = room_id!("!room:example.org");
+    let mut session = OutboundStateSession::new(room, slot("m.room.name", "")).unwrap();
+    let other_slot = slot("m.room.topic", "");
+    assert_matches!(
+        session.encrypt(&alice.own_device(), room, &other_slot, content(json!({}))),
+        Err(EncryptStateError::WrongSession)
+    );
+    assert_matches!(
+        session.encrypt(
+            &alice.own_device(),
+            room_id!("!other:example.org"),
+            &slot("m.room.name", ""),
+            content(json!({}))
+        ),
+        Err(EncryptStateError::WrongSession)
+    );
+    assert_matches!(
+        OutboundStateSession::new(room, slot("m.room.power_levels", "")),
+        Err(EncryptStateError::CriticalType { event_type }) if event_type == "m.room.power_levels"
+    );
+    assert_matches!(
+        OutboundStateSession::new(room, slot("org.example", &"k".repeat(300))),
+        Err(EncryptStateError::PackedStateKey(PackedStateKeyError::TooLong { .. }))
+    );
+}
+
+#[tokio::test]
+async fn rotation_gives_a_new_session_the_departed_member_cannot_read() {
+    let mut alice = peer("@alice:example.org", "ALICEDEVICE").await;
+    let mut bob = peer("@bob:example.org", "BOBDEVICE").await;
+    mesh(&mut [&mut alice, &mut bob]).await;
+    let room = room_id!("!room:example.org");
+    let name = slot("m.room.name", "");
+    let mut session = OutboundStateSession::new(room, name.clone()).unwrap();
+    let room_key: Value = session.room_key_content().deserialize_as_unchecked().unwrap();
+    send_to_device(&alice, "m.room_key", &room_key, &[&bob]).await;
+    let before =
+        session.encrypt(&alice.own_device(), room, &name, content(json!({"name": "a"}))).unwrap();
+
+    // Bob leaves: the slot rotates and the new key goes to nobody.
+    let old_id = session.session_id();
+    session.rotate();
+    assert_ne!(session.session_id(), old_id);
+    assert_eq!(session.current_index(), None);
+    let after =
+        session.encrypt(&alice.own_device(), room, &name, content(json!({"name": "b"}))).unwrap();
+    assert_eq!(after.message_index, 0);
+
+    let raw_before =
+        state_event(room, alice.user_id(), before.packed_state_key.as_str(), &before.content);
+    let raw_after =
+        state_event(room, alice.user_id(), after.packed_state_key.as_str(), &after.content);
+    bob.machine
+        .decrypt_room_event(raw_before.cast_ref_unchecked(), room, &settings())
+        .await
+        .unwrap();
+    assert_matches!(
+        bob.machine.decrypt_room_event(raw_after.cast_ref_unchecked(), room, &settings()).await,
+        Err(MegolmError::MissingRoomKey(_))
+    );
+}
+
+#[tokio::test]
+async fn a_newcomer_given_the_slot_at_index_n_cannot_read_index_n_minus_1() {
+    let alice = peer("@alice:example.org", "ALICEDEVICE").await;
+    let room = room_id!("!room:example.org");
+    let name = slot("m.room.name", "");
+    let own = alice.own_device();
+    let mut session = OutboundStateSession::new(room, name.clone()).unwrap();
+    assert!(session.export_current(&own).is_none(), "nothing to export before the first update");
+    let old = session.encrypt(&own, room, &name, content(json!({"name": "Old name"}))).unwrap();
+    let current = session.encrypt(&own, room, &name, content(json!({"name": "Current"}))).unwrap();
+
+    let export = session.export_current(&own).unwrap();
+    assert_eq!(export.room_id, room);
+    assert!(export.shared_history);
+    let origin = KeyOrigin::Bundle { shared_by: alice.user_id().to_owned() };
+    let mut carol = InboundStateSession::import(room, &export, origin.clone()).unwrap();
+    assert_eq!(carol.first_known_index(), 1);
+
+    let raw_current =
+        state_event(room, alice.user_id(), current.packed_state_key.as_str(), &current.content);
+    let decrypted = carol.decrypt(&parse(&raw_current)).unwrap();
+    assert!(decrypted.plaintext.contains("Current"));
+    assert_eq!(decrypted.key_origin, origin);
+    assert_eq!(decrypted.sender_key, own.curve25519);
+
+    let raw_old = state_event(room, alice.user_id(), old.packed_state_key.as_str(), &old.content);
+    assert_matches!(
+        carol.decrypt(&parse(&raw_old)),
+        Err(DecryptStateError::UnknownIndex { first_known: 1, index: 0, .. })
+    );
+
+    // A stock machine given the same export cannot read the old value either.
+    let stock = peer("@carol:example.org", "CAROLDEVICE").await;
+    stock.machine.store().import_exported_room_keys(vec![export], |_, _| {}).await.unwrap();
+    stock
+        .machine
+        .decrypt_room_event(raw_current.cast_ref_unchecked(), room, &settings())
+        .await
+        .unwrap();
+    assert!(
+        stock
+            .machine
+            .decrypt_room_event(raw_old.cast_ref_unchecked(), room, &settings())
+            .await
+            .is_err()
+    );
+}
+
+#[tokio::test]
+async fn imports_are_bound_to_their_room_and_keep_the_earliest_index() {
+    let alice = peer("@alice:example.org", "ALICEDEVICE").await;
+    let room = room_id!("!room:example.org");
+    let name = slot("m.room.name", "");
+    let own = alice.own_device();
+    let mut session = OutboundStateSession::new(room, name.clone()).unwrap();
+    session.encrypt(&own, room, &name, content(json!({"name": "a"}))).unwrap();
+    let at_zero = session.export_current(&own).unwrap();
+    session.encrypt(&own, room, &name, content(json!({"name": "b"}))).unwrap();
+    let at_one = session.export_current(&own).unwrap();
+
+    let origin = || KeyOrigin::KeyShare { shared_by: user_id!("@dan:example.org").to_owned() };
+    assert_matches!(
+        InboundStateSession::import(room_id!("!elsewhere:example.org"), &at_one, origin()),
+        Err(crypto_ext::ImportKeyError::WrongRoom { .. })
+    );
+    let mut held = InboundStateSession::import(room, &at_one, origin()).unwrap();
+    assert!(held.merge(InboundStateSession::import(room, &at_zero, origin()).unwrap()));
+    assert_eq!(held.first_known_index(), 0);
+    assert!(!held.merge(InboundStateSession::import(room, &at_one, origin()).unwrap()));
+    assert_eq!(held.first_known_index(), 0);
+}
+
+#[tokio::test]
+async fn pickles_round_trip_and_keep_ratcheting() {
+    let alice = peer("@alice:example.org", "ALICEDEVICE").await;
+    let room = room_id!("!room:example.org");
+    let name = slot("m.room.name", "");
+    let own = alice.own_device();
+    let mut session = OutboundStateSession::new(room, name.clone()).unwrap();
+    let first = session.encrypt(&own, room, &name, content(json!({"name": "a"}))).unwrap();
+    let mine = InboundStateSession::from_outbound(&session, &own);
+
+    let json = session.pickle().to_json();
+    let mut restored =
+        OutboundStateSession::from_pickle(OutboundStateSessionPickle::from_json(&json).unwrap());
+    assert_eq!(restored.session_id(), session.session_id());
+    assert_eq!(restored.current_index(), Some(0));
+    let second = restored.encrypt(&own, room, &name, content(json!({"name": "b"}))).unwrap();
+    assert_eq!(second.message_index, 1);
+
+    let mut mine = InboundStateSession::from_pickle(
+        InboundStateSessionPickle::from_json(&mine.pickle().to_json()).unwrap(),
+    );
+    assert_eq!(mine.key_origin(), &KeyOrigin::Own);
+    for encrypted in [&first, &second] {
+        let raw = state_event(
+            room,
+            alice.user_id(),
+            encrypted.packed_state_key.as_str(),
+            &encrypted.content,
+        );
+        mine.decrypt(&parse(&raw)).unwrap();
+    }
+    assert!(OutboundStateSessionPickle::from_json("{}").is_err());
+}
+
+#[tokio::test]
+async fn debug_output_holds_no_key_material() {
+    let alice = peer("@alice:example.org", "ALICEDEVICE").await;
+    let room = room_id!("!room:example.org");
+    let name = slot("m.room.name", "");
+    let mut session = OutboundStateSession::new(room, name.clone()).unwrap();
+    session.encrypt(&alice.own_device(), room, &name, content(json!({"name": "a"}))).unwrap();
+    let room_key: Value = session.room_key_content().deserialize_as_unchecked().unwrap();
+    let session_key = room_key["session_key"].as_str().unwrap().to_owned();
+    let export = session.export_current(&alice.own_device()).unwrap();
+    let exported_key = export.session_key.to_base64();
+    let inbound = InboundStateSession::import(room, &export, KeyOrigin::Direct).unwrap();
+
+    for debug in [
+        format!("{session:?}"),
+        format!("{:?}", session.pickle()),
+        format!("{inbound:?}"),
+        format!("{:?}", inbound.pickle()),
+    ] {
+        assert!(!debug.contains(&session_key), "{debug}");
+        assert!(!debug.contains(&exported_key), "{debug}");
+        assert!(!debug.contains("ratchet"), "{debug}");
+    }
+}
+
+#[test]
+fn room_key_content_shape() {
+    let session =
+        OutboundStateSession::new(room_id!("!room:example.org"), slot("m.room.topic", "")).unwrap();
+    let value: Value = session.room_key_content().deserialize_as_unchecked().unwrap();
+    insta::assert_json_snapshot!(value, {
+        ".session_id" => "[session id]",
+        ".session_key" => "[session key]",
+    }, @r###"
+    {
+      "algorithm": "m.megolm.v1.aes-sha2",
+      "org.matrix.msc3061.shared_history": true,
+      "room_id": "!room:example.org",
+      "session_id": "[session id]",
+      "session_key": "[session key]"
+    }
+    "###);
+}
