@@ -21,6 +21,7 @@ pub use validation::{
     AcceptedState, DecryptionFacts, Provenance, RejectedState, RejectionReason, SessionOwner,
     ValidationInput, Verdict, validate,
 };
+pub use vodozemac;
 
 /// Converts a JSON value into a `Raw` of any type.
 pub(crate) fn to_raw<T>(value: &serde_json::Value) -> ruma::serde::Raw<T> {

@@ -1,1 +1,20 @@
-//! Persistence for encrypted room state.
+#![doc = include_str!("../README.md")]
+
+mod changes;
+mod error;
+mod memory;
+pub mod records;
+mod sqlite;
+mod traits;
+
+#[cfg(test)]
+mod integration_tests;
+
+pub use changes::StateChanges;
+pub use error::{Result, StoreError};
+pub use memory::MemoryStateStore;
+pub use records::{
+    KeyRequest, PendingBundle, PendingEvent, SessionEventRef, StateOrigin, StateRecord,
+};
+pub use sqlite::{DATABASE_FILE, SCHEMA_VERSION, SqliteStateStore, SqliteStoreConfig};
+pub use traits::StateStore;

@@ -187,6 +187,7 @@ impl InboundStateSession {
     /// A serialisable snapshot for the store (which encrypts it at rest).
     pub fn pickle(&self) -> InboundStateSessionPickle {
         InboundStateSessionPickle {
+            session_id: self.session.session_id(),
             room_id: self.room_id.clone(),
             session: self.session.pickle(),
             sender_key: self.sender_key,
@@ -209,6 +210,7 @@ impl InboundStateSession {
 /// encrypted.
 #[derive(Serialize, Deserialize)]
 pub struct InboundStateSessionPickle {
+    session_id: String,
     room_id: OwnedRoomId,
     session: InboundGroupSessionPickle,
     sender_key: Curve25519PublicKey,
@@ -218,6 +220,7 @@ pub struct InboundStateSessionPickle {
 impl std::fmt::Debug for InboundStateSessionPickle {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("InboundStateSessionPickle")
+            .field("session_id", &self.session_id)
             .field("room_id", &self.room_id)
             .field("key_origin", &self.key_origin)
             .finish_non_exhaustive()
@@ -225,6 +228,16 @@ impl std::fmt::Debug for InboundStateSessionPickle {
 }
 
 impl InboundStateSessionPickle {
+    /// The id of the pickled session.
+    pub fn session_id(&self) -> String {
+        self.session_id.clone()
+    }
+
+    /// The room of the pickled session.
+    pub fn room_id(&self) -> &RoomId {
+        &self.room_id
+    }
+
     /// Serialises the pickle to JSON.
     pub fn to_json(&self) -> String {
         serde_json::to_string(self).unwrap_or_default()

@@ -266,6 +266,16 @@ impl std::fmt::Debug for OutboundStateSessionPickle {
 }
 
 impl OutboundStateSessionPickle {
+    /// The room of the pickled session.
+    pub fn room_id(&self) -> &RoomId {
+        &self.room_id
+    }
+
+    /// The slot of the pickled session.
+    pub fn slot(&self) -> &StateSlot {
+        &self.slot
+    }
+
     /// Serialises the pickle to JSON.
     pub fn to_json(&self) -> String {
         serde_json::to_string(self).unwrap_or_default()

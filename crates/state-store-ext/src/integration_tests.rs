@@ -1,0 +1,374 @@
+//! One test suite for every backend: `state_store_integration_tests!(backend_expr)` expands to
+//! the tests, run against stores built by the expression (a `TestBackend`).
+
+use std::path::PathBuf;
+
+use crypto_ext::{
+    KeyOrigin, Provenance, RejectedState, RejectionReason, StateSlot,
+    state_sessions::{InboundStateSession, OutboundStateSession, OwnDevice},
+};
+use ruma::{MilliSecondsSinceUnixEpoch, OwnedRoomId, RoomId, UInt, device_id, serde::Raw, user_id};
+use serde_json::json;
+
+use crate::{StateOrigin, StateRecord};
+
+/// How a suite gets stores: fresh ones, and (for persistent backends) the same one reopened.
+pub(crate) struct TestBackend {
+    pub dir: Option<tempfile::TempDir>,
+    pub passphrase: Option<&'static str>,
+}
+
+impl TestBackend {
+    pub fn memory() -> Self {
+        Self { dir: None, passphrase: None }
+    }
+
+    pub fn sqlite(passphrase: Option<&'static str>) -> Self {
+        Self { dir: Some(tempfile::tempdir().unwrap()), passphrase }
+    }
+
+    pub fn path(&self) -> Option<PathBuf> {
+        self.dir.as_ref().map(|d| d.path().to_owned())
+    }
+
+    /// Opens the store (a memory backend gives a fresh store each time).
+    pub async fn open(&self) -> Box<dyn crate::StateStore> {
+        match self.path() {
+            Some(path) => {
+                Box::new(crate::SqliteStateStore::open(path, self.passphrase).await.unwrap())
+            }
+            None => Box::new(crate::MemoryStateStore::new()),
+        }
+    }
+}
+
+pub(crate) fn room(n: u8) -> OwnedRoomId {
+    RoomId::parse(format!("!room{n}:example.org")).unwrap()
+}
+
+pub(crate) fn ts(ms: u64) -> MilliSecondsSinceUnixEpoch {
+    MilliSecondsSinceUnixEpoch(UInt::try_from(ms).unwrap())
+}
+
+pub(crate) fn name_slot() -> StateSlot {
+    StateSlot::new("m.room.name", "")
+}
+
+pub(crate) fn provenance(event_id: &str, ms: u64) -> Provenance {
+    Provenance {
+        event_id: event_id.try_into().unwrap(),
+        sender: user_id!("@alice:example.org").to_owned(),
+        origin_server_ts: ts(ms),
+        session_id: "session".to_owned(),
+        message_index: 0,
+        sender_device: Some(device_id!("ALICEDEVICE").to_owned()),
+        verification: None,
+        key_origin: KeyOrigin::Bundle { shared_by: user_id!("@bob:example.org").to_owned() },
+    }
+}
+
+pub(crate) fn encrypted(
+    room_id: &RoomId,
+    slot: &StateSlot,
+    event_id: &str,
+    ms: u64,
+    name: &str,
+) -> StateRecord {
+    StateRecord {
+        room_id: room_id.to_owned(),
+        slot: slot.clone(),
+        content: Raw::new(&json!({ "name": name })).unwrap().cast_unchecked(),
+        origin: StateOrigin::Encrypted(provenance(event_id, ms)),
+    }
+}
+
+pub(crate) fn plaintext(
+    room_id: &RoomId,
+    slot: &StateSlot,
+    event_id: &str,
+    ms: u64,
+    name: &str,
+) -> StateRecord {
+    StateRecord {
+        room_id: room_id.to_owned(),
+        slot: slot.clone(),
+        content: Raw::new(&json!({ "name": name })).unwrap().cast_unchecked(),
+        origin: StateOrigin::Plaintext {
+            event_id: event_id.try_into().unwrap(),
+            sender: user_id!("@alice:example.org").to_owned(),
+            origin_server_ts: ts(ms),
+        },
+    }
+}
+
+pub(crate) fn rejected(room_id: &RoomId, event_id: &str) -> RejectedState {
+    RejectedState {
+        room_id: room_id.to_owned(),
+        event_id: event_id.try_into().unwrap(),
+        sender: user_id!("@mallory:example.org").to_owned(),
+        origin_server_ts: ts(5),
+        packed_state_key: "m.room.tombstone:".to_owned(),
+        session_id: "s".to_owned(),
+        message_index: 3,
+        reason: RejectionReason::CriticalType { event_type: "m.room.tombstone".to_owned() },
+    }
+}
+
+pub(crate) fn own_device() -> OwnDevice {
+    let account = vodozemac_account();
+    OwnDevice {
+        user_id: user_id!("@alice:example.org").to_owned(),
+        device_id: device_id!("ALICEDEVICE").to_owned(),
+        curve25519: account.0,
+        ed25519: account.1,
+    }
+}
+
+fn vodozemac_account()
+-> (crypto_ext::vodozemac::Curve25519PublicKey, crypto_ext::vodozemac::Ed25519PublicKey) {
+    let account = crypto_ext::vodozemac::olm::Account::new();
+    (account.curve25519_key(), account.ed25519_key())
+}
+
+pub(crate) fn content(name: &str) -> Raw<ruma::events::AnyStateEventContent> {
+    Raw::new(&json!({ "name": name })).unwrap().cast_unchecked()
+}
+
+pub(crate) fn sessions(room_id: &RoomId) -> (OutboundStateSession, InboundStateSession) {
+    let outbound = OutboundStateSession::new(room_id, name_slot()).unwrap();
+    let inbound = InboundStateSession::from_outbound(&outbound, &own_device());
+    (outbound, inbound)
+}
+
+macro_rules! state_store_integration_tests {
+    ($backend:expr) => {
+        mod state_store_integration_tests {
+            use ruma::{event_id, user_id};
+
+            use crate::{
+                KeyRequest, PendingBundle, PendingEvent, SessionEventRef, StateChanges,
+                integration_tests::*,
+            };
+            #[allow(unused_imports)]
+            use super::*;
+
+            fn backend() -> TestBackend {
+                $backend
+            }
+
+            #[tokio::test]
+            async fn newest_event_holds_the_slot_and_every_event_is_kept() {
+                let backend = backend();
+                let store = backend.open().await;
+                let (r1, r2, slot) = (room(1), room(2), name_slot());
+                for (id, ms, name) in [("$a", 10, "A"), ("$c", 30, "C"), ("$b", 20, "B")] {
+                    let changes = StateChanges {
+                        state: vec![encrypted(&r1, &slot, id, ms, name)],
+                        ..Default::default()
+                    };
+                    store.save_changes(changes).await.unwrap();
+                }
+                store
+                    .save_changes(StateChanges {
+                        state: vec![encrypted(&r2, &slot, "$other", 99, "Other room")],
+                        ..Default::default()
+                    })
+                    .await
+                    .unwrap();
+
+                let current = store.current_state(&r1, &slot).await.unwrap().unwrap();
+                assert_eq!(current.event_id(), "$c");
+                let history = store.slot_history(&r1, &slot).await.unwrap();
+                let ids: Vec<&str> = history.iter().map(|r| r.event_id().as_str()).collect();
+                assert_eq!(ids, ["$a", "$b", "$c"]);
+                let state = store.room_state(&r1).await.unwrap();
+                assert_eq!(state.len(), 1);
+                assert_eq!(state[0].provenance().unwrap().key_origin.shared_by().unwrap(), "@bob:example.org");
+                assert!(store.current_state(&r1, &ruma_slot("m.room.topic")).await.unwrap().is_none());
+            }
+
+            fn ruma_slot(t: &str) -> crypto_ext::StateSlot {
+                crypto_ext::StateSlot::new(t, "")
+            }
+
+            #[tokio::test]
+            async fn plaintext_and_encrypted_copies_resolve_by_timestamp_then_event_id() {
+                let backend = backend();
+                let store = backend.open().await;
+                let (r, slot) = (room(1), name_slot());
+                let changes = StateChanges {
+                    state: vec![
+                        encrypted(&r, &slot, "$enc", 30, "Encrypted"),
+                        plaintext(&r, &slot, "$plain", 40, "Stale plaintext? no, newer"),
+                    ],
+                    ..Default::default()
+                };
+                store.save_changes(changes).await.unwrap();
+                assert_eq!(store.current_state(&r, &slot).await.unwrap().unwrap().event_id(), "$plain");
+
+                // Same timestamp: the greater event id wins, whatever the order of arrival.
+                let changes = StateChanges {
+                    state: vec![
+                        encrypted(&r, &slot, "$zz", 50, "Z"),
+                        plaintext(&r, &slot, "$yy", 50, "Y"),
+                    ],
+                    ..Default::default()
+                };
+                store.save_changes(changes).await.unwrap();
+                assert_eq!(store.current_state(&r, &slot).await.unwrap().unwrap().event_id(), "$zz");
+            }
+
+            #[tokio::test]
+            async fn rejections_are_kept_with_their_reason_until_the_event_is_accepted() {
+                let backend = backend();
+                let store = backend.open().await;
+                let r = room(1);
+                let changes = StateChanges {
+                    rejected: vec![rejected(&r, "$bad"), rejected(&r, "$later-ok")],
+                    ..Default::default()
+                };
+                store.save_changes(changes).await.unwrap();
+                let mut found = store.rejected_events(&r).await.unwrap();
+                found.sort_by(|a, b| a.event_id.cmp(&b.event_id));
+                assert_eq!(found, vec![rejected(&r, "$bad"), rejected(&r, "$later-ok")]);
+                assert!(store.rejected_events(&room(2)).await.unwrap().is_empty());
+
+                let changes = StateChanges {
+                    state: vec![encrypted(&r, &name_slot(), "$later-ok", 10, "ok")],
+                    ..Default::default()
+                };
+                store.save_changes(changes).await.unwrap();
+                assert_eq!(store.rejected_events(&r).await.unwrap(), vec![rejected(&r, "$bad")]);
+            }
+
+            #[tokio::test]
+            async fn pending_events_by_session_and_room() {
+                let backend = backend();
+                let store = backend.open().await;
+                let pending = |room_id: &ruma::RoomId, id: &str, session: &str| PendingEvent {
+                    room_id: room_id.to_owned(),
+                    event_id: id.try_into().unwrap(),
+                    session_id: session.to_owned(),
+                    message_index: 2,
+                    event: ruma::serde::Raw::new(&serde_json::json!({ "event_id": id }))
+                        .unwrap()
+                        .cast_unchecked(),
+                };
+                let changes = StateChanges {
+                    pending: vec![
+                        pending(&room(1), "$p1", "s1"),
+                        pending(&room(1), "$p2", "s2"),
+                        pending(&room(2), "$p3", "s1"),
+                    ],
+                    ..Default::default()
+                };
+                store.save_changes(changes).await.unwrap();
+                assert_eq!(store.pending_for_session("s1").await.unwrap().len(), 2);
+                assert_eq!(store.pending_in_room(&room(1)).await.unwrap().len(), 2);
+
+                let changes = StateChanges {
+                    resolved_pending: vec![("s1".to_owned(), event_id!("$p1").to_owned())],
+                    ..Default::default()
+                };
+                store.save_changes(changes).await.unwrap();
+                let left = store.pending_for_session("s1").await.unwrap();
+                assert_eq!(left.len(), 1);
+                assert_eq!(left[0].event_id, "$p3");
+                assert_eq!(left[0].message_index, 2);
+            }
+
+            #[tokio::test]
+            async fn session_index_maps_to_its_event() {
+                let backend = backend();
+                let store = backend.open().await;
+                let mapping = SessionEventRef {
+                    session_id: "s".to_owned(),
+                    message_index: 7,
+                    room_id: room(1),
+                    event_id: event_id!("$seven").to_owned(),
+                    slot: name_slot(),
+                };
+                store
+                    .save_changes(StateChanges { session_events: vec![mapping.clone()], ..Default::default() })
+                    .await
+                    .unwrap();
+                assert_eq!(store.session_event("s", 7).await.unwrap(), Some(mapping));
+                assert_eq!(store.session_event("s", 6).await.unwrap(), None);
+            }
+
+            #[tokio::test]
+            async fn state_sessions_survive_a_round_trip_and_stay_usable() {
+                let backend = backend();
+                let store = backend.open().await;
+                let r = room(1);
+                let (mut outbound, inbound) = sessions(&r);
+                let session_id = outbound.session_id();
+                let own = own_device();
+                outbound.encrypt(&own, &r, &name_slot(), content("before")).unwrap();
+                store
+                    .save_changes(StateChanges {
+                        outbound_sessions: vec![outbound.pickle()],
+                        inbound_sessions: vec![inbound.pickle()],
+                        ..Default::default()
+                    })
+                    .await
+                    .unwrap();
+
+                let pickle = store.outbound_session(&r, &name_slot()).await.unwrap().unwrap();
+                let mut restored = crypto_ext::OutboundStateSession::from_pickle(pickle);
+                assert_eq!(restored.session_id(), session_id);
+                let next = restored.encrypt(&own, &r, &name_slot(), content("after")).unwrap();
+                assert_eq!(next.message_index, 1);
+                assert_eq!(store.outbound_sessions(&r).await.unwrap().len(), 1);
+                assert!(store.outbound_sessions(&room(2)).await.unwrap().is_empty());
+
+                let inbound = store.inbound_session(&session_id).await.unwrap().unwrap();
+                let inbound = crypto_ext::InboundStateSession::from_pickle(inbound);
+                assert_eq!(inbound.key_origin(), &crypto_ext::KeyOrigin::Own);
+                assert!(store.inbound_session("unknown").await.unwrap().is_none());
+            }
+
+            #[tokio::test]
+            async fn bundles_and_key_requests_are_kept_until_removed() {
+                let backend = backend();
+                let store = backend.open().await;
+                let r = room(1);
+                let bundle = PendingBundle {
+                    room_id: r.clone(),
+                    sender: user_id!("@alice:example.org").to_owned(),
+                    sender_device: None,
+                    file: serde_json::json!({ "url": "mxc://example.org/abc" }),
+                    received_at: ts(1),
+                };
+                let request = KeyRequest {
+                    room_id: r.clone(),
+                    session_id: "s".to_owned(),
+                    first_requested_at: ts(2),
+                    attempts: 1,
+                };
+                store
+                    .save_changes(StateChanges {
+                        pending_bundles: vec![bundle.clone()],
+                        key_requests: vec![request.clone()],
+                        ..Default::default()
+                    })
+                    .await
+                    .unwrap();
+                assert_eq!(store.pending_bundles(&r).await.unwrap(), vec![bundle.clone()]);
+                assert_eq!(store.key_requests(&r).await.unwrap(), vec![request]);
+                store
+                    .save_changes(StateChanges {
+                        removed_bundles: vec![(r.clone(), bundle.sender.clone())],
+                        removed_key_requests: vec![(r.clone(), "s".to_owned())],
+                        ..Default::default()
+                    })
+                    .await
+                    .unwrap();
+                assert!(store.pending_bundles(&r).await.unwrap().is_empty());
+                assert!(store.key_requests(&r).await.unwrap().is_empty());
+            }
+        }
+    };
+}
+
+pub(crate) use state_store_integration_tests;

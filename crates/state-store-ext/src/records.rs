@@ -1,0 +1,157 @@
+//! The records the store keeps.
+
+use crypto_ext::{
+    Provenance, StateSlot,
+    validation::resolution::{SlotOrder, replaces},
+};
+use ruma::{
+    MilliSecondsSinceUnixEpoch, OwnedDeviceId, OwnedEventId, OwnedRoomId, OwnedUserId,
+    events::{AnyStateEventContent, AnySyncStateEvent},
+    serde::Raw,
+};
+use serde::{Deserialize, Serialize};
+
+/// Where a slot value came from.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum StateOrigin {
+    /// A decrypted and validated `m.room.encrypted` state event.
+    Encrypted(Provenance),
+    /// The plaintext copy of the slot (state sent in clear, e.g. before the room switched to
+    /// encrypted state).
+    Plaintext {
+        /// The event id.
+        event_id: OwnedEventId,
+        /// The sender.
+        sender: OwnedUserId,
+        /// The server timestamp.
+        origin_server_ts: MilliSecondsSinceUnixEpoch,
+    },
+}
+
+/// An authorised state value of a slot.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct StateRecord {
+    /// The room.
+    pub room_id: OwnedRoomId,
+    /// The slot.
+    pub slot: StateSlot,
+    /// The content.
+    pub content: Raw<AnyStateEventContent>,
+    /// Where it came from.
+    pub origin: StateOrigin,
+}
+
+impl StateRecord {
+    /// The event id.
+    pub fn event_id(&self) -> &OwnedEventId {
+        match &self.origin {
+            StateOrigin::Encrypted(provenance) => &provenance.event_id,
+            StateOrigin::Plaintext { event_id, .. } => event_id,
+        }
+    }
+
+    /// The sender.
+    pub fn sender(&self) -> &OwnedUserId {
+        match &self.origin {
+            StateOrigin::Encrypted(provenance) => &provenance.sender,
+            StateOrigin::Plaintext { sender, .. } => sender,
+        }
+    }
+
+    /// The server timestamp.
+    pub fn origin_server_ts(&self) -> MilliSecondsSinceUnixEpoch {
+        match &self.origin {
+            StateOrigin::Encrypted(provenance) => provenance.origin_server_ts,
+            StateOrigin::Plaintext { origin_server_ts, .. } => *origin_server_ts,
+        }
+    }
+
+    /// The provenance, for a decrypted value.
+    pub fn provenance(&self) -> Option<&Provenance> {
+        match &self.origin {
+            StateOrigin::Encrypted(provenance) => Some(provenance),
+            StateOrigin::Plaintext { .. } => None,
+        }
+    }
+
+    /// The slot ordering key (newest wins).
+    pub fn order(&self) -> SlotOrder<'_> {
+        SlotOrder::new(self.origin_server_ts(), self.event_id())
+    }
+
+    /// Whether this record takes the slot from `current`.
+    pub fn replaces(&self, current: Option<&StateRecord>) -> bool {
+        replaces(self.order(), current.map(StateRecord::order))
+    }
+}
+
+impl From<crypto_ext::AcceptedState> for StateRecord {
+    fn from(accepted: crypto_ext::AcceptedState) -> Self {
+        Self {
+            room_id: accepted.room_id,
+            slot: accepted.slot,
+            content: accepted.content,
+            origin: StateOrigin::Encrypted(accepted.provenance),
+        }
+    }
+}
+
+/// An encrypted state event we cannot decrypt yet, waiting for its session's key.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct PendingEvent {
+    /// The room.
+    pub room_id: OwnedRoomId,
+    /// The event id.
+    pub event_id: OwnedEventId,
+    /// The session whose key is missing.
+    pub session_id: String,
+    /// The event's index in it.
+    pub message_index: u32,
+    /// The event as received, to retry later.
+    pub event: Raw<AnySyncStateEvent>,
+}
+
+/// Which state event a Megolm session index encrypted (to answer key requests at the right
+/// index, and to find what a late key unlocks).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionEventRef {
+    /// The session.
+    pub session_id: String,
+    /// The ratchet index.
+    pub message_index: u32,
+    /// The room.
+    pub room_id: OwnedRoomId,
+    /// The event.
+    pub event_id: OwnedEventId,
+    /// The slot it writes.
+    pub slot: StateSlot,
+}
+
+/// A room-key bundle announcement (MSC4268) kept until the user accepts the invite.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PendingBundle {
+    /// The room the bundle is for.
+    pub room_id: OwnedRoomId,
+    /// Who sent the announcement.
+    pub sender: OwnedUserId,
+    /// The device that sent it.
+    pub sender_device: Option<OwnedDeviceId>,
+    /// The `EncryptedFile` of the bundle (URL, key, hashes).
+    pub file: serde_json::Value,
+    /// When it arrived.
+    pub received_at: MilliSecondsSinceUnixEpoch,
+}
+
+/// An outstanding request for state keys.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyRequest {
+    /// The room.
+    pub room_id: OwnedRoomId,
+    /// The session whose key we lack.
+    pub session_id: String,
+    /// When it was first asked for.
+    pub first_requested_at: MilliSecondsSinceUnixEpoch,
+    /// How many times it was asked for.
+    pub attempts: u32,
+}

@@ -1,0 +1,94 @@
+//! Encoding of keys and values: hashed keys and sealed, encrypted values when the store has a
+//! passphrase; plain length-prefixed keys and JSON values when it has none.
+//!
+//! The cipher has no associated data, so a value copied into another row would still decrypt.
+//! Every value therefore carries its logical key, checked on read.
+
+use matrix_sdk_store_encryption::StoreCipher;
+use serde::{Deserialize, Serialize, de::DeserializeOwned};
+
+use crate::{Result, StoreError};
+
+pub(crate) struct Codec {
+    cipher: Option<StoreCipher>,
+}
+
+impl std::fmt::Debug for Codec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Codec").field("encrypted", &self.cipher.is_some()).finish()
+    }
+}
+
+#[derive(Serialize)]
+struct SealRef<'a, T> {
+    k: &'a [&'a str],
+    v: &'a T,
+}
+
+#[derive(Deserialize)]
+struct Sealed<T> {
+    k: Vec<String>,
+    v: T,
+}
+
+impl Codec {
+    pub(crate) fn new(cipher: Option<StoreCipher>) -> Self {
+        Self { cipher }
+    }
+
+    pub(crate) fn is_encrypted(&self) -> bool {
+        self.cipher.is_some()
+    }
+
+    /// The lookup key of `parts` in `table`.
+    pub(crate) fn key(&self, table: &str, parts: &[&str]) -> Vec<u8> {
+        let mut bytes = Vec::new();
+        for part in parts {
+            bytes.extend_from_slice(&(part.len() as u32).to_be_bytes());
+            bytes.extend_from_slice(part.as_bytes());
+        }
+        match &self.cipher {
+            Some(cipher) => cipher.hash_key(table, &bytes).to_vec(),
+            None => bytes,
+        }
+    }
+
+    /// Seals `value` together with its logical key.
+    pub(crate) fn seal<T: Serialize>(&self, parts: &[&str], value: &T) -> Result<Vec<u8>> {
+        let sealed = SealRef { k: parts, v: value };
+        Ok(match &self.cipher {
+            Some(cipher) => cipher.encrypt_value(&sealed)?,
+            None => serde_json::to_vec(&sealed)?,
+        })
+    }
+
+    /// Opens a sealed value and checks that its logical key satisfies `expect`.
+    pub(crate) fn open<T: DeserializeOwned>(
+        &self,
+        table: &'static str,
+        bytes: &[u8],
+        expect: impl FnOnce(&[String]) -> bool,
+    ) -> Result<T> {
+        let sealed: Sealed<T> = match &self.cipher {
+            Some(cipher) => cipher.decrypt_value(bytes)?,
+            None => serde_json::from_slice(bytes)?,
+        };
+        if !expect(&sealed.k) {
+            return Err(StoreError::Corrupted {
+                table,
+                detail: "a record is stored under another key than its own".to_owned(),
+            });
+        }
+        Ok(sealed.v)
+    }
+}
+
+/// A key check for point lookups: the stored logical key must be exactly `parts`.
+pub(crate) fn exactly<'a>(parts: &'a [&'a str]) -> impl FnOnce(&[String]) -> bool + 'a {
+    move |k| k.len() == parts.len() && k.iter().zip(parts).all(|(a, b)| a == b)
+}
+
+/// A key check for scans: the stored logical key must start with `prefix`.
+pub(crate) fn starting_with<'a>(prefix: &'a [&'a str]) -> impl FnOnce(&[String]) -> bool + 'a {
+    move |k| k.len() >= prefix.len() && k.iter().zip(prefix).all(|(a, b)| a == b)
+}

@@ -1,0 +1,562 @@
+//! The SQLite backend: one file in the app's data directory, values encrypted at rest.
+
+mod codec;
+mod migrations;
+
+use std::{
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex},
+};
+
+use async_trait::async_trait;
+use crypto_ext::{
+    RejectedState, StateSlot,
+    state_sessions::{InboundStateSessionPickle, OutboundStateSessionPickle},
+};
+use matrix_sdk_store_encryption::StoreCipher;
+use ruma::RoomId;
+use rusqlite::{Connection, OptionalExtension, Transaction, params};
+
+use self::codec::{Codec, exactly, starting_with};
+pub use self::migrations::SCHEMA_VERSION;
+use crate::{
+    Result, StateChanges, StateStore, StoreError,
+    records::{KeyRequest, PendingBundle, PendingEvent, SessionEventRef, StateRecord},
+};
+
+/// The database file's name inside the store directory.
+pub const DATABASE_FILE: &str = "matrix-state-ext.sqlite3";
+
+/// How to open a [`SqliteStateStore`].
+#[derive(Clone)]
+pub struct SqliteStoreConfig {
+    /// The directory holding the database (created if missing).
+    pub path: PathBuf,
+    /// The passphrase that encrypts values at rest. `None` stores values in clear: room names,
+    /// topics and room ids are then readable by anyone who can read the file.
+    pub passphrase: Option<String>,
+    /// Stop migrating at this schema version (for migration tests and tooling); `None` means
+    /// the latest.
+    pub stop_at_version: Option<u32>,
+}
+
+impl std::fmt::Debug for SqliteStoreConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteStoreConfig")
+            .field("path", &self.path)
+            .field("passphrase", &self.passphrase.as_ref().map(|_| "<redacted>"))
+            .field("stop_at_version", &self.stop_at_version)
+            .finish()
+    }
+}
+
+impl SqliteStoreConfig {
+    /// A store in `path`, encrypted with `passphrase` if given.
+    pub fn new(path: impl Into<PathBuf>, passphrase: Option<&str>) -> Self {
+        Self { path: path.into(), passphrase: passphrase.map(str::to_owned), stop_at_version: None }
+    }
+}
+
+/// A [`StateStore`] in SQLite. Each [`StateStore::save_changes`] is one transaction.
+#[derive(Debug, Clone)]
+pub struct SqliteStateStore {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    conn: Mutex<Connection>,
+    codec: Codec,
+}
+
+const KV_CIPHER: &str = "cipher";
+const KV_CREATED: &str = "created";
+
+impl SqliteStateStore {
+    /// Opens (or creates) the store in the directory `path`; see [`SqliteStoreConfig`].
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::PassphraseRequired`] / [`StoreError::NotEncrypted`] when the passphrase
+    /// does not fit how the store was created, [`StoreError::Encryption`] for a wrong
+    /// passphrase, [`StoreError::DatabaseTooNew`] for a file written by a newer version.
+    pub async fn open(path: impl AsRef<Path>, passphrase: Option<&str>) -> Result<Self> {
+        Self::open_with_config(SqliteStoreConfig::new(path.as_ref(), passphrase)).await
+    }
+
+    /// Opens (or creates) the store as `config` says.
+    ///
+    /// # Errors
+    ///
+    /// As [`SqliteStateStore::open`].
+    pub async fn open_with_config(config: SqliteStoreConfig) -> Result<Self> {
+        tokio::task::spawn_blocking(move || Self::open_blocking(config)).await?
+    }
+
+    fn open_blocking(config: SqliteStoreConfig) -> Result<Self> {
+        std::fs::create_dir_all(&config.path)?;
+        let mut conn = Connection::open(config.path.join(DATABASE_FILE))?;
+        conn.pragma_update(None, "journal_mode", "wal")?;
+        conn.pragma_update(None, "synchronous", "normal")?;
+        conn.pragma_update(None, "foreign_keys", "on")?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        migrations::migrate(&mut conn, config.stop_at_version.unwrap_or(SCHEMA_VERSION))?;
+
+        let kv = |conn: &Connection, key: &str| -> Result<Option<Vec<u8>>> {
+            Ok(conn
+                .query_row("SELECT value FROM kv WHERE key = ?1", [key], |row| row.get(0))
+                .optional()?)
+        };
+        let stored_cipher = kv(&conn, KV_CIPHER)?;
+        let created = kv(&conn, KV_CREATED)?.is_some();
+        let cipher = match (stored_cipher, config.passphrase.as_deref()) {
+            (Some(exported), Some(passphrase)) => Some(StoreCipher::import(passphrase, &exported)?),
+            (Some(_), None) => return Err(StoreError::PassphraseRequired),
+            (None, Some(_)) if created => return Err(StoreError::NotEncrypted),
+            (None, Some(passphrase)) => {
+                let cipher = StoreCipher::new()?;
+                let exported = cipher.export(passphrase)?;
+                conn.execute(
+                    "INSERT INTO kv (key, value) VALUES (?1, ?2)",
+                    params![KV_CIPHER, exported],
+                )?;
+                Some(cipher)
+            }
+            (None, None) => None,
+        };
+        if !created {
+            conn.execute(
+                "INSERT INTO kv (key, value) VALUES (?1, ?2)",
+                params![KV_CREATED, [1u8]],
+            )?;
+        }
+        Ok(Self { inner: Arc::new(Inner { conn: Mutex::new(conn), codec: Codec::new(cipher) }) })
+    }
+
+    /// Whether values are encrypted at rest.
+    pub fn is_encrypted(&self) -> bool {
+        self.inner.codec.is_encrypted()
+    }
+
+    /// The schema version of the open database.
+    pub async fn schema_version(&self) -> Result<u32> {
+        self.with_conn(|conn, _| migrations::version(conn)).await
+    }
+
+    async fn with_conn<T, F>(&self, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection, &Codec) -> Result<T> + Send + 'static,
+    {
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut conn = inner.conn.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            f(&mut conn, &inner.codec)
+        })
+        .await?
+    }
+}
+
+fn slot_parts<'a>(room_id: &'a str, slot: &'a StateSlot) -> [&'a str; 3] {
+    [room_id, slot.event_type.as_str(), slot.state_key.as_str()]
+}
+
+fn save(tx: &Transaction<'_>, codec: &Codec, changes: StateChanges) -> Result<()> {
+    for record in changes.state {
+        let room = record.room_id.as_str();
+        let parts = slot_parts(room, &record.slot);
+        let event_id = record.event_id().as_str().to_owned();
+        let room_key = codec.key("state.room", &[room]);
+        let slot_key = codec.key("state.slot", &parts);
+
+        tx.execute(
+            "DELETE FROM rejected_event WHERE room = ?1 AND event = ?2",
+            params![room_key, codec.key("rejected.event", &[room, &event_id])],
+        )?;
+
+        let current: Option<Vec<u8>> = tx
+            .query_row(
+                "SELECT value FROM current_state WHERE room = ?1 AND slot = ?2",
+                params![room_key, slot_key],
+                |row| row.get(0),
+            )
+            .optional()?;
+        let current: Option<StateRecord> = current
+            .map(|bytes| codec.open("current_state", &bytes, exactly(&parts)))
+            .transpose()?;
+        let sealed_current = codec.seal(&parts, &record)?;
+        if record.replaces(current.as_ref()) {
+            tx.execute(
+                "INSERT OR REPLACE INTO current_state (room, slot, value) VALUES (?1, ?2, ?3)",
+                params![room_key, slot_key, sealed_current],
+            )?;
+        }
+        let event_parts = [parts[0], parts[1], parts[2], event_id.as_str()];
+        tx.execute(
+            "INSERT OR REPLACE INTO state_event (room, slot, event, value) VALUES (?1, ?2, ?3, ?4)",
+            params![
+                room_key,
+                slot_key,
+                codec.key("state.event", &[room, &event_id]),
+                codec.seal(&event_parts, &record)?
+            ],
+        )?;
+    }
+    for rejected in changes.rejected {
+        let parts = [rejected.room_id.as_str(), rejected.event_id.as_str()];
+        tx.execute(
+            "INSERT OR REPLACE INTO rejected_event (room, event, value) VALUES (?1, ?2, ?3)",
+            params![
+                codec.key("state.room", &parts[..1]),
+                codec.key("rejected.event", &parts),
+                codec.seal(&parts, &rejected)?
+            ],
+        )?;
+    }
+    for pending in changes.pending {
+        let parts = [pending.session_id.as_str(), pending.event_id.as_str()];
+        tx.execute(
+            "INSERT OR REPLACE INTO pending_event (session, event, room, value) \
+             VALUES (?1, ?2, ?3, ?4)",
+            params![
+                codec.key("pending.session", &parts[..1]),
+                codec.key("pending.event", &parts),
+                codec.key("state.room", &[pending.room_id.as_str()]),
+                codec.seal(&parts, &pending)?
+            ],
+        )?;
+    }
+    for (session_id, event_id) in changes.resolved_pending {
+        let parts = [session_id.as_str(), event_id.as_str()];
+        tx.execute(
+            "DELETE FROM pending_event WHERE session = ?1 AND event = ?2",
+            params![codec.key("pending.session", &parts[..1]), codec.key("pending.event", &parts)],
+        )?;
+    }
+    for mapping in changes.session_events {
+        let index = mapping.message_index.to_string();
+        let parts = [mapping.session_id.as_str(), index.as_str()];
+        tx.execute(
+            "INSERT OR REPLACE INTO session_event (key, value) VALUES (?1, ?2)",
+            params![codec.key("session_event", &parts), codec.seal(&parts, &mapping)?],
+        )?;
+    }
+    for pickle in changes.outbound_sessions {
+        let parts = slot_parts(pickle.room_id().as_str(), pickle.slot());
+        tx.execute(
+            "INSERT OR REPLACE INTO outbound_session (room, slot, value) VALUES (?1, ?2, ?3)",
+            params![
+                codec.key("state.room", &parts[..1]),
+                codec.key("outbound.slot", &parts),
+                codec.seal(&parts, &pickle.to_json())?
+            ],
+        )?;
+    }
+    for pickle in changes.inbound_sessions {
+        let session_id = pickle.session_id();
+        let parts = [session_id.as_str()];
+        tx.execute(
+            "INSERT OR REPLACE INTO inbound_session (session, value) VALUES (?1, ?2)",
+            params![codec.key("inbound.session", &parts), codec.seal(&parts, &pickle.to_json())?],
+        )?;
+    }
+    for bundle in changes.pending_bundles {
+        let parts = [bundle.room_id.as_str(), bundle.sender.as_str()];
+        tx.execute(
+            "INSERT OR REPLACE INTO pending_bundle (room, sender, value) VALUES (?1, ?2, ?3)",
+            params![
+                codec.key("state.room", &parts[..1]),
+                codec.key("bundle.sender", &parts),
+                codec.seal(&parts, &bundle)?
+            ],
+        )?;
+    }
+    for (room_id, sender) in changes.removed_bundles {
+        let parts = [room_id.as_str(), sender.as_str()];
+        tx.execute(
+            "DELETE FROM pending_bundle WHERE room = ?1 AND sender = ?2",
+            params![codec.key("state.room", &parts[..1]), codec.key("bundle.sender", &parts)],
+        )?;
+    }
+    for request in changes.key_requests {
+        let parts = [request.room_id.as_str(), request.session_id.as_str()];
+        tx.execute(
+            "INSERT OR REPLACE INTO key_request (room, session, value) VALUES (?1, ?2, ?3)",
+            params![
+                codec.key("state.room", &parts[..1]),
+                codec.key("request.session", &parts),
+                codec.seal(&parts, &request)?
+            ],
+        )?;
+    }
+    for (room_id, session_id) in changes.removed_key_requests {
+        let parts = [room_id.as_str(), session_id.as_str()];
+        tx.execute(
+            "DELETE FROM key_request WHERE room = ?1 AND session = ?2",
+            params![codec.key("state.room", &parts[..1]), codec.key("request.session", &parts)],
+        )?;
+    }
+    Ok(())
+}
+
+/// Runs `sql` with `params` and opens every returned value, checking its key with `check`.
+fn query_values<T: serde::de::DeserializeOwned>(
+    conn: &Connection,
+    codec: &Codec,
+    table: &'static str,
+    sql: &str,
+    params: impl rusqlite::Params,
+    prefix: &[&str],
+) -> Result<Vec<T>> {
+    let mut statement = conn.prepare_cached(sql)?;
+    let rows = statement.query_map(params, |row| row.get::<_, Vec<u8>>(0))?;
+    let mut values = Vec::new();
+    for bytes in rows {
+        values.push(codec.open(table, &bytes?, starting_with(prefix))?);
+    }
+    Ok(values)
+}
+
+#[async_trait]
+impl StateStore for SqliteStateStore {
+    async fn save_changes(&self, changes: StateChanges) -> Result<()> {
+        if changes.is_empty() {
+            return Ok(());
+        }
+        self.with_conn(move |conn, codec| {
+            let tx = conn.transaction()?;
+            save(&tx, codec, changes)?;
+            tx.commit()?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn current_state(
+        &self,
+        room_id: &RoomId,
+        slot: &StateSlot,
+    ) -> Result<Option<StateRecord>> {
+        let (room_id, slot) = (room_id.to_owned(), slot.clone());
+        self.with_conn(move |conn, codec| {
+            let parts = slot_parts(room_id.as_str(), &slot);
+            let mut values = query_values(
+                conn,
+                codec,
+                "current_state",
+                "SELECT value FROM current_state WHERE room = ?1 AND slot = ?2",
+                params![codec.key("state.room", &parts[..1]), codec.key("state.slot", &parts)],
+                &parts,
+            )?;
+            Ok(values.pop())
+        })
+        .await
+    }
+
+    async fn room_state(&self, room_id: &RoomId) -> Result<Vec<StateRecord>> {
+        let room_id = room_id.to_owned();
+        self.with_conn(move |conn, codec| {
+            let parts = [room_id.as_str()];
+            query_values(
+                conn,
+                codec,
+                "current_state",
+                "SELECT value FROM current_state WHERE room = ?1",
+                params![codec.key("state.room", &parts)],
+                &parts,
+            )
+        })
+        .await
+    }
+
+    async fn slot_history(&self, room_id: &RoomId, slot: &StateSlot) -> Result<Vec<StateRecord>> {
+        let (room_id, slot) = (room_id.to_owned(), slot.clone());
+        self.with_conn(move |conn, codec| {
+            let parts = slot_parts(room_id.as_str(), &slot);
+            let mut records: Vec<StateRecord> = query_values(
+                conn,
+                codec,
+                "state_event",
+                "SELECT value FROM state_event WHERE slot = ?1",
+                params![codec.key("state.slot", &parts)],
+                &parts,
+            )?;
+            records.sort_by(|a, b| a.order().cmp(&b.order()));
+            Ok(records)
+        })
+        .await
+    }
+
+    async fn rejected_events(&self, room_id: &RoomId) -> Result<Vec<RejectedState>> {
+        let room_id = room_id.to_owned();
+        self.with_conn(move |conn, codec| {
+            let parts = [room_id.as_str()];
+            query_values(
+                conn,
+                codec,
+                "rejected_event",
+                "SELECT value FROM rejected_event WHERE room = ?1",
+                params![codec.key("state.room", &parts)],
+                &parts,
+            )
+        })
+        .await
+    }
+
+    async fn pending_for_session(&self, session_id: &str) -> Result<Vec<PendingEvent>> {
+        let session_id = session_id.to_owned();
+        self.with_conn(move |conn, codec| {
+            let parts = [session_id.as_str()];
+            query_values(
+                conn,
+                codec,
+                "pending_event",
+                "SELECT value FROM pending_event WHERE session = ?1",
+                params![codec.key("pending.session", &parts)],
+                &parts,
+            )
+        })
+        .await
+    }
+
+    async fn pending_in_room(&self, room_id: &RoomId) -> Result<Vec<PendingEvent>> {
+        let room_id = room_id.to_owned();
+        self.with_conn(move |conn, codec| {
+            let events: Vec<PendingEvent> = query_values(
+                conn,
+                codec,
+                "pending_event",
+                "SELECT value FROM pending_event WHERE room = ?1",
+                params![codec.key("state.room", &[room_id.as_str()])],
+                &[],
+            )?;
+            // Pending events are sealed under their session; check the room they carry.
+            if events.iter().any(|event| event.room_id != room_id) {
+                return Err(StoreError::Corrupted {
+                    table: "pending_event",
+                    detail: "an event is indexed under another room".to_owned(),
+                });
+            }
+            Ok(events)
+        })
+        .await
+    }
+
+    async fn session_event(
+        &self,
+        session_id: &str,
+        message_index: u32,
+    ) -> Result<Option<SessionEventRef>> {
+        let session_id = session_id.to_owned();
+        self.with_conn(move |conn, codec| {
+            let index = message_index.to_string();
+            let parts = [session_id.as_str(), index.as_str()];
+            let mut values = query_values(
+                conn,
+                codec,
+                "session_event",
+                "SELECT value FROM session_event WHERE key = ?1",
+                params![codec.key("session_event", &parts)],
+                &parts,
+            )?;
+            Ok(values.pop())
+        })
+        .await
+    }
+
+    async fn outbound_session(
+        &self,
+        room_id: &RoomId,
+        slot: &StateSlot,
+    ) -> Result<Option<OutboundStateSessionPickle>> {
+        let (room_id, slot) = (room_id.to_owned(), slot.clone());
+        self.with_conn(move |conn, codec| {
+            let parts = slot_parts(room_id.as_str(), &slot);
+            let values: Vec<String> = query_values(
+                conn,
+                codec,
+                "outbound_session",
+                "SELECT value FROM outbound_session WHERE room = ?1 AND slot = ?2",
+                params![codec.key("state.room", &parts[..1]), codec.key("outbound.slot", &parts)],
+                &parts,
+            )?;
+            Ok(values
+                .first()
+                .map(|json| OutboundStateSessionPickle::from_json(json))
+                .transpose()?)
+        })
+        .await
+    }
+
+    async fn outbound_sessions(&self, room_id: &RoomId) -> Result<Vec<OutboundStateSessionPickle>> {
+        let room_id = room_id.to_owned();
+        self.with_conn(move |conn, codec| {
+            let parts = [room_id.as_str()];
+            let values: Vec<String> = query_values(
+                conn,
+                codec,
+                "outbound_session",
+                "SELECT value FROM outbound_session WHERE room = ?1",
+                params![codec.key("state.room", &parts)],
+                &parts,
+            )?;
+            Ok(values
+                .iter()
+                .map(|json| OutboundStateSessionPickle::from_json(json))
+                .collect::<Result<_, _>>()?)
+        })
+        .await
+    }
+
+    async fn inbound_session(&self, session_id: &str) -> Result<Option<InboundStateSessionPickle>> {
+        let session_id = session_id.to_owned();
+        self.with_conn(move |conn, codec| {
+            let parts = [session_id.as_str()];
+            let values: Vec<String> = query_values(
+                conn,
+                codec,
+                "inbound_session",
+                "SELECT value FROM inbound_session WHERE session = ?1",
+                params![codec.key("inbound.session", &parts)],
+                &parts,
+            )?;
+            Ok(values.first().map(|json| InboundStateSessionPickle::from_json(json)).transpose()?)
+        })
+        .await
+    }
+
+    async fn pending_bundles(&self, room_id: &RoomId) -> Result<Vec<PendingBundle>> {
+        let room_id = room_id.to_owned();
+        self.with_conn(move |conn, codec| {
+            let parts = [room_id.as_str()];
+            query_values(
+                conn,
+                codec,
+                "pending_bundle",
+                "SELECT value FROM pending_bundle WHERE room = ?1",
+                params![codec.key("state.room", &parts)],
+                &parts,
+            )
+        })
+        .await
+    }
+
+    async fn key_requests(&self, room_id: &RoomId) -> Result<Vec<KeyRequest>> {
+        let room_id = room_id.to_owned();
+        self.with_conn(move |conn, codec| {
+            let parts = [room_id.as_str()];
+            query_values(
+                conn,
+                codec,
+                "key_request",
+                "SELECT value FROM key_request WHERE room = ?1",
+                params![codec.key("state.room", &parts)],
+                &parts,
+            )
+        })
+        .await
+    }
+}
+
+#[cfg(test)]
+mod tests;
