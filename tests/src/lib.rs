@@ -5,9 +5,13 @@
 //! it.
 
 pub mod demo;
+mod room;
+mod state;
 mod sync;
 mod user;
 
+pub use room::{is_joined, join, shared_room};
+pub use state::{StateUser, server_state};
 pub use sync::{DEFAULT_TIMEOUT, sync_until, wait_until};
 pub use user::{TestUser, homeserver_url, unique_name};
 

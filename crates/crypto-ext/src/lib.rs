@@ -6,6 +6,8 @@ mod error;
 pub mod identifiers;
 pub mod state_event;
 pub mod state_sessions;
+#[cfg(feature = "testing")]
+pub mod testing;
 pub mod validation;
 
 pub use error::{

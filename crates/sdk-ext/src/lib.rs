@@ -1,1 +1,17 @@
-//! Encrypted room state and shared history for matrix-sdk apps.
+#![doc = include_str!("../README.md")]
+
+mod config;
+mod error;
+mod extension;
+mod keys;
+mod processing;
+mod room;
+mod updates;
+
+pub use config::{StateExtConfig, StoreConfig};
+pub use crypto_ext::{RejectedState, RejectionReason, StateSlot};
+pub use error::{Error, Result};
+pub use extension::StateExtension;
+pub use room::{EncryptedAvatar, RoomStateExt, RoomStateView, SentState};
+pub use state_store_ext::{PendingEvent, StateOrigin, StateRecord};
+pub use updates::StateUpdate;

@@ -1,12 +1,14 @@
 //! Our outbound session for one slot.
 
+use std::collections::BTreeSet;
+
 use matrix_sdk_crypto::{
     olm::ExportedRoomKey,
     types::{EventEncryptionAlgorithm, SigningKey, SigningKeys},
 };
 use ruma::{
-    DeviceKeyAlgorithm, MilliSecondsSinceUnixEpoch, OwnedDeviceId, OwnedRoomId, OwnedUserId,
-    RoomId,
+    DeviceId, DeviceKeyAlgorithm, MilliSecondsSinceUnixEpoch, OwnedDeviceId, OwnedRoomId,
+    OwnedUserId, RoomId, UserId,
     events::{
         AnyStateEventContent, AnyToDeviceEventContent, room::encrypted::RoomEncryptedEventContent,
     },
@@ -68,6 +70,7 @@ pub struct OutboundStateSession {
     inbound: InboundGroupSession,
     created_at: MilliSecondsSinceUnixEpoch,
     current_index: Option<u32>,
+    shared_with: BTreeSet<(OwnedUserId, OwnedDeviceId)>,
 }
 
 impl std::fmt::Debug for OutboundStateSession {
@@ -103,6 +106,7 @@ impl OutboundStateSession {
             inbound,
             created_at: MilliSecondsSinceUnixEpoch::now(),
             current_index: None,
+            shared_with: BTreeSet::new(),
         })
     }
 
@@ -114,6 +118,22 @@ impl OutboundStateSession {
         self.session = session;
         self.created_at = MilliSecondsSinceUnixEpoch::now();
         self.current_index = None;
+        self.shared_with.clear();
+    }
+
+    /// Records that `device` of `user_id` received this session's key.
+    pub fn mark_shared_with(&mut self, user_id: &UserId, device_id: &DeviceId) {
+        self.shared_with.insert((user_id.to_owned(), device_id.to_owned()));
+    }
+
+    /// Whether `device` of `user_id` received this session's key.
+    pub fn is_shared_with(&self, user_id: &UserId, device_id: &DeviceId) -> bool {
+        self.shared_with.iter().any(|(u, d)| u == user_id && d == device_id)
+    }
+
+    /// The devices that received this session's key since it was created or last rotated.
+    pub fn shared_with(&self) -> impl Iterator<Item = (&UserId, &DeviceId)> {
+        self.shared_with.iter().map(|(u, d)| (u.as_ref(), d.as_ref()))
     }
 
     /// The Megolm session id.
@@ -228,6 +248,7 @@ impl OutboundStateSession {
             inbound: self.inbound.pickle(),
             created_at: self.created_at,
             current_index: self.current_index,
+            shared_with: self.shared_with.clone(),
         }
     }
 
@@ -240,6 +261,7 @@ impl OutboundStateSession {
             inbound: InboundGroupSession::from_pickle(pickle.inbound),
             created_at: pickle.created_at,
             current_index: pickle.current_index,
+            shared_with: pickle.shared_with,
         }
     }
 }
@@ -254,6 +276,8 @@ pub struct OutboundStateSessionPickle {
     inbound: InboundGroupSessionPickle,
     created_at: MilliSecondsSinceUnixEpoch,
     current_index: Option<u32>,
+    #[serde(default)]
+    shared_with: BTreeSet<(OwnedUserId, OwnedDeviceId)>,
 }
 
 impl std::fmt::Debug for OutboundStateSessionPickle {

@@ -17,6 +17,13 @@ pub enum RejectionReason {
     /// change (see [`RejectionReason::is_transient`]).
     #[error("the device that created the session is unknown")]
     SenderDeviceUnknown,
+    /// The outer event is not a Megolm-encrypted state event (unknown algorithm, missing
+    /// fields, a ciphertext that is not a Megolm message); nothing could be decrypted.
+    #[error("the encrypted event is malformed: {detail}")]
+    MalformedEvent {
+        /// What is wrong with it.
+        detail: String,
+    },
     /// Rule 2: the plaintext is not a state payload.
     #[error("the decrypted payload is malformed: {detail}")]
     MalformedPayload {

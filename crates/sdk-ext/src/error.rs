@@ -1,0 +1,53 @@
+//! Errors of the high-level API.
+
+use thiserror::Error;
+
+/// A failure of an encrypted-state operation.
+#[derive(Debug, Error)]
+pub enum Error {
+    /// The extension is not installed on this room's client (or was dropped).
+    #[error("the encrypted-state extension is not installed on this client")]
+    NotInstalled,
+    /// The client is not logged in or its end-to-end encryption is not ready.
+    #[error("the client is not logged in or its encryption is not ready")]
+    NotReady,
+    /// The room has not switched on encrypted state.
+    #[error("encrypted state is not enabled in room {0}")]
+    NotEnabled(ruma::OwnedRoomId),
+    /// The state type is critical and must stay in plaintext.
+    #[error("{0} is critical state: it is never encrypted")]
+    CriticalType(String),
+    /// Encrypting failed (packed state key too long, ...).
+    #[error(transparent)]
+    Encrypt(#[from] crypto_ext::EncryptStateError),
+    /// A content could not be serialised.
+    #[error("invalid content: {0}")]
+    Json(#[from] serde_json::Error),
+    /// The homeserver or matrix-sdk failed.
+    #[error(transparent)]
+    Sdk(#[from] Box<matrix_sdk::Error>),
+    /// The state store failed.
+    #[error(transparent)]
+    Store(#[from] state_store_ext::StoreError),
+}
+
+impl From<matrix_sdk::Error> for Error {
+    fn from(error: matrix_sdk::Error) -> Self {
+        Self::Sdk(Box::new(error))
+    }
+}
+
+impl From<matrix_sdk::HttpError> for Error {
+    fn from(error: matrix_sdk::HttpError) -> Self {
+        Self::Sdk(Box::new(error.into()))
+    }
+}
+
+impl From<matrix_sdk::StoreError> for Error {
+    fn from(error: matrix_sdk::StoreError) -> Self {
+        Self::Sdk(Box::new(error.into()))
+    }
+}
+
+/// The result type of this crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,190 @@
+//! The installed extension: its store, its background task, its subscribers.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    sync::{Arc, LazyLock, Mutex as StdMutex, Weak},
+};
+
+use crypto_ext::OwnDevice;
+use matrix_sdk::{Client, Room};
+use ruma::{OwnedDeviceId, OwnedRoomId, OwnedUserId, RoomId};
+use state_store_ext::{MemoryStateStore, SqliteStateStore, StateStore};
+use tokio::{
+    sync::{Mutex, broadcast},
+    task::AbortHandle,
+};
+use tracing::{info, warn};
+
+use crate::{
+    Error, Result, StateExtConfig, StateUpdate,
+    config::StoreConfig,
+    processing::{self, Processor},
+};
+
+/// Extensions installed in this process, by the client's user and device, so that `Room`
+/// methods find theirs.
+static REGISTRY: LazyLock<StdMutex<Registry>> = LazyLock::new(Default::default);
+
+type Registry = BTreeMap<(OwnedUserId, OwnedDeviceId), Weak<Inner>>;
+
+pub(crate) struct Inner {
+    pub(crate) client: Client,
+    pub(crate) store: Arc<dyn StateStore>,
+    pub(crate) own_device: OwnDevice,
+    pub(crate) config: StateExtConfig,
+    pub(crate) updates: broadcast::Sender<StateUpdate>,
+    /// Serialises updates of one room's outbound sessions.
+    room_locks: StdMutex<BTreeMap<OwnedRoomId, Arc<Mutex<()>>>>,
+    /// Rooms we switched to encrypted state ourselves, before the sync echoes it.
+    pub(crate) enabled_rooms: StdMutex<BTreeSet<OwnedRoomId>>,
+    /// Serialises processing (sync batches, key arrivals, imports).
+    pub(crate) processing: Mutex<()>,
+    task: StdMutex<Option<AbortHandle>>,
+}
+
+impl std::fmt::Debug for Inner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StateExtension")
+            .field("user_id", &self.own_device.user_id)
+            .field("device_id", &self.own_device.device_id)
+            .field("store", &self.store)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        if let Some(task) = self.task.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            task.abort();
+        }
+    }
+}
+
+impl Inner {
+    pub(crate) fn room_lock(&self, room_id: &RoomId) -> Arc<Mutex<()>> {
+        self.room_locks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(room_id.to_owned())
+            .or_default()
+            .clone()
+    }
+
+    pub(crate) fn notify(&self, updates: Vec<StateUpdate>) {
+        for update in updates {
+            // No subscriber is fine.
+            let _ = self.updates.send(update);
+        }
+    }
+}
+
+/// Encrypted room state for one logged-in `matrix_sdk::Client`.
+///
+/// Installing it opens the store, processes the encrypted state the client already holds, and
+/// starts a background task that processes every sync and every room key that arrives. Dropping
+/// the last handle (or [`StateExtension::shutdown`]) stops that task.
+#[derive(Clone, Debug)]
+pub struct StateExtension {
+    pub(crate) inner: Arc<Inner>,
+}
+
+impl StateExtension {
+    /// Installs the extension on a logged-in client.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::NotReady`] if the client is not logged in or has no encryption set up; store
+    /// errors when the store cannot be opened (wrong passphrase, newer schema, ...).
+    pub async fn install(client: &Client, config: StateExtConfig) -> Result<Self> {
+        let (Some(user_id), Some(device_id)) = (client.user_id(), client.device_id()) else {
+            return Err(Error::NotReady);
+        };
+        let device = client.encryption().get_own_device().await.map_err(matrix_sdk::Error::from)?;
+        let device = device.ok_or(Error::NotReady)?;
+        let own_device = OwnDevice {
+            user_id: user_id.to_owned(),
+            device_id: device_id.to_owned(),
+            curve25519: device.curve25519_key().ok_or(Error::NotReady)?,
+            ed25519: device.ed25519_key().ok_or(Error::NotReady)?,
+        };
+        let store: Arc<dyn StateStore> = match &config.store {
+            StoreConfig::Sqlite { path, passphrase } => {
+                Arc::new(SqliteStateStore::open(path, passphrase.as_deref()).await?)
+            }
+            StoreConfig::Memory => Arc::new(MemoryStateStore::new()),
+        };
+        let (updates, _) = broadcast::channel(1024);
+        let inner = Arc::new(Inner {
+            client: client.clone(),
+            store,
+            own_device,
+            config,
+            updates,
+            room_locks: Default::default(),
+            enabled_rooms: Default::default(),
+            processing: Mutex::new(()),
+            task: StdMutex::new(None),
+        });
+
+        // Subscribe before the first scan so nothing that arrives in between is missed.
+        let room_updates = client.subscribe_to_all_room_updates();
+        let room_keys = client.encryption().room_keys_received_stream().await;
+        Processor::new(&inner).scan_all(true).await?;
+        let task = tokio::spawn(processing::run(Arc::downgrade(&inner), room_updates, room_keys));
+        *inner.task.lock().unwrap_or_else(|e| e.into_inner()) = Some(task.abort_handle());
+
+        REGISTRY
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert((user_id.to_owned(), device_id.to_owned()), Arc::downgrade(&inner));
+        info!(%user_id, %device_id, "encrypted-state extension installed");
+        Ok(Self { inner })
+    }
+
+    /// The extension installed on `client`, if any.
+    pub fn of(client: &Client) -> Option<Self> {
+        let key = (client.user_id()?.to_owned(), client.device_id()?.to_owned());
+        let inner = REGISTRY.lock().unwrap_or_else(|e| e.into_inner()).get(&key)?.upgrade()?;
+        Some(Self { inner })
+    }
+
+    pub(crate) fn of_room(room: &Room) -> Result<Self> {
+        Self::of(&room.client()).ok_or(Error::NotInstalled)
+    }
+
+    /// Subscribes to changes of decrypted state (accepted, rejected, waiting for a key), sent
+    /// after they are stored. A slow subscriber that falls more than 1024 updates behind gets
+    /// `RecvError::Lagged` and should re-read the state it shows.
+    pub fn subscribe(&self) -> broadcast::Receiver<StateUpdate> {
+        self.inner.updates.subscribe()
+    }
+
+    /// Our device, as the creator of state sessions.
+    pub fn own_device(&self) -> &OwnDevice {
+        &self.inner.own_device
+    }
+
+    /// The store, for direct queries.
+    pub fn store(&self) -> &Arc<dyn StateStore> {
+        &self.inner.store
+    }
+
+    /// Processes the encrypted state the client holds for every room now, retrying events
+    /// waiting for a key and rejections that may have cleared. The background task does this on
+    /// its own; call it after importing keys by other means.
+    ///
+    /// # Errors
+    ///
+    /// Store or homeserver errors.
+    pub async fn refresh(&self) -> Result<()> {
+        Processor::new(&self.inner).scan_all(true).await
+    }
+
+    /// Stops the background task. The handle stays usable for reads.
+    pub fn shutdown(&self) {
+        if let Some(task) = self.inner.task.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            task.abort();
+        }
+        warn!("encrypted-state extension shut down: syncs are no longer processed");
+    }
+}

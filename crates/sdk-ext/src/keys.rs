@@ -1,0 +1,106 @@
+//! Key distribution through matrix-sdk's public API.
+
+use std::collections::BTreeSet;
+
+use crypto_ext::OutboundStateSession;
+use matrix_sdk::{Client, Room, RoomMemberships, encryption::identities::Device};
+use matrix_sdk_crypto::olm::ExportedRoomKey;
+use ruma::{OwnedDeviceId, OwnedUserId, events::AnyToDeviceEventContent, serde::Raw};
+use tracing::{debug, warn};
+
+use crate::{Result, extension::Inner};
+
+/// The devices that should hold a room's state keys: every device of every joined or invited
+/// member, except our own device (which keeps its keys in the state store) and blocked devices.
+pub(crate) async fn recipient_devices(inner: &Inner, room: &Room) -> Result<Vec<Device>> {
+    let members = room.members(RoomMemberships::JOIN | RoomMemberships::INVITE).await?;
+    let encryption = inner.client.encryption();
+    let mut devices = Vec::new();
+    for member in members {
+        let user_id = member.user_id();
+        let mut user_devices = encryption.get_user_devices(user_id).await?;
+        if user_devices.devices().next().is_none() {
+            // Never queried (a brand-new member): ask the server for their keys now.
+            encryption.request_user_identity(user_id).await?;
+            user_devices = encryption.get_user_devices(user_id).await?;
+        }
+        for device in user_devices.devices() {
+            let own = user_id == inner.own_device.user_id
+                && device.device_id() == inner.own_device.device_id;
+            if !own && !device.is_blacklisted() && !device.is_deleted() {
+                devices.push(device);
+            }
+        }
+    }
+    Ok(devices)
+}
+
+/// Brings `session` up to date with the room's membership: rotates it when a device that holds
+/// its key is no longer a recipient (a member left, was kicked or banned, or removed a device),
+/// then sends the key to every recipient that lacks it. Returns whether anything changed.
+pub(crate) async fn share(
+    inner: &Inner,
+    session: &mut OutboundStateSession,
+    recipients: &[Device],
+) -> Result<bool> {
+    let current: BTreeSet<(OwnedUserId, OwnedDeviceId)> =
+        recipients.iter().map(|d| (d.user_id().to_owned(), d.device_id().to_owned())).collect();
+    let departed =
+        session.shared_with().any(|(u, d)| !current.contains(&(u.to_owned(), d.to_owned())));
+    let mut changed = false;
+    if departed {
+        debug!(slot = %session.slot(), "a recipient left: rotating the state session");
+        session.rotate();
+        changed = true;
+    }
+    let missing: Vec<&Device> =
+        recipients.iter().filter(|d| !session.is_shared_with(d.user_id(), d.device_id())).collect();
+    if missing.is_empty() {
+        return Ok(changed);
+    }
+    let content: Raw<AnyToDeviceEventContent> = session.room_key_content();
+    let failures = inner
+        .client
+        .encryption()
+        .encrypt_and_send_raw_to_device(
+            missing.clone(),
+            crypto_ext::identifiers::ROOM_KEY,
+            content,
+            inner.config.sharing_strategy.clone(),
+        )
+        .await?;
+    for device in missing {
+        let failed = failures.iter().any(|(u, d)| u == device.user_id() && d == device.device_id());
+        if failed {
+            warn!(user_id = %device.user_id(), device_id = %device.device_id(), "state key not delivered");
+        } else {
+            session.mark_shared_with(device.user_id(), device.device_id());
+        }
+    }
+    Ok(true)
+}
+
+/// A copy of one Megolm session the client's `OlmMachine` holds, through matrix-sdk's key
+/// export (encrypted file, random passphrase, deleted right after).
+pub(crate) async fn export_session(
+    client: &Client,
+    session_id: &str,
+) -> Result<Option<ExportedRoomKey>> {
+    let dir = tempfile::tempdir().map_err(state_store_ext::StoreError::from)?;
+    let path = dir.path().join("key-export.txt");
+    let passphrase = random_passphrase();
+    let wanted = session_id.to_owned();
+    client
+        .encryption()
+        .export_room_keys(path.clone(), &passphrase, move |session| session.session_id() == wanted)
+        .await?;
+    let file = std::fs::File::open(&path).map_err(state_store_ext::StoreError::from)?;
+    let keys =
+        matrix_sdk_crypto::decrypt_room_key_export(file, &passphrase).ok().unwrap_or_default();
+    Ok(keys.into_iter().find(|key| key.session_id == session_id))
+}
+
+fn random_passphrase() -> String {
+    // Transaction ids are random alphanumeric strings from the OS generator.
+    format!("{}{}", ruma::TransactionId::new(), ruma::TransactionId::new())
+}

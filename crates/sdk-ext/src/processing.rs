@@ -1,0 +1,527 @@
+//! From what the client stores to validated, persisted state: scans after each sync, retries
+//! when keys arrive, one store transaction per batch, subscribers told after commit.
+
+use std::{collections::BTreeSet, sync::Weak};
+
+use crypto_ext::{
+    DecryptionFacts, EncryptedStateEvent, InboundStateSession, KeyOrigin, RejectedState,
+    RejectionReason, SessionOwner, StateSlot, ValidationInput, Verdict, critical::is_critical,
+    validate,
+};
+use futures_util::{Stream, StreamExt};
+use matrix_sdk::{
+    Room,
+    deserialized_responses::{
+        RawAnySyncOrStrippedState, TimelineEventKind, UnableToDecryptReason, VerificationLevel,
+        VerificationState,
+    },
+    sync::RoomUpdates,
+};
+use matrix_sdk_crypto::store::types::RoomKeyInfo;
+use ruma::{
+    MilliSecondsSinceUnixEpoch, OwnedEventId, OwnedUserId, RoomId, UserId,
+    events::{
+        AnySyncStateEvent, StateEventType,
+        room::{encrypted::OriginalSyncRoomEncryptedEvent, power_levels::RoomPowerLevels},
+    },
+    serde::Raw,
+};
+use state_store_ext::{PendingEvent, SessionEventRef, StateChanges, StateOrigin, StateRecord};
+use tokio::sync::broadcast::{Receiver, error::RecvError};
+use tracing::{debug, instrument, warn};
+
+use crate::{Result, StateUpdate, extension::Inner};
+
+/// The slots whose plaintext copies we track next to the encrypted ones: the room's "look".
+pub(crate) const AESTHETIC_SLOTS: &[&str] =
+    &["m.room.name", "m.room.topic", "m.room.avatar", "m.room.canonical_alias"];
+
+/// The background task: a sync batch or a key arrival at a time.
+pub(crate) async fn run<E>(
+    inner: Weak<Inner>,
+    mut room_updates: Receiver<RoomUpdates>,
+    room_keys: Option<impl Stream<Item = Result<Vec<RoomKeyInfo>, E>>>,
+) {
+    let mut room_keys = room_keys.map(Box::pin);
+    loop {
+        let next_keys = async {
+            match room_keys.as_mut() {
+                Some(stream) => stream.next().await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            update = room_updates.recv() => {
+                let Some(inner) = inner.upgrade() else { return };
+                let processor = Processor::new(&inner);
+                let result = match update {
+                    Ok(updates) => processor.scan_updated(&updates).await,
+                    // We missed batches: everything may have changed.
+                    Err(RecvError::Lagged(missed)) => {
+                        warn!(missed, "missed sync batches, rescanning every room");
+                        processor.scan_all(false).await
+                    }
+                    Err(RecvError::Closed) => return,
+                };
+                if let Err(error) = result {
+                    warn!(%error, "processing a sync batch failed");
+                }
+            }
+            keys = next_keys => {
+                let Some(inner) = inner.upgrade() else { return };
+                let processor = Processor::new(&inner);
+                let result = match keys {
+                    Some(Ok(keys)) => {
+                        let sessions: BTreeSet<String> =
+                            keys.into_iter().map(|k| k.session_id).collect();
+                        processor.retry_sessions(sessions).await
+                    }
+                    Some(Err(_lagged)) => processor.scan_all(false).await,
+                    None => {
+                        room_keys = None;
+                        Ok(())
+                    }
+                };
+                if let Err(error) = result {
+                    warn!(%error, "retrying events after new room keys failed");
+                }
+            }
+        }
+    }
+}
+
+/// Changes and the updates to announce once they are stored.
+#[derive(Default)]
+struct Batch {
+    changes: StateChanges,
+    updates: Vec<StateUpdate>,
+}
+
+enum Decryption {
+    Decrypted {
+        plaintext: String,
+        facts: DecryptionFacts,
+    },
+    /// No key (yet): the event waits.
+    Missing,
+    /// The decryptor refused the event; we could not obtain its plaintext to say more.
+    Refused(RejectionReason),
+}
+
+pub(crate) struct Processor<'a> {
+    inner: &'a Inner,
+}
+
+impl<'a> Processor<'a> {
+    pub(crate) fn new(inner: &'a Inner) -> Self {
+        Self { inner }
+    }
+
+    /// Every joined room. With `retry_rejected`, transient rejections are validated again.
+    pub(crate) async fn scan_all(&self, retry_rejected: bool) -> Result<()> {
+        for room in self.inner.client.joined_rooms() {
+            self.scan_room(&room, retry_rejected).await?;
+        }
+        Ok(())
+    }
+
+    async fn scan_updated(&self, updates: &RoomUpdates) -> Result<()> {
+        for room_id in updates.joined.keys() {
+            if let Some(room) = self.inner.client.get_room(room_id) {
+                self.scan_room(&room, false).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Processes the encrypted state the client stores for `room` that we have not seen yet.
+    #[instrument(skip_all, fields(room_id = %room.room_id()))]
+    pub(crate) async fn scan_room(&self, room: &Room, retry_rejected: bool) -> Result<()> {
+        let _serial = self.inner.processing.lock().await;
+        let raws = room.get_state_events(StateEventType::RoomEncrypted).await?;
+        let enabled = crate::room::state_encryption_enabled(self.inner, room).await;
+        if raws.is_empty() && !enabled {
+            return Ok(());
+        }
+        let room_id = room.room_id();
+        let store = &self.inner.store;
+        let mut known: BTreeSet<OwnedEventId> = BTreeSet::new();
+        for record in store.room_state(room_id).await? {
+            known.insert(record.event_id().clone());
+        }
+        for pending in store.pending_in_room(room_id).await? {
+            known.insert(pending.event_id);
+        }
+        for rejected in store.rejected_events(room_id).await? {
+            if !(retry_rejected && rejected.reason.is_transient()) {
+                known.insert(rejected.event_id);
+            }
+        }
+
+        let power_levels = power_levels(room).await;
+        let mut batch = Batch::default();
+        let mut slots = BTreeSet::new();
+        for raw in raws {
+            let RawAnySyncOrStrippedState::Sync(raw) = raw else { continue };
+            let event = match EncryptedStateEvent::from_raw(&raw) {
+                Ok(event) => event,
+                Err(error) => {
+                    if let Some(rejected) = malformed(room_id, &raw, &error.to_string())
+                        && !known.contains(&rejected.event_id)
+                    {
+                        warn!(event_id = %rejected.event_id, %error, "malformed encrypted state");
+                        push_rejected(&mut batch, rejected);
+                    }
+                    continue;
+                }
+            };
+            if known.contains(&event.event_id) {
+                continue;
+            }
+            if let Some(slot) =
+                self.handle(room, &raw, event, &power_levels, &mut batch, false).await?
+            {
+                slots.insert(slot);
+            }
+        }
+        if enabled {
+            self.plaintext_copies(room, slots, &known, &mut batch).await?;
+        }
+        self.commit(batch).await
+    }
+
+    /// Retries the pending events of `sessions` (their keys just arrived).
+    pub(crate) async fn retry_sessions(&self, sessions: BTreeSet<String>) -> Result<()> {
+        let _serial = self.inner.processing.lock().await;
+        let mut batch = Batch::default();
+        for session_id in sessions {
+            for pending in self.inner.store.pending_for_session(&session_id).await? {
+                let Some(room) = self.inner.client.get_room(&pending.room_id) else { continue };
+                let Ok(event) = EncryptedStateEvent::from_raw(&pending.event) else { continue };
+                let power_levels = power_levels(&room).await;
+                self.handle(&room, &pending.event, event, &power_levels, &mut batch, true).await?;
+            }
+        }
+        self.commit(batch).await
+    }
+
+    /// Decrypts, validates and records one event. Returns the slot of an accepted event.
+    async fn handle(
+        &self,
+        room: &Room,
+        raw: &Raw<AnySyncStateEvent>,
+        event: EncryptedStateEvent,
+        power_levels: &RoomPowerLevels,
+        batch: &mut Batch,
+        was_pending: bool,
+    ) -> Result<Option<StateSlot>> {
+        let room_id = room.room_id();
+        let decryption = self.decrypt(room, raw, &event).await?;
+        if was_pending && !matches!(decryption, Decryption::Missing) {
+            batch.changes.resolved_pending.push((event.session_id.clone(), event.event_id.clone()));
+        }
+        let (plaintext, facts) = match decryption {
+            Decryption::Decrypted { plaintext, facts } => (plaintext, facts),
+            Decryption::Missing => {
+                if !was_pending {
+                    debug!(event_id = %event.event_id, session_id = %event.session_id, "waiting for key");
+                    batch.updates.push(StateUpdate::Pending {
+                        room_id: room_id.to_owned(),
+                        event_id: event.event_id.clone(),
+                        session_id: event.session_id.clone(),
+                    });
+                    batch.changes.pending.push(PendingEvent {
+                        room_id: room_id.to_owned(),
+                        event_id: event.event_id,
+                        session_id: event.session_id,
+                        message_index: event.message_index,
+                        event: raw.clone(),
+                    });
+                }
+                return Ok(None);
+            }
+            Decryption::Refused(reason) => {
+                warn!(event_id = %event.event_id, %reason, "the decryptor refused encrypted state");
+                push_rejected(batch, rejected_from(room_id, &event, reason));
+                return Ok(None);
+            }
+        };
+        let verdict = validate(ValidationInput {
+            room_id,
+            event: &event,
+            plaintext: &plaintext,
+            facts: &facts,
+            power_levels,
+        });
+        match verdict {
+            Verdict::Accepted(accepted) => {
+                let slot = accepted.slot.clone();
+                batch.changes.session_events.push(SessionEventRef {
+                    session_id: event.session_id.clone(),
+                    message_index: event.message_index,
+                    room_id: room_id.to_owned(),
+                    event_id: event.event_id.clone(),
+                    slot: slot.clone(),
+                });
+                batch.updates.push(StateUpdate::Accepted {
+                    room_id: room_id.to_owned(),
+                    slot: slot.clone(),
+                    event_id: event.event_id.clone(),
+                    current: false,
+                    was_pending,
+                });
+                batch.changes.state.push(accepted.into());
+                Ok(Some(slot))
+            }
+            Verdict::Rejected(rejected) => {
+                warn!(event_id = %rejected.event_id, sender = %rejected.sender, reason = %rejected.reason, "rejected encrypted state");
+                push_rejected(batch, rejected);
+                Ok(None)
+            }
+        }
+    }
+
+    /// Our own state sessions (and keys shared with us) first, then the client's `OlmMachine`.
+    async fn decrypt(
+        &self,
+        room: &Room,
+        raw: &Raw<AnySyncStateEvent>,
+        event: &EncryptedStateEvent,
+    ) -> Result<Decryption> {
+        if let Some(pickle) = self.inner.store.inbound_session(&event.session_id).await?
+            && pickle.room_id() == room.room_id()
+        {
+            let mut session = InboundStateSession::from_pickle(pickle);
+            if let Ok(decrypted) = session.decrypt(event) {
+                let facts = self
+                    .facts_for_sender_key(&event.sender, decrypted.sender_key, decrypted.key_origin)
+                    .await?;
+                return Ok(Decryption::Decrypted { plaintext: decrypted.plaintext, facts });
+            }
+        }
+
+        let encrypted: &Raw<OriginalSyncRoomEncryptedEvent> = raw.cast_ref_unchecked();
+        let timeline_event = room.decrypt_event(encrypted, None).await?;
+        match timeline_event.kind {
+            TimelineEventKind::Decrypted(decrypted) => Ok(Decryption::Decrypted {
+                plaintext: decrypted.event.json().get().to_owned(),
+                facts: DecryptionFacts::from_encryption_info(&decrypted.encryption_info),
+            }),
+            TimelineEventKind::UnableToDecrypt { utd_info, .. } => match utd_info.reason {
+                UnableToDecryptReason::MissingMegolmSession { .. }
+                | UnableToDecryptReason::UnknownMegolmMessageIndex
+                | UnableToDecryptReason::SenderIdentityNotTrusted(_) => Ok(Decryption::Missing),
+                // The client's machine holds the key but refused the event (a packed key that
+                // does not match, another room's payload, ...). Look inside ourselves, so the
+                // rejection says exactly why.
+                reason => Ok(match self.inspect(room, event).await? {
+                    Some(decryption) => decryption,
+                    None => Decryption::Refused(RejectionReason::MalformedEvent {
+                        detail: format!("refused by the client's decryptor: {reason:?}"),
+                    }),
+                }),
+            },
+            TimelineEventKind::PlainText { .. } => {
+                Ok(Decryption::Refused(RejectionReason::MalformedEvent {
+                    detail: "not encrypted".to_owned(),
+                }))
+            }
+        }
+    }
+
+    /// Decrypts an event the client's machine refused, with a copy of its key exported through
+    /// matrix-sdk's key export (the only public way to read a session the machine holds).
+    async fn inspect(
+        &self,
+        room: &Room,
+        event: &EncryptedStateEvent,
+    ) -> Result<Option<Decryption>> {
+        let Some(key) = crate::keys::export_session(&self.inner.client, &event.session_id).await?
+        else {
+            return Ok(None);
+        };
+        // The machine binds the key to the room it came for: import it for that room, so that a
+        // payload naming another room is still seen (and rejected by the pipeline).
+        let key_room = key.room_id.clone();
+        let Ok(mut session) = InboundStateSession::import(&key_room, &key, KeyOrigin::Direct)
+        else {
+            return Ok(None);
+        };
+        if key_room != room.room_id() {
+            return Ok(Some(Decryption::Refused(RejectionReason::WrongRoom {
+                expected: room.room_id().to_owned(),
+                found: key_room,
+            })));
+        }
+        let Ok(decrypted) = session.decrypt(event) else { return Ok(None) };
+        let facts = self
+            .facts_for_sender_key(&event.sender, decrypted.sender_key, KeyOrigin::Direct)
+            .await?;
+        Ok(Some(Decryption::Decrypted { plaintext: decrypted.plaintext, facts }))
+    }
+
+    /// Which device of `sender` owns `sender_key`, and how verified it is.
+    async fn facts_for_sender_key(
+        &self,
+        sender: &UserId,
+        sender_key: crypto_ext::vodozemac::Curve25519PublicKey,
+        key_origin: KeyOrigin,
+    ) -> Result<DecryptionFacts> {
+        let own = &self.inner.own_device;
+        if key_origin == KeyOrigin::Own && sender == own.user_id && sender_key == own.curve25519 {
+            return Ok(DecryptionFacts {
+                session_owner: SessionOwner::Device {
+                    user_id: own.user_id.clone(),
+                    device_id: Some(own.device_id.clone()),
+                    verification: VerificationState::Verified,
+                },
+                key_origin,
+            });
+        }
+        let devices = self.inner.client.encryption().get_user_devices(sender).await?;
+        let device = devices.devices().find(|device| device.curve25519_key() == Some(sender_key));
+        let session_owner = match device {
+            Some(device) => SessionOwner::Device {
+                user_id: sender.to_owned(),
+                device_id: Some(device.device_id().to_owned()),
+                verification: if device.is_verified() {
+                    VerificationState::Verified
+                } else if device.is_cross_signed_by_owner() {
+                    VerificationState::Unverified(VerificationLevel::UnverifiedIdentity)
+                } else {
+                    VerificationState::Unverified(VerificationLevel::UnsignedDevice)
+                },
+            },
+            None => SessionOwner::Unknown,
+        };
+        Ok(DecryptionFacts { session_owner, key_origin })
+    }
+
+    /// Records the plaintext copies of the aesthetic slots and of the slots just written
+    /// encrypted, so that each slot resolves across both copies.
+    async fn plaintext_copies(
+        &self,
+        room: &Room,
+        mut slots: BTreeSet<StateSlot>,
+        known: &BTreeSet<OwnedEventId>,
+        batch: &mut Batch,
+    ) -> Result<()> {
+        slots.extend(AESTHETIC_SLOTS.iter().map(|t| StateSlot::new(*t, "")));
+        for slot in slots {
+            if is_critical(&slot.event_type) {
+                continue;
+            }
+            let event_type = StateEventType::from(slot.event_type.as_str());
+            let Some(RawAnySyncOrStrippedState::Sync(raw)) =
+                room.get_state_event(event_type, &slot.state_key).await?
+            else {
+                continue;
+            };
+            let Some(record) = plaintext_record(room.room_id(), &slot, &raw) else { continue };
+            if !known.contains(record.event_id()) {
+                batch.changes.state.push(record);
+            }
+        }
+        Ok(())
+    }
+
+    /// Saves a batch in one transaction, then tells subscribers.
+    async fn commit(&self, mut batch: Batch) -> Result<()> {
+        if batch.changes.is_empty() {
+            return Ok(());
+        }
+        self.inner.store.save_changes(std::mem::take(&mut batch.changes)).await?;
+        for update in &mut batch.updates {
+            if let StateUpdate::Accepted { room_id, slot, event_id, current, .. } = update {
+                *current = self
+                    .inner
+                    .store
+                    .current_state(room_id, slot)
+                    .await?
+                    .is_some_and(|winner| winner.event_id() == event_id);
+            }
+        }
+        self.inner.notify(batch.updates);
+        Ok(())
+    }
+}
+
+fn push_rejected(batch: &mut Batch, rejected: RejectedState) {
+    batch.updates.push(StateUpdate::Rejected {
+        room_id: rejected.room_id.clone(),
+        event_id: rejected.event_id.clone(),
+        reason: rejected.reason.clone(),
+    });
+    batch.changes.rejected.push(rejected);
+}
+
+fn rejected_from(
+    room_id: &RoomId,
+    event: &EncryptedStateEvent,
+    reason: RejectionReason,
+) -> RejectedState {
+    RejectedState {
+        room_id: room_id.to_owned(),
+        event_id: event.event_id.clone(),
+        sender: event.sender.clone(),
+        origin_server_ts: event.origin_server_ts,
+        packed_state_key: event.packed_state_key.clone(),
+        session_id: event.session_id.clone(),
+        message_index: event.message_index,
+        reason,
+    }
+}
+
+/// A rejection for an outer event we cannot even parse, when it has the fields to name it.
+fn malformed(
+    room_id: &RoomId,
+    raw: &Raw<AnySyncStateEvent>,
+    detail: &str,
+) -> Option<RejectedState> {
+    Some(RejectedState {
+        room_id: room_id.to_owned(),
+        event_id: raw.get_field("event_id").ok()??,
+        sender: raw.get_field::<OwnedUserId>("sender").ok()??,
+        origin_server_ts: raw.get_field("origin_server_ts").ok()??,
+        packed_state_key: raw.get_field("state_key").ok()?.unwrap_or_default(),
+        session_id: String::new(),
+        message_index: 0,
+        reason: RejectionReason::MalformedEvent { detail: detail.to_owned() },
+    })
+}
+
+fn plaintext_record(
+    room_id: &RoomId,
+    slot: &StateSlot,
+    raw: &Raw<AnySyncStateEvent>,
+) -> Option<StateRecord> {
+    let event_id: OwnedEventId = raw.get_field("event_id").ok()??;
+    let sender: OwnedUserId = raw.get_field("sender").ok()??;
+    let origin_server_ts: MilliSecondsSinceUnixEpoch = raw.get_field("origin_server_ts").ok()??;
+    // A redacted event has empty content, which reads as "no value".
+    let content = match raw.get_field("content").ok()? {
+        Some(content) => content,
+        None => Raw::new(&serde_json::json!({})).ok()?.cast_unchecked(),
+    };
+    Some(StateRecord {
+        room_id: room_id.to_owned(),
+        slot: slot.clone(),
+        content,
+        origin: StateOrigin::Plaintext { event_id, sender, origin_server_ts },
+    })
+}
+
+/// The room's plaintext power levels (the spec's defaults when the room has none).
+async fn power_levels(room: &Room) -> RoomPowerLevels {
+    match room.power_levels().await {
+        Ok(power_levels) => power_levels,
+        Err(error) => {
+            warn!(%error, "no power levels, using the defaults");
+            RoomPowerLevels::new(
+                Default::default(),
+                &ruma::room_version_rules::AuthorizationRules::V1,
+                Vec::<OwnedUserId>::new(),
+            )
+        }
+    }
+}

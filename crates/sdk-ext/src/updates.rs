@@ -1,0 +1,40 @@
+//! What the update stream reports.
+
+use crypto_ext::{RejectionReason, StateSlot};
+use ruma::{OwnedEventId, OwnedRoomId};
+
+/// A change to the decrypted state of a room, sent to subscribers after it is stored.
+#[derive(Clone, Debug, PartialEq)]
+pub enum StateUpdate {
+    /// An encrypted state event was decrypted and accepted.
+    Accepted {
+        /// The room.
+        room_id: OwnedRoomId,
+        /// The slot it writes.
+        slot: StateSlot,
+        /// The event.
+        event_id: OwnedEventId,
+        /// Whether it now holds the slot (it may be older than the current value).
+        current: bool,
+        /// Whether it had been waiting for its key.
+        was_pending: bool,
+    },
+    /// An encrypted state event was rejected.
+    Rejected {
+        /// The room.
+        room_id: OwnedRoomId,
+        /// The event.
+        event_id: OwnedEventId,
+        /// Why.
+        reason: RejectionReason,
+    },
+    /// An encrypted state event cannot be decrypted yet and waits for its key.
+    Pending {
+        /// The room.
+        room_id: OwnedRoomId,
+        /// The event.
+        event_id: OwnedEventId,
+        /// The session whose key is missing.
+        session_id: String,
+    },
+}

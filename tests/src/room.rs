@@ -1,0 +1,68 @@
+//! Rooms shared by test users.
+
+use anyhow::{Context, Result};
+use matrix_sdk::{
+    Room,
+    ruma::{
+        OwnedRoomId, UserId,
+        api::client::room::create_room::v3::{Request as CreateRoomRequest, RoomPreset},
+        events::{
+            InitialStateEvent,
+            room::{encryption::RoomEncryptionEventContent, member::MembershipState},
+        },
+    },
+};
+
+use crate::{DEFAULT_TIMEOUT, TestUser, sync_until};
+
+/// `creator` creates an end-to-end encrypted private room, invites `members`, each joins, and
+/// the creator's client sees them all joined.
+pub async fn shared_room(creator: &TestUser, members: &[&TestUser]) -> Result<Room> {
+    let mut request = CreateRoomRequest::new();
+    request.preset = Some(RoomPreset::PrivateChat);
+    request.invite = members.iter().map(|m| m.user_id().to_owned()).collect();
+    request.initial_state = vec![
+        InitialStateEvent::with_empty_state_key(
+            RoomEncryptionEventContent::with_recommended_defaults(),
+        )
+        .to_raw_any(),
+    ];
+    let room = creator.client.create_room(request).await.context("creating the room")?;
+    let room_id: OwnedRoomId = room.room_id().to_owned();
+    for member in members {
+        join(member, &room_id).await?;
+    }
+    sync_until(
+        &creator.client,
+        "the creator sees every member joined",
+        DEFAULT_TIMEOUT,
+        || async {
+            for member in members {
+                if !is_joined(&room, member.user_id()).await {
+                    return false;
+                }
+            }
+            true
+        },
+    )
+    .await?;
+    Ok(room)
+}
+
+/// `user` waits for the invite to `room_id` and joins.
+pub async fn join(user: &TestUser, room_id: &OwnedRoomId) -> Result<Room> {
+    sync_until(&user.client, "the invite arrives", DEFAULT_TIMEOUT, || async {
+        user.client.get_room(room_id).is_some()
+    })
+    .await?;
+    user.client.join_room_by_id(room_id).await.context("joining")?;
+    user.client.get_room(room_id).context("joined room")
+}
+
+/// Whether `user` is joined to `room` in the room's member list as the local client knows it.
+pub async fn is_joined(room: &Room, user: &UserId) -> bool {
+    matches!(
+        room.get_member_no_sync(user).await,
+        Ok(Some(member)) if *member.membership() == MembershipState::Join
+    )
+}

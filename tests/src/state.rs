@@ -1,0 +1,52 @@
+//! Test users with the encrypted-state extension installed.
+
+use std::ops::Deref;
+
+use anyhow::Result;
+use matrix_sdk::{
+    Room,
+    ruma::{RoomId, api::client::state::get_state_events, events::AnyStateEvent, serde::Raw},
+};
+use sdk_ext::{StateExtConfig, StateExtension};
+
+use crate::TestUser;
+
+/// A registered user whose client runs the extension with an encrypted SQLite store.
+#[derive(Debug)]
+pub struct StateUser {
+    /// The user.
+    pub user: TestUser,
+    /// The installed extension.
+    pub ext: StateExtension,
+}
+
+impl StateUser {
+    /// Registers a user and installs the extension (SQLite with a passphrase, in the user's
+    /// temporary directory).
+    pub async fn register(prefix: &str) -> Result<Self> {
+        let user = TestUser::register(prefix).await?;
+        let config =
+            StateExtConfig::sqlite(user.store_dir.path().join("state"), "integration-tests");
+        let ext = StateExtension::install(&user.client, config).await?;
+        Ok(Self { user, ext })
+    }
+
+    /// The user's copy of `room_id`.
+    pub fn room(&self, room_id: &RoomId) -> Room {
+        self.user.client.get_room(room_id).expect("the user knows the room")
+    }
+}
+
+impl Deref for StateUser {
+    type Target = TestUser;
+
+    fn deref(&self) -> &TestUser {
+        &self.user
+    }
+}
+
+/// The room state as the homeserver serves it (`GET /rooms/{id}/state`).
+pub async fn server_state(user: &TestUser, room_id: &RoomId) -> Result<Vec<Raw<AnyStateEvent>>> {
+    let response = user.client.send(get_state_events::v3::Request::new(room_id.to_owned())).await?;
+    Ok(response.room_state)
+}

@@ -1,0 +1,287 @@
+//! Encrypted room state through sdk-ext, against the real homeserver.
+
+use std::time::Duration;
+
+use anyhow::Result;
+use crypto_ext::testing::Crafter;
+use integration_tests::{DEFAULT_TIMEOUT, StateUser, server_state, shared_room, sync_until};
+use matrix_sdk::{
+    deserialized_responses::TimelineEventKind,
+    ruma::{
+        OwnedEventId, RoomId, events::room::encrypted::OriginalSyncRoomEncryptedEvent, serde::Raw,
+    },
+};
+use sdk_ext::{RejectionReason, RoomStateExt, StateOrigin};
+use serde_json::{Value, json};
+
+fn init() {
+    integration_tests::init_tracing("warn");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn members_read_encrypted_name_and_topic_the_server_only_sees_ciphertext() -> Result<()> {
+    init();
+    let alice = StateUser::register("alice").await?;
+    let bob = StateUser::register("bob").await?;
+    let room = shared_room(&alice, &[&bob]).await?;
+    let room_id = room.room_id().to_owned();
+
+    room.enable_state_encryption().await?;
+    let sent = room.set_encrypted_name("Operation Nightingale").await?;
+    room.set_encrypted_topic("Quarterly numbers, do not forward").await?;
+
+    let bob_room = bob.room(&room_id);
+    sync_until(&bob.client, "Bob reads the encrypted name and topic", DEFAULT_TIMEOUT, || async {
+        bob_room.encrypted_name().await.ok().flatten().as_deref() == Some("Operation Nightingale")
+            && bob_room.encrypted_topic().await.ok().flatten().as_deref()
+                == Some("Quarterly numbers, do not forward")
+    })
+    .await?;
+
+    let record = bob_room.encrypted_state("m.room.name", "").await?.expect("name");
+    let StateOrigin::Encrypted(provenance) = &record.origin else { panic!("not encrypted") };
+    assert_eq!(provenance.event_id, sent.event_id);
+    assert_eq!(provenance.sender, alice.user_id());
+    assert_eq!(provenance.session_id, sent.session_id);
+    assert_eq!(provenance.sender_device.as_deref(), alice.client.device_id());
+
+    // Alice's own client reads it too (from her own state session).
+    let alice_room = alice.room(&room_id);
+    sync_until(&alice.client, "Alice reads her own name", DEFAULT_TIMEOUT, || async {
+        alice_room.encrypted_name().await.ok().flatten().as_deref() == Some("Operation Nightingale")
+    })
+    .await?;
+
+    // The homeserver's copy of the state holds only ciphertext.
+    let state = server_state(&bob, &room_id).await?;
+    let dump = serde_json::to_string(&state)?;
+    assert!(!dump.contains("Nightingale"), "the name leaked to the server");
+    assert!(!dump.contains("Quarterly"), "the topic leaked to the server");
+    let packed: Vec<String> = state
+        .iter()
+        .filter(|e| {
+            e.get_field::<String>("type").ok().flatten().as_deref() == Some("m.room.encrypted")
+        })
+        .filter_map(|e| e.get_field::<String>("state_key").ok().flatten())
+        .collect();
+    assert!(packed.contains(&"m.room.name:".to_owned()), "{packed:?}");
+    assert!(packed.contains(&"m.room.topic:".to_owned()), "{packed:?}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn critical_state_is_refused_before_anything_is_sent() -> Result<()> {
+    init();
+    let alice = StateUser::register("alice").await?;
+    let room = shared_room(&alice, &[]).await?;
+    room.enable_state_encryption().await?;
+    for event_type in ["m.room.power_levels", "m.room.join_rules", "m.room.tombstone"] {
+        let error = room.set_encrypted_state(event_type, "", json!({})).await.unwrap_err();
+        assert!(matches!(error, sdk_ext::Error::CriticalType(ref t) if t == event_type), "{error}");
+    }
+    // A room that has not switched on encrypted state refuses too, rather than leaking.
+    let plain = shared_room(&alice, &[]).await?;
+    let error = plain.set_encrypted_topic("x").await.unwrap_err();
+    assert!(matches!(error, sdk_ext::Error::NotEnabled(_)), "{error}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_departed_member_cannot_read_later_state() -> Result<()> {
+    init();
+    let alice = StateUser::register("alice").await?;
+    let bob = StateUser::register("bob").await?;
+    let carol = StateUser::register("carol").await?;
+    let room = shared_room(&alice, &[&bob, &carol]).await?;
+    let room_id = room.room_id().to_owned();
+    room.enable_state_encryption().await?;
+    let before = room.set_encrypted_topic("before Bob left").await?;
+
+    bob.room(&room_id).leave().await?;
+    sync_until(&alice.client, "Alice sees Bob gone", DEFAULT_TIMEOUT, || async {
+        !integration_tests::is_joined(&room, bob.user_id()).await
+    })
+    .await?;
+    let after = room.set_encrypted_topic("after Bob left").await?;
+    assert_ne!(after.session_id, before.session_id, "the slot session rotated");
+
+    // Carol reads the new topic, Bob's devices never got the key.
+    let carol_room = carol.room(&room_id);
+    sync_until(&carol.client, "Carol reads the new topic", DEFAULT_TIMEOUT, || async {
+        carol_room.encrypted_topic().await.ok().flatten().as_deref() == Some("after Bob left")
+    })
+    .await?;
+    let raw = encrypted_event_from(&alice, &room_id, &after.event_id).await?;
+    let attempt = bob.room(&room_id).decrypt_event(&raw, None).await?;
+    assert!(
+        matches!(attempt.kind, TimelineEventKind::UnableToDecrypt { .. }),
+        "Bob decrypted state sent after he left"
+    );
+    Ok(())
+}
+
+async fn encrypted_event_from(
+    user: &StateUser,
+    room_id: &RoomId,
+    event_id: &OwnedEventId,
+) -> Result<Raw<OriginalSyncRoomEncryptedEvent>> {
+    let state = server_state(user, room_id).await?;
+    let raw = state
+        .into_iter()
+        .find(|e| e.get_field::<OwnedEventId>("event_id").ok().flatten().as_ref() == Some(event_id))
+        .expect("the event is in the room state");
+    Ok(raw.cast_unchecked())
+}
+
+/// Mallory, a moderator (power 50: enough for `m.room.encrypted` state, not for the name, which
+/// needs 100), crafts encrypted state with a raw Megolm session whose key she sends to Bob.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_misbehaving_member_changes_nothing_our_api_reports() -> Result<()> {
+    init();
+    let alice = StateUser::register("alice").await?;
+    let bob = StateUser::register("bob").await?;
+    let mallory = StateUser::register("mallory").await?;
+    let room = shared_room(&alice, &[&bob, &mallory]).await?;
+    let room_id = room.room_id().to_owned();
+
+    let mut power_levels: Value = room
+        .get_state_event(matrix_sdk::ruma::events::StateEventType::RoomPowerLevels, "")
+        .await?
+        .and_then(|raw| match raw {
+            matrix_sdk::deserialized_responses::RawAnySyncOrStrippedState::Sync(raw) => {
+                raw.get_field::<Value>("content").ok().flatten()
+            }
+            _ => None,
+        })
+        .expect("power levels");
+    power_levels["users"][mallory.user_id().as_str()] = json!(50);
+    power_levels["events"]["m.room.name"] = json!(100);
+    power_levels["state_default"] = json!(50);
+    room.send_state_event_raw("m.room.power_levels", "", power_levels).await?;
+    room.enable_state_encryption().await?;
+    room.set_encrypted_name("The real name").await?;
+    let bob_room = bob.room(&room_id);
+    sync_until(&bob.client, "Bob reads the real name", DEFAULT_TIMEOUT, || async {
+        bob_room.encrypted_name().await.ok().flatten().as_deref() == Some("The real name")
+    })
+    .await?;
+
+    // Mallory's crafted session, shared with Bob's devices over Olm.
+    let mut crafter = Crafter::new();
+    let mallory_room = mallory.room(&room_id);
+    sync_until(&mallory.client, "Mallory sees her power", DEFAULT_TIMEOUT, || async {
+        mallory_room
+            .power_levels()
+            .await
+            .is_ok_and(|pl| pl.events.contains_key(&"m.room.name".into()))
+    })
+    .await?;
+    let bob_devices = mallory.client.encryption().get_user_devices(bob.user_id()).await?;
+    let devices: Vec<_> = bob_devices.devices().collect();
+    assert!(!devices.is_empty());
+    let failures = mallory
+        .client
+        .encryption()
+        .encrypt_and_send_raw_to_device(
+            devices.iter().collect(),
+            "m.room_key",
+            crafter.room_key_content(&room_id),
+            Default::default(),
+        )
+        .await?;
+    assert!(failures.is_empty(), "{failures:?}");
+
+    let own = mallory.ext.own_device().clone();
+    let other_room = "!elsewhere:localhost";
+    let cases: Vec<(&str, Value, &str)> = vec![
+        (
+            "m.room.power_levels:",
+            payload("m.room.power_levels", "", json!({"users": {}}), &room_id),
+            "critical_type",
+        ),
+        (
+            "m.room.tombstone:",
+            payload(
+                "m.room.tombstone",
+                "",
+                json!({"replacement_room": "!evil:localhost"}),
+                &room_id,
+            ),
+            "critical_type",
+        ),
+        (
+            "m.room.join_rules:",
+            payload("m.room.join_rules", "", json!({"join_rule": "public"}), &room_id),
+            "critical_type",
+        ),
+        (
+            "m.room.server_acl:",
+            payload("m.room.server_acl", "", json!({"allow": ["*"]}), &room_id),
+            "critical_type",
+        ),
+        (
+            "m.room.name:",
+            payload("m.room.name", "", json!({"name": "Forged name"}), &room_id),
+            "insufficient_power",
+        ),
+        (
+            "org.example.status:@alice:localhost",
+            payload("org.example.status", &format!("{}", alice.user_id()), json!({}), &room_id),
+            "state_key_of_other_user",
+        ),
+        (
+            "m.room.topic:",
+            payload("m.room.name", "", json!({"name": "Smuggled name"}), &room_id),
+            "packed_key_mismatch",
+        ),
+        (
+            "org.example.replayed:",
+            json!({"type": "org.example.replayed", "state_key": "", "content": {}, "room_id": other_room}),
+            "wrong_room",
+        ),
+    ];
+    let mut sent = Vec::new();
+    for (packed, plaintext, expected) in &cases {
+        // The state-key-of-another-user case must name Alice exactly.
+        let packed = if packed.starts_with("org.example.status:") {
+            format!("org.example.status:{}", alice.user_id())
+        } else {
+            (*packed).to_owned()
+        };
+        let content = crafter.encrypt(&own, plaintext);
+        let response = mallory_room
+            .send_state_event_raw(
+                "m.room.encrypted",
+                &packed,
+                content.cast_unchecked::<matrix_sdk::ruma::events::AnyStateEventContent>(),
+            )
+            .await?;
+        sent.push((response.event_id, *expected));
+    }
+
+    sync_until(&bob.client, "Bob rejects every crafted event", Duration::from_secs(60), || async {
+        let view = bob_room.encrypted_state_view().await.expect("view");
+        sent.iter().all(|(id, _)| view.rejected.iter().any(|r| &r.event_id == id))
+    })
+    .await?;
+
+    let view = bob_room.encrypted_state_view().await?;
+    for (event_id, expected) in &sent {
+        let rejected = view.rejected.iter().find(|r| &r.event_id == event_id).expect("rejected");
+        let reason = serde_json::to_value(&rejected.reason)?;
+        assert_eq!(reason["reason"], *expected, "{event_id}: {:?}", rejected.reason);
+        assert_eq!(rejected.sender, mallory.user_id());
+    }
+    assert!(view.rejected.iter().any(|r| matches!(r.reason, RejectionReason::WrongRoom { .. })));
+    // Nothing changed what our API reports.
+    assert_eq!(bob_room.encrypted_name().await?.as_deref(), Some("The real name"));
+    for record in &view.state {
+        assert_ne!(record.sender(), mallory.user_id(), "{record:?}");
+    }
+    assert!(view.state.iter().all(|r| !crypto_ext::critical::is_critical(&r.slot.event_type)));
+    Ok(())
+}
+
+fn payload(event_type: &str, state_key: &str, content: Value, room_id: &RoomId) -> Value {
+    json!({ "type": event_type, "state_key": state_key, "content": content, "room_id": room_id })
+}
