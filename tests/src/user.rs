@@ -109,6 +109,20 @@ impl TestUser {
         Ok(())
     }
 
+    /// Simulates an app restart: drops the client and builds a new one on the same stores,
+    /// restoring the session.
+    pub async fn restart(self) -> Result<Self> {
+        let session = self.client.matrix_auth().session().context("logged in")?;
+        let Self { client, password, store_dir } = self;
+        drop(client);
+        let client = Self::client_builder(&store_dir).await?.build().await?;
+        client
+            .matrix_auth()
+            .restore_session(session, matrix_sdk::store::RoomLoadSettings::default())
+            .await?;
+        Ok(Self { client, password, store_dir })
+    }
+
     /// The user's Matrix ID.
     pub fn user_id(&self) -> &matrix_sdk::ruma::UserId {
         self.client.user_id().expect("a TestUser is always logged in")

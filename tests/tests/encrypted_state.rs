@@ -285,3 +285,98 @@ async fn a_misbehaving_member_changes_nothing_our_api_reports() -> Result<()> {
 fn payload(event_type: &str, state_key: &str, content: Value, room_id: &RoomId) -> Value {
     json!({ "type": event_type, "state_key": state_key, "content": content, "room_id": room_id })
 }
+
+/// Encrypted state the client received while the extension was not running is processed when
+/// the app starts again, from what the client stored, without a new sync.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn state_the_client_stored_is_processed_after_a_restart() -> Result<()> {
+    init();
+    let alice = StateUser::register("alice").await?;
+    let bob = integration_tests::TestUser::register("bob").await?;
+    let room = shared_room(&alice, &[&bob]).await?;
+    let room_id = room.room_id().to_owned();
+    room.enable_state_encryption().await?;
+    let sent = room.set_encrypted_topic("Read after restart").await?;
+
+    // Bob's client syncs the event and its key, with no extension installed.
+    sync_until(&bob.client, "Bob's client stores the encrypted topic", DEFAULT_TIMEOUT, || async {
+        let Some(room) = bob.client.get_room(&room_id) else { return false };
+        room.get_state_events(matrix_sdk::ruma::events::StateEventType::RoomEncrypted)
+            .await
+            .is_ok_and(|events| !events.is_empty())
+    })
+    .await?;
+
+    let bob = bob.restart().await?;
+    let config = sdk_ext::StateExtConfig::sqlite(bob.store_dir.path().join("state"), "pass");
+    let _ext = sdk_ext::StateExtension::install(&bob.client, config).await?;
+    let bob_room = bob.client.get_room(&room_id).expect("the room survives the restart");
+    let record = bob_room.encrypted_state("m.room.topic", "").await?.expect("processed on install");
+    assert_eq!(record.event_id(), &sent.event_id);
+    assert_eq!(bob_room.encrypted_topic().await?.as_deref(), Some("Read after restart"));
+    Ok(())
+}
+
+/// An event whose key arrives later waits as pending, then becomes readable and is announced.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pending_event_becomes_readable_when_its_key_arrives() -> Result<()> {
+    init();
+    let alice = StateUser::register("alice").await?;
+    let bob = StateUser::register("bob").await?;
+    let room = shared_room(&alice, &[&bob]).await?;
+    let room_id = room.room_id().to_owned();
+    room.enable_state_encryption().await?;
+    let mut updates = bob.ext.subscribe();
+
+    // Alice's client plays a slow network: the event goes out before its key.
+    let mut crafter = Crafter::new();
+    let room_key = crafter.room_key_content(&room_id);
+    let own = alice.ext.own_device().clone();
+    let content = crafter
+        .encrypt(&own, &payload("m.room.topic", "", json!({"topic": "Late but fine"}), &room_id));
+    let response = room
+        .send_state_event_raw(
+            "m.room.encrypted",
+            "m.room.topic:",
+            content.cast_unchecked::<matrix_sdk::ruma::events::AnyStateEventContent>(),
+        )
+        .await?;
+    let bob_room = bob.room(&room_id);
+    sync_until(&bob.client, "Bob holds the event as pending", DEFAULT_TIMEOUT, || async {
+        bob_room
+            .encrypted_state_view()
+            .await
+            .is_ok_and(|v| v.pending.iter().any(|p| p.event_id == response.event_id))
+    })
+    .await?;
+    assert_eq!(bob_room.encrypted_topic().await?, None);
+
+    let devices = alice.client.encryption().get_user_devices(bob.user_id()).await?;
+    alice
+        .client
+        .encryption()
+        .encrypt_and_send_raw_to_device(
+            devices.devices().collect::<Vec<_>>().iter().collect(),
+            "m.room_key",
+            room_key,
+            Default::default(),
+        )
+        .await?;
+    sync_until(&bob.client, "the key arrives and the topic is read", DEFAULT_TIMEOUT, || async {
+        bob_room.encrypted_topic().await.ok().flatten().as_deref() == Some("Late but fine")
+    })
+    .await?;
+    assert!(bob_room.encrypted_state_view().await?.pending.is_empty());
+
+    let mut announced = false;
+    while let Ok(update) = updates.try_recv() {
+        if let sdk_ext::StateUpdate::Accepted { event_id, was_pending, current, .. } = update
+            && event_id == response.event_id
+        {
+            assert!(was_pending && current);
+            announced = true;
+        }
+    }
+    assert!(announced, "the update stream announced the event");
+    Ok(())
+}

@@ -75,32 +75,70 @@ fn step(steps: &mut Vec<Step>, name: &'static str, f: impl FnOnce() -> Result<()
     ok
 }
 
+/// How the test binaries are run: cargo-nextest when installed (one build serves both the unit
+/// and the integration run, selected by filter), plain `cargo test` otherwise.
+enum Runner {
+    Nextest,
+    CargoTest,
+}
+
+impl Runner {
+    fn detect() -> Self {
+        if cmd::succeeds("cargo", &["nextest", "--version"]) {
+            Self::Nextest
+        } else {
+            println!("xtask: cargo-nextest not found, using cargo test");
+            Self::CargoTest
+        }
+    }
+
+    /// Runs the unit tests (`integration == false`) or the integration suite.
+    fn run(&self, root: &Path, integration: bool, envs: &[(&str, &str)]) -> Result<()> {
+        match self {
+            Self::Nextest => {
+                let filter = if integration {
+                    format!("package({INTEGRATION_PACKAGE})")
+                } else {
+                    format!("not package({INTEGRATION_PACKAGE})")
+                };
+                let args = ["nextest", "run", "--workspace", "--no-fail-fast", "-E", &filter];
+                cmd::run(root, "cargo", &args, envs)
+            }
+            // Selecting packages changes cargo's feature unification, hence a second build.
+            Self::CargoTest if integration => {
+                cmd::run(root, "cargo", &["test", "--package", INTEGRATION_PACKAGE], envs)
+            }
+            Self::CargoTest => cmd::run(
+                root,
+                "cargo",
+                &["test", "--workspace", "--exclude", INTEGRATION_PACKAGE],
+                envs,
+            ),
+        }
+    }
+}
+
 /// `cargo xtask test`: every check and suite; non-zero exit if any fails.
 pub fn run(root: &Path) -> Result<()> {
     let started = Instant::now();
     let mut steps = Vec::new();
     let cargo = |args: &[&str]| cmd::run(root, "cargo", args, &[]);
+    let runner = Runner::detect();
 
     step(&mut steps, "format check", || cargo(&["fmt", "--all", "--", "--check"]));
     step(&mut steps, "clippy", || {
         cargo(&["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"])
     });
-    step(&mut steps, "unit tests and doc tests", || {
-        cargo(&["test", "--workspace", "--exclude", INTEGRATION_PACKAGE])
-    });
-    // Build before the server starts, so Synapse does not sit idle through a compile.
-    let built = step(&mut steps, "build the integration suite", || {
-        cargo(&["test", "--package", INTEGRATION_PACKAGE, "--no-run"])
-    });
+    // One build of every test target, before the server starts, so Synapse never idles
+    // through a compile.
+    let built =
+        step(&mut steps, "build every test", || cargo(&["test", "--workspace", "--no-run"]));
     if built {
+        step(&mut steps, "doc tests", || cargo(&["test", "--workspace", "--doc"]));
+        step(&mut steps, "unit tests", || runner.run(root, false, &[]));
         step(&mut steps, "integration suite against Synapse", || {
             let guard = SynapseGuard::start(root, "test")?;
-            let result = cmd::run(
-                root,
-                "cargo",
-                &["test", "--package", INTEGRATION_PACKAGE],
-                &[(URL_ENV, &guard.0.url)],
-            );
+            let result = runner.run(root, true, &[(URL_ENV, &guard.0.url)]);
             if result.is_err() {
                 eprintln!(
                     "xtask: last Synapse log lines:\n{}",

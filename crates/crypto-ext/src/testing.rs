@@ -46,7 +46,8 @@ impl Crafter {
         self.session.session_id()
     }
 
-    /// An ordinary `m.room_key` content for the session, bound to `room_id`.
+    /// An ordinary `m.room_key` content for the session from its current index (take it before
+    /// encrypting the first event it should unlock), bound to `room_id`.
     pub fn room_key_content(&self, room_id: &RoomId) -> Raw<AnyToDeviceEventContent> {
         to_raw(&json!({
             "algorithm": MEGOLM_V1,
