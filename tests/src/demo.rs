@@ -4,21 +4,12 @@ use std::sync::{Arc, Mutex};
 
 use anyhow::{Context, Result};
 use matrix_sdk::{
-    Room,
     deserialized_responses::EncryptionInfo,
-    ruma::{
-        api::client::room::create_room::v3::{Request as CreateRoomRequest, RoomPreset},
-        events::{
-            InitialStateEvent,
-            room::{
-                encryption::RoomEncryptionEventContent,
-                message::{OriginalSyncRoomMessageEvent, RoomMessageEventContent},
-            },
-        },
-    },
+    ruma::events::room::message::{OriginalSyncRoomMessageEvent, RoomMessageEventContent},
 };
+use sdk_ext::RoomStateExt;
 
-use crate::{DEFAULT_TIMEOUT, TestUser, sync_until};
+use crate::{DEFAULT_TIMEOUT, StateUser, server_state, shared_room, sync_until};
 
 /// Prints numbered steps in plain words.
 #[derive(Debug, Default)]
@@ -43,45 +34,33 @@ pub struct DemoOutcome {
     pub received_body: String,
     /// How the received message was encrypted (`None` would mean it arrived in clear).
     pub encryption_info: Option<EncryptionInfo>,
+    /// The encrypted name and topic Alice set.
+    pub sent_name_and_topic: (String, String),
+    /// The name and topic Bob read through sdk-ext.
+    pub read_name_and_topic: (Option<String>, Option<String>),
+    /// Whether the homeserver's copy of the room state held the name or topic in clear.
+    pub server_saw_plaintext: bool,
 }
 
 /// A message body and how it was encrypted, as an event handler saw it.
 type ReceivedMessage = (String, Option<EncryptionInfo>);
 
 /// Two users register and cross-sign, Alice creates an encrypted room and invites Bob, Bob joins,
-/// Alice sends an encrypted message and Bob decrypts it.
+/// Alice sends an encrypted message and Bob decrypts it; then Alice switches the room to
+/// encrypted state and sets its name and topic, which Bob reads while the homeserver only holds
+/// ciphertext.
 pub async fn run(narrator: &mut Narrator) -> Result<DemoOutcome> {
-    let alice = TestUser::register("alice").await?;
-    narrator.say(format!("Registered {} with its own SQLite store", alice.user_id()));
-    let bob = TestUser::register("bob").await?;
-    narrator.say(format!("Registered {} with its own SQLite store", bob.user_id()));
+    let alice = StateUser::register("alice").await?;
+    narrator
+        .say(format!("Registered {} (SQLite stores, encrypted-state extension)", alice.user_id()));
+    let bob = StateUser::register("bob").await?;
+    narrator
+        .say(format!("Registered {} (SQLite stores, encrypted-state extension)", bob.user_id()));
     narrator.say("Both users uploaded cross-signing keys and signed their own device");
 
-    let mut request = CreateRoomRequest::new();
-    request.name = Some("Demo room".to_owned());
-    request.preset = Some(RoomPreset::PrivateChat);
-    request.invite = vec![bob.user_id().to_owned()];
-    request.initial_state = vec![
-        InitialStateEvent::with_empty_state_key(
-            RoomEncryptionEventContent::with_recommended_defaults(),
-        )
-        .to_raw_any(),
-    ];
-    let alice_room = alice.client.create_room(request).await.context("creating the room")?;
-    let room_id = alice_room.room_id().to_owned();
-    narrator.say(format!("Alice created the encrypted room {room_id} and invited Bob"));
-
-    sync_until(&bob.client, "Bob sees the invite", DEFAULT_TIMEOUT, || async {
-        bob.client.get_room(&room_id).is_some()
-    })
-    .await?;
-    bob.client.join_room_by_id(&room_id).await.context("Bob joining")?;
-    narrator.say("Bob saw the invite and joined");
-
-    sync_until(&alice.client, "Alice sees Bob joined", DEFAULT_TIMEOUT, || async {
-        joined(&alice_room, bob.user_id()).await
-    })
-    .await?;
+    let room = shared_room(&alice, &[&bob]).await?;
+    let room_id = room.room_id().to_owned();
+    narrator.say(format!("Alice created the end-to-end encrypted room {room_id}; Bob joined"));
 
     let received: Arc<Mutex<Option<ReceivedMessage>>> = Arc::default();
     let sink = received.clone();
@@ -94,14 +73,9 @@ pub async fn run(narrator: &mut Narrator) -> Result<DemoOutcome> {
             async {}
         },
     );
-
     let sent_body = "Hello Bob, only the two of us can read this.".to_owned();
-    alice_room
-        .send(RoomMessageEventContent::text_plain(&sent_body))
-        .await
-        .context("Alice sending")?;
+    room.send(RoomMessageEventContent::text_plain(&sent_body)).await.context("Alice sending")?;
     narrator.say(format!("Alice sent an encrypted message: {sent_body:?}"));
-
     sync_until(&bob.client, "Bob receives the message", DEFAULT_TIMEOUT, || async {
         received.lock().unwrap_or_else(|e| e.into_inner()).is_some()
     })
@@ -120,12 +94,66 @@ pub async fn run(narrator: &mut Narrator) -> Result<DemoOutcome> {
         None => narrator.say(format!("Bob read it, but it was NOT encrypted: {received_body:?}")),
     }
 
-    Ok(DemoOutcome { sent_body, received_body, encryption_info })
-}
+    room.enable_state_encryption().await?;
+    narrator.say("Alice switched the room to encrypted state (MSC4362 flag in m.room.encryption)");
+    let (name, topic) =
+        ("Operation Nightingale".to_owned(), "Launch plans. Members only.".to_owned());
+    room.set_encrypted_name(&name).await?;
+    room.set_encrypted_topic(&topic).await?;
+    narrator.say(format!("Alice set the name {name:?} and the topic {topic:?}, encrypted"));
 
-async fn joined(room: &Room, user: &matrix_sdk::ruma::UserId) -> bool {
-    matches!(
-        room.get_member_no_sync(user).await,
-        Ok(Some(member)) if *member.membership() == matrix_sdk::ruma::events::room::member::MembershipState::Join
-    )
+    let bob_room = bob.room(&room_id);
+    sync_until(&bob.client, "Bob reads the encrypted name and topic", DEFAULT_TIMEOUT, || async {
+        bob_room.encrypted_name().await.ok().flatten().is_some()
+            && bob_room.encrypted_topic().await.ok().flatten().is_some()
+    })
+    .await?;
+
+    let state = server_state(&bob, &room_id).await?;
+    let dump = serde_json::to_string(&state)?;
+    let server_saw_plaintext = dump.contains(&name) || dump.contains(&topic);
+    for event in &state {
+        let event_type = event.get_field::<String>("type").ok().flatten().unwrap_or_default();
+        let state_key = event.get_field::<String>("state_key").ok().flatten().unwrap_or_default();
+        if event_type == "m.room.encrypted" {
+            let ciphertext = event
+                .get_field::<serde_json::Value>("content")
+                .ok()
+                .flatten()
+                .and_then(|c| {
+                    c["ciphertext"].as_str().map(|s| s.chars().take(32).collect::<String>())
+                })
+                .unwrap_or_default();
+            narrator.say(format!(
+                "The homeserver stores {event_type} with state_key {state_key:?}: ciphertext {ciphertext}..."
+            ));
+        }
+    }
+    narrator.say(if server_saw_plaintext {
+        "WARNING: the homeserver's copy of the state contains the name or topic in clear".to_owned()
+    } else {
+        "No state event on the homeserver carries the name or the topic in clear".to_owned()
+    });
+
+    let read_name = bob_room.encrypted_name().await?;
+    let read_topic = bob_room.encrypted_topic().await?;
+    let record = bob_room.encrypted_state("m.room.name", "").await?.context("name record")?;
+    let provenance = record.provenance().context("encrypted provenance")?;
+    narrator.say(format!(
+        "Bob reads through sdk-ext: name {:?}, topic {:?} (sent by {}, device {}, session index {})",
+        read_name.as_deref().unwrap_or("-"),
+        read_topic.as_deref().unwrap_or("-"),
+        provenance.sender,
+        provenance.sender_device.as_deref().map(|d| d.as_str()).unwrap_or("unknown"),
+        provenance.message_index,
+    ));
+
+    Ok(DemoOutcome {
+        sent_body,
+        received_body,
+        encryption_info,
+        sent_name_and_topic: (name, topic),
+        read_name_and_topic: (read_name, read_topic),
+        server_saw_plaintext,
+    })
 }

@@ -7,11 +7,13 @@
 pub mod demo;
 mod room;
 mod state;
+mod stock;
 mod sync;
 mod user;
 
-pub use room::{is_joined, join, shared_room};
+pub use room::{is_joined, join, set_power_levels, shared_room};
 pub use state::{StateUser, server_state};
+pub use stock::{STOCK_CLIENT_ENV, StockClient};
 pub use sync::{DEFAULT_TIMEOUT, sync_until, wait_until};
 pub use user::{TestUser, homeserver_url, unique_name};
 

@@ -66,3 +66,29 @@ pub async fn is_joined(room: &Room, user: &UserId) -> bool {
         Ok(Some(member)) if *member.membership() == MembershipState::Join
     )
 }
+
+/// Changes the room's power levels as `room`'s user: `users` get the given levels, `events`
+/// the given requirements.
+pub async fn set_power_levels(
+    room: &Room,
+    users: &[(&UserId, i64)],
+    events: &[(&str, i64)],
+) -> Result<()> {
+    let raw = room
+        .get_state_event(matrix_sdk::ruma::events::StateEventType::RoomPowerLevels, "")
+        .await?
+        .context("the room has power levels")?;
+    let matrix_sdk::deserialized_responses::RawAnySyncOrStrippedState::Sync(raw) = raw else {
+        anyhow::bail!("power levels of a room we are not in");
+    };
+    let mut content: serde_json::Value =
+        raw.get_field("content")?.context("power levels content")?;
+    for (user, level) in users {
+        content["users"][user.as_str()] = (*level).into();
+    }
+    for (event_type, level) in events {
+        content["events"][*event_type] = (*level).into();
+    }
+    room.send_state_event_raw("m.room.power_levels", "", content).await?;
+    Ok(())
+}

@@ -4,7 +4,9 @@ use std::time::Duration;
 
 use anyhow::Result;
 use crypto_ext::testing::Crafter;
-use integration_tests::{DEFAULT_TIMEOUT, StateUser, server_state, shared_room, sync_until};
+use integration_tests::{
+    DEFAULT_TIMEOUT, StateUser, server_state, set_power_levels, shared_room, sync_until,
+};
 use matrix_sdk::{
     deserialized_responses::TimelineEventKind,
     ruma::{
@@ -144,20 +146,7 @@ async fn a_misbehaving_member_changes_nothing_our_api_reports() -> Result<()> {
     let room = shared_room(&alice, &[&bob, &mallory]).await?;
     let room_id = room.room_id().to_owned();
 
-    let mut power_levels: Value = room
-        .get_state_event(matrix_sdk::ruma::events::StateEventType::RoomPowerLevels, "")
-        .await?
-        .and_then(|raw| match raw {
-            matrix_sdk::deserialized_responses::RawAnySyncOrStrippedState::Sync(raw) => {
-                raw.get_field::<Value>("content").ok().flatten()
-            }
-            _ => None,
-        })
-        .expect("power levels");
-    power_levels["users"][mallory.user_id().as_str()] = json!(50);
-    power_levels["events"]["m.room.name"] = json!(100);
-    power_levels["state_default"] = json!(50);
-    room.send_state_event_raw("m.room.power_levels", "", power_levels).await?;
+    set_power_levels(&room, &[(mallory.user_id(), 50)], &[("m.room.name", 100)]).await?;
     room.enable_state_encryption().await?;
     room.set_encrypted_name("The real name").await?;
     let bob_room = bob.room(&room_id);

@@ -3,11 +3,15 @@
 use integration_tests::demo::{self, Narrator};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn demo_flow_decrypts_the_message() -> anyhow::Result<()> {
+async fn demo_flow_decrypts_the_message_and_the_state() -> anyhow::Result<()> {
     integration_tests::init_tracing("warn");
     let outcome = demo::run(&mut Narrator::default()).await?;
     assert_eq!(outcome.received_body, outcome.sent_body);
     let info = outcome.encryption_info.expect("the message must arrive encrypted");
     assert!(info.session_id().is_some(), "decrypted with a Megolm session");
+
+    let (name, topic) = outcome.sent_name_and_topic;
+    assert_eq!(outcome.read_name_and_topic, (Some(name), Some(topic)));
+    assert!(!outcome.server_saw_plaintext, "the homeserver must only hold ciphertext");
     Ok(())
 }

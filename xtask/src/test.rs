@@ -16,6 +16,29 @@ use crate::{
 /// The package holding the integration suite and the demo binary.
 const INTEGRATION_PACKAGE: &str = "integration-tests";
 
+/// The stock-client crate: outside the workspace, so matrix-sdk's experimental encrypted-state
+/// feature it enables never reaches our crates.
+const STOCK_CLIENT_MANIFEST: &str = "interop/stock-client/Cargo.toml";
+/// The environment variable through which the interop tests find the stock client.
+const STOCK_CLIENT_ENV: &str = "STOCK_CLIENT_BIN";
+
+fn stock_client_bin(root: &Path) -> std::path::PathBuf {
+    root.join("target").join("stock-client").join("debug").join("stock-client")
+}
+
+/// Builds the stock client with its own lock file and target directory.
+fn build_stock_client(root: &Path) -> Result<std::path::PathBuf> {
+    let target = root.join("target").join("stock-client");
+    let target = target.to_str().unwrap_or_default();
+    cmd::run(
+        root,
+        "cargo",
+        &["build", "--locked", "--manifest-path", STOCK_CLIENT_MANIFEST, "--target-dir", target],
+        &[],
+    )?;
+    Ok(stock_client_bin(root))
+}
+
 /// The PID of the Synapse this process runs, for the Ctrl-C / SIGTERM handler.
 static RUNNING_PID: Mutex<Option<u32>> = Mutex::new(None);
 
@@ -133,12 +156,18 @@ pub fn run(root: &Path) -> Result<()> {
     // through a compile.
     let built =
         step(&mut steps, "build every test", || cargo(&["test", "--workspace", "--no-run"]));
-    if built {
+    let stock_built = step(&mut steps, "build the stock matrix-sdk client (interop)", || {
+        build_stock_client(root).map(drop)
+    });
+    if built && stock_built {
         step(&mut steps, "doc tests", || cargo(&["test", "--workspace", "--doc"]));
         step(&mut steps, "unit tests", || runner.run(root, false, &[]));
         step(&mut steps, "integration suite against Synapse", || {
+            let stock = stock_client_bin(root);
+            let stock = stock.to_str().unwrap_or_default();
             let guard = SynapseGuard::start(root, "test")?;
-            let result = runner.run(root, true, &[(URL_ENV, &guard.0.url)]);
+            let envs = [(URL_ENV, guard.0.url.as_str()), (STOCK_CLIENT_ENV, stock)];
+            let result = runner.run(root, true, &envs);
             if result.is_err() {
                 eprintln!(
                     "xtask: last Synapse log lines:\n{}",

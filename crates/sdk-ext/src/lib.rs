@@ -8,6 +8,9 @@ mod processing;
 mod room;
 mod updates;
 
+#[doc = include_str!("../../../docs/guide.md")]
+pub mod guide {}
+
 pub use config::{StateExtConfig, StoreConfig};
 pub use crypto_ext::{RejectedState, RejectionReason, StateSlot};
 pub use error::{Error, Result};

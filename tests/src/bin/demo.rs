@@ -15,6 +15,13 @@ async fn main() -> anyhow::Result<()> {
         outcome.received_body == outcome.sent_body && outcome.encryption_info.is_some(),
         "Bob did not decrypt what Alice sent"
     );
-    println!("\nDone: the message crossed the server only as ciphertext and Bob read it.");
+    anyhow::ensure!(
+        !outcome.server_saw_plaintext,
+        "the homeserver's copy of the room state holds the name or topic in clear"
+    );
+    println!(
+        "\nDone: the message and the room's name and topic crossed the server only as \
+         ciphertext, and Bob read them."
+    );
     Ok(())
 }
