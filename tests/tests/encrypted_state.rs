@@ -369,3 +369,122 @@ async fn a_pending_event_becomes_readable_when_its_key_arrives() -> Result<()> {
     assert!(announced, "the update stream announced the event");
     Ok(())
 }
+
+/// An existing room with a plaintext name and topic moves them into encrypted state: the
+/// homeserver stops serving them in clear and members read them through our API.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_existing_room_migrates_its_name_and_topic() -> Result<()> {
+    init();
+    let alice = StateUser::register("alice").await?;
+    let bob = StateUser::register("bob").await?;
+    let room = shared_room(&alice, &[&bob]).await?;
+    let room_id = room.room_id().to_owned();
+    room.send_state_event_raw("m.room.name", "", json!({ "name": "Plain Pelican" })).await?;
+    room.send_state_event_raw("m.room.topic", "", json!({ "topic": "Plain topic" })).await?;
+    sync_until(
+        &alice.client,
+        "Alice's client stores the plaintext name",
+        DEFAULT_TIMEOUT,
+        || async { room.name().as_deref() == Some("Plain Pelican") },
+    )
+    .await?;
+
+    let moved = room.migrate_to_encrypted_state().await?;
+    let moved: Vec<&str> = moved.iter().map(|s| s.event_type.as_str()).collect();
+    assert_eq!(moved, ["m.room.name", "m.room.topic"]);
+
+    let bob_room = bob.room(&room_id);
+    sync_until(&bob.client, "Bob reads the migrated name and topic", DEFAULT_TIMEOUT, || async {
+        bob_room.encrypted_name().await.ok().flatten().as_deref() == Some("Plain Pelican")
+            && bob_room.encrypted_topic().await.ok().flatten().as_deref() == Some("Plain topic")
+    })
+    .await?;
+    let record = bob_room.encrypted_state("m.room.name", "").await?.expect("name");
+    assert!(record.provenance().is_some(), "the winner is the encrypted copy");
+
+    let dump = serde_json::to_string(&server_state(&bob, &room_id).await?)?;
+    assert!(!dump.contains("Plain Pelican"), "the plaintext name is still served");
+    assert!(!dump.contains("Plain topic"), "the plaintext topic is still served");
+    Ok(())
+}
+
+/// The avatar image is uploaded encrypted and the encrypted avatar event points at it; a member
+/// downloads and decrypts the same bytes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_encrypted_avatar_round_trips() -> Result<()> {
+    init();
+    let alice = StateUser::register("alice").await?;
+    let bob = StateUser::register("bob").await?;
+    let room = shared_room(&alice, &[&bob]).await?;
+    let room_id = room.room_id().to_owned();
+    room.enable_state_encryption().await?;
+    let image: Vec<u8> = (0..4096u32).map(|i| (i * 7 % 251) as u8).collect();
+    room.set_encrypted_avatar("image/png", &image).await?;
+
+    let bob_room = bob.room(&room_id);
+    sync_until(&bob.client, "Bob sees the encrypted avatar", DEFAULT_TIMEOUT, || async {
+        bob_room.encrypted_avatar().await.ok().flatten().is_some()
+    })
+    .await?;
+    let avatar = bob_room.encrypted_avatar().await?.expect("avatar");
+    assert_eq!(avatar.mimetype.as_deref(), Some("image/png"));
+    let matrix_sdk::ruma::events::room::MediaSource::Encrypted(file) = &avatar.source else {
+        panic!("the avatar must reference an encrypted file, got {:?}", avatar.source);
+    };
+    // The media repository holds ciphertext; the media API decrypts with the file's key.
+    let stored = bob
+        .client
+        .media()
+        .get_media_content(
+            &matrix_sdk::media::MediaRequestParameters {
+                source: matrix_sdk::ruma::events::room::MediaSource::Plain(file.url.clone()),
+                format: matrix_sdk::media::MediaFormat::File,
+            },
+            false,
+        )
+        .await?;
+    assert_ne!(stored, image, "the server must not hold the image in clear");
+    let decrypted = bob
+        .client
+        .media()
+        .get_media_content(
+            &matrix_sdk::media::MediaRequestParameters {
+                source: avatar.source.clone(),
+                format: matrix_sdk::media::MediaFormat::File,
+            },
+            false,
+        )
+        .await?;
+    assert_eq!(decrypted, image);
+    Ok(())
+}
+
+/// After `shutdown`, syncs are no longer processed (the background task is gone), and a fresh
+/// install picks up what was missed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_stops_processing_and_a_new_install_catches_up() -> Result<()> {
+    init();
+    let alice = StateUser::register("alice").await?;
+    let bob = StateUser::register("bob").await?;
+    let room = shared_room(&alice, &[&bob]).await?;
+    let room_id = room.room_id().to_owned();
+    room.enable_state_encryption().await?;
+
+    assert!(bob.ext.is_running());
+    bob.ext.shutdown();
+    assert!(!bob.ext.is_running());
+    room.set_encrypted_topic("while Bob's extension was off").await?;
+    let bob_room = bob.room(&room_id);
+    sync_until(&bob.client, "Bob's client stores the event", DEFAULT_TIMEOUT, || async {
+        bob_room
+            .get_state_events(matrix_sdk::ruma::events::StateEventType::RoomEncrypted)
+            .await
+            .is_ok_and(|events| !events.is_empty())
+    })
+    .await?;
+    assert_eq!(bob_room.encrypted_topic().await?, None, "processed after shutdown");
+
+    bob.ext.refresh().await?;
+    assert_eq!(bob_room.encrypted_topic().await?.as_deref(), Some("while Bob's extension was off"));
+    Ok(())
+}

@@ -180,6 +180,16 @@ impl StateExtension {
         Processor::new(&self.inner).scan_all(true).await
     }
 
+    /// Whether the background task that processes syncs and key arrivals is running.
+    pub fn is_running(&self) -> bool {
+        self.inner
+            .task
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .is_some_and(|task| !task.is_finished())
+    }
+
     /// Stops the background task. The handle stays usable for reads.
     pub fn shutdown(&self) {
         if let Some(task) = self.inner.task.lock().unwrap_or_else(|e| e.into_inner()).take() {

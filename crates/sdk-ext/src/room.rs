@@ -76,9 +76,11 @@ pub trait RoomStateExt {
     /// The homeserver's refusal (e.g. not enough power).
     fn enable_state_encryption(&self) -> impl Future<Output = Result<()>> + Send;
 
-    /// Moves the current plaintext name, topic and avatar into encrypted state: each is first
-    /// cleared in plaintext (so the homeserver stops serving it), then sent encrypted. Enables
-    /// state encryption first if needed. Returns the slots it moved.
+    /// Moves the current plaintext name, topic and avatar into encrypted state: each plaintext
+    /// event is first redacted (so the homeserver stops serving its content, now and in the
+    /// history), then the value is sent encrypted. Enables state encryption first if needed.
+    /// Needs the power to redact others' events when someone else set them. Returns the slots
+    /// it moved.
     ///
     /// # Errors
     ///
@@ -202,11 +204,15 @@ impl RoomStateExt for Room {
                 continue;
             };
             let content: Value = raw.get_field("content").ok().flatten().unwrap_or(Value::Null);
-            if content.as_object().is_none_or(serde_json::Map::is_empty) {
+            let event_id: Option<OwnedEventId> = raw.get_field("event_id").ok().flatten();
+            let (Some(event_id), Some(fields)) = (event_id, content.as_object()) else { continue };
+            if fields.is_empty() {
                 continue;
             }
-            // Clear first: the encrypted copy must be the newer one of the slot.
-            self.send_state_event_raw(event_type, "", json!({})).await?;
+            // Redact the plaintext event first: the homeserver then serves it empty, in the
+            // current state and in the history (a cleared copy would still carry the old value
+            // in its `prev_content`), and the encrypted copy becomes the newer one of the slot.
+            self.redact(&event_id, Some("moved to encrypted state"), None).await?;
             self.set_encrypted_state(event_type, "", content).await?;
             moved.push(StateSlot::new(event_type, ""));
         }
