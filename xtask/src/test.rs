@@ -39,6 +39,28 @@ fn build_stock_client(root: &Path) -> Result<std::path::PathBuf> {
     Ok(stock_client_bin(root))
 }
 
+/// Fails if any workspace crate turns on matrix-sdk-base's `experimental-encrypted-state-events`,
+/// the stock path that applies decrypted state without validation (cargo would unify it into
+/// every crate of the build).
+fn check_no_base_encrypted_state(root: &Path) -> Result<()> {
+    let output = std::process::Command::new("cargo")
+        .args(["tree", "--workspace", "-e", "features", "-i", "matrix-sdk-base"])
+        .current_dir(root)
+        .output()?;
+    if !output.status.success() {
+        bail!("cargo tree failed: {}", String::from_utf8_lossy(&output.stderr));
+    }
+    let tree = String::from_utf8_lossy(&output.stdout);
+    if tree.contains("matrix-sdk-base feature \"experimental-encrypted-state-events\"") {
+        bail!(
+            "the workspace enables matrix-sdk-base's experimental-encrypted-state-events; keep it \
+             in a crate outside the workspace (see interop/stock-client)"
+        );
+    }
+    println!("matrix-sdk-base is built without experimental-encrypted-state-events");
+    Ok(())
+}
+
 /// The PID of the Synapse this process runs, for the Ctrl-C / SIGTERM handler.
 static RUNNING_PID: Mutex<Option<u32>> = Mutex::new(None);
 
@@ -149,6 +171,9 @@ pub fn run(root: &Path) -> Result<()> {
     let runner = Runner::detect();
 
     step(&mut steps, "format check", || cargo(&["fmt", "--all", "--", "--check"]));
+    step(&mut steps, "no stock encrypted-state path in the workspace", || {
+        check_no_base_encrypted_state(root)
+    });
     step(&mut steps, "clippy", || {
         cargo(&["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"])
     });
