@@ -103,3 +103,28 @@ pub enum ImportKeyError {
 #[derive(Debug, Error)]
 #[error("cannot restore a state session from its pickle: {0}")]
 pub struct PickleError(#[from] pub serde_json::Error);
+
+/// A room-key bundle that cannot be built or opened.
+#[derive(Debug, Error)]
+pub enum BundleError {
+    /// The encrypted bundle is bigger than the recipient accepts.
+    #[error("the bundle is {size} bytes, the limit is {max}")]
+    TooLarge {
+        /// Its size.
+        size: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// The encryption info is unusable (unknown version, no SHA-256 hash).
+    #[error("cannot decrypt the bundle: {0}")]
+    Decryption(#[from] matrix_sdk_crypto::DecryptorError),
+    /// The ciphertext does not match its SHA-256 hash.
+    #[error("the bundle does not match its hash")]
+    HashMismatch,
+    /// The plaintext is not a bundle.
+    #[error("the bundle is malformed: {0}")]
+    Malformed(#[source] serde_json::Error),
+    /// Reading through the attachment cipher failed.
+    #[error("I/O error while encrypting the bundle: {0}")]
+    Io(#[source] std::io::Error),
+}

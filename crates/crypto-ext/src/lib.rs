@@ -1,6 +1,7 @@
 #![doc = include_str!("../README.md")]
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
 
+pub mod bundle;
 pub mod critical;
 mod error;
 pub mod identifiers;
@@ -11,8 +12,8 @@ pub mod testing;
 pub mod validation;
 
 pub use error::{
-    DecryptStateError, EncryptStateError, ImportKeyError, PackedStateKeyError, PayloadError,
-    PickleError,
+    BundleError, DecryptStateError, EncryptStateError, ImportKeyError, PackedStateKeyError,
+    PayloadError, PickleError,
 };
 pub use state_event::{PackedStateKey, StatePayload, StateSlot};
 pub use state_sessions::{

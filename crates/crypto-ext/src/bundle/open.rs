@@ -1,0 +1,107 @@
+//! Opening a received bundle.
+
+use std::{collections::BTreeSet, io::Read};
+
+use matrix_sdk_crypto::{
+    AttachmentDecryptor, MediaEncryptionInfo,
+    types::{
+        events::room_key_withheld::RoomKeyWithheldContent,
+        room_history::{HistoricRoomKey, RoomKeyBundle},
+    },
+};
+use ruma::RoomId;
+use tracing::warn;
+
+use crate::error::BundleError;
+
+/// Limits on what a recipient accepts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BundleLimits {
+    /// The largest encrypted bundle accepted, in bytes. A bigger one is refused before it is
+    /// decrypted (and a downloader should stop reading at this size).
+    pub max_bytes: usize,
+}
+
+impl BundleLimits {
+    /// 64 MiB: about 200,000 sessions, far more than any room's history.
+    pub const DEFAULT_MAX_BYTES: usize = 64 * 1024 * 1024;
+}
+
+impl Default for BundleLimits {
+    fn default() -> Self {
+        Self { max_bytes: Self::DEFAULT_MAX_BYTES }
+    }
+}
+
+/// A decrypted bundle, reduced to what may be imported for one room.
+#[derive(Debug)]
+pub struct OpenedBundle {
+    /// Keys of the room, each for a session that is not also withheld.
+    pub room_keys: Vec<HistoricRoomKey>,
+    /// Withheld notices of the room, each for a session that is not also shared.
+    pub withheld: Vec<RoomKeyWithheldContent>,
+    /// Entries dropped because they name another room.
+    pub foreign_entries: usize,
+    /// Sessions dropped because the bundle both shares and withholds them.
+    pub conflicting_sessions: Vec<String>,
+}
+
+/// Checks the size, decrypts (checking the SHA-256 hash), parses, and keeps only the entries of
+/// `room_id`; a session listed both as shared and withheld is dropped from both lists.
+///
+/// # Errors
+///
+/// [`BundleError::TooLarge`] before any decryption, [`BundleError::Decryption`] (hash mismatch,
+/// bad key), [`BundleError::Malformed`] when the plaintext is not a bundle.
+pub fn open(
+    ciphertext: &[u8],
+    info: MediaEncryptionInfo,
+    room_id: &RoomId,
+    limits: BundleLimits,
+) -> Result<OpenedBundle, BundleError> {
+    if ciphertext.len() > limits.max_bytes {
+        return Err(BundleError::TooLarge { size: ciphertext.len(), max: limits.max_bytes });
+    }
+    let mut reader = ciphertext;
+    let mut decryptor = AttachmentDecryptor::new(&mut reader, info)?;
+    let mut json = Vec::with_capacity(ciphertext.len());
+    // The decryptor checks the hash when it reaches the end and fails the read on a mismatch.
+    decryptor.read_to_end(&mut json).map_err(|_| BundleError::HashMismatch)?;
+    let bundle: RoomKeyBundle = serde_json::from_slice(&json).map_err(BundleError::Malformed)?;
+
+    let mut foreign_entries = 0;
+    let mut room_keys: Vec<HistoricRoomKey> = Vec::new();
+    for key in bundle.room_keys {
+        if key.room_id == room_id {
+            room_keys.push(key);
+        } else {
+            foreign_entries += 1;
+        }
+    }
+    let mut withheld: Vec<RoomKeyWithheldContent> = Vec::new();
+    for notice in bundle.withheld {
+        if notice.room_id() == Some(room_id) {
+            withheld.push(notice);
+        } else {
+            foreign_entries += 1;
+        }
+    }
+    let shared: BTreeSet<&str> = room_keys.iter().map(|k| k.session_id.as_str()).collect();
+    let conflicting: BTreeSet<String> = withheld
+        .iter()
+        .filter_map(|w| w.megolm_session_id())
+        .filter(|id| shared.contains(id))
+        .map(str::to_owned)
+        .collect();
+    if foreign_entries > 0 || !conflicting.is_empty() {
+        warn!(%room_id, foreign_entries, conflicting = conflicting.len(), "dropped bundle entries");
+    }
+    room_keys.retain(|k| !conflicting.contains(&k.session_id));
+    withheld.retain(|w| w.megolm_session_id().is_none_or(|id| !conflicting.contains(id)));
+    Ok(OpenedBundle {
+        room_keys,
+        withheld,
+        foreign_entries,
+        conflicting_sessions: conflicting.into_iter().collect(),
+    })
+}

@@ -1,0 +1,254 @@
+//! Room-key bundles: what goes in, sealing, and opening under every kind of bad input.
+
+use assert_matches::assert_matches;
+use crypto_ext::{
+    BundleError, InboundStateSession, KeyOrigin, OutboundStateSession,
+    bundle::{BundleBuilder, BundleLimits, HistoricRoomKey, RoomKeyBundle, open, seal},
+};
+use matrix_sdk_crypto::{
+    AttachmentEncryptor, CollectStrategy, EncryptionSettings, olm::ExportedRoomKey,
+};
+use ruma::{RoomId, events::room::history_visibility::HistoryVisibility, room_id};
+use serde_json::{Value, json};
+
+use crate::machines::*;
+
+/// Alice's message sessions for `room`: one created while history was `shared`, one while it was
+/// `joined`, exported from her store.
+async fn message_sessions(alice: &Peer, bob: &Peer, room: &RoomId) -> Vec<ExportedRoomKey> {
+    for visibility in [HistoryVisibility::Shared, HistoryVisibility::Joined] {
+        let settings = EncryptionSettings {
+            history_visibility: visibility,
+            sharing_strategy: CollectStrategy::AllDevices,
+            ..Default::default()
+        };
+        alice.machine.share_room_key(room, [bob.user_id()].into_iter(), settings).await.unwrap();
+        alice.machine.discard_room_key(room).await.unwrap();
+    }
+    alice.machine.store().export_room_keys(|s| s.room_id() == room).await.unwrap()
+}
+
+fn to_exported(key: &HistoricRoomKey) -> ExportedRoomKey {
+    let json = serde_json::to_value(key).unwrap();
+    serde_json::from_value(json).unwrap()
+}
+
+#[tokio::test]
+async fn shareable_sessions_are_shared_the_rest_withheld_and_state_at_its_current_index() {
+    let mut alice = peer("@alice:example.org", "ALICEDEVICE").await;
+    let mut bob = peer("@bob:example.org", "BOBDEVICE").await;
+    mesh(&mut [&mut alice, &mut bob]).await;
+    let room = room_id!("!room:example.org");
+    let own = alice.own_device();
+
+    let sessions = message_sessions(&alice, &bob, room).await;
+    assert_eq!(sessions.len(), 2);
+    let shareable = sessions.iter().find(|k| k.shared_history).unwrap().session_id.clone();
+    let unshareable = sessions.iter().find(|k| !k.shared_history).unwrap().session_id.clone();
+
+    let name = slot("m.room.name", "");
+    let mut state = OutboundStateSession::new(room, name.clone()).unwrap();
+    let old = state.encrypt(&own, room, &name, content(json!({"name": "Old"}))).unwrap();
+    let current = state.encrypt(&own, room, &name, content(json!({"name": "Current"}))).unwrap();
+
+    let mut builder = BundleBuilder::new(room, &own);
+    for key in sessions {
+        builder.add_message_session(key);
+    }
+    assert!(builder.add_state_session(&mut state));
+    // Something for another room never gets in.
+    let mut elsewhere =
+        OutboundStateSession::new(room_id!("!other:example.org"), name.clone()).unwrap();
+    elsewhere.encrypt(&own, room_id!("!other:example.org"), &name, content(json!({}))).unwrap();
+    assert!(!builder.add_state_session(&mut elsewhere));
+    assert_eq!(builder.counts(), (2, 1));
+    let bundle = builder.build();
+
+    let shared: Vec<&str> = bundle.room_keys.iter().map(|k| k.session_id.as_str()).collect();
+    assert!(shared.contains(&shareable.as_str()));
+    assert!(shared.contains(&state.session_id().as_str()));
+    assert_eq!(bundle.withheld[0].megolm_session_id(), Some(unshareable.as_str()));
+    let withheld = serde_json::to_value(&bundle.withheld[0]).unwrap();
+    assert_eq!(withheld["code"], "m.history_not_shared");
+    assert_eq!(withheld["from_device"], "ALICEDEVICE");
+
+    // The invitee reads the current state and not the older value.
+    let state_key = bundle.room_keys.iter().find(|k| k.session_id == state.session_id()).unwrap();
+    let mut held = InboundStateSession::import(
+        room,
+        &to_exported(state_key),
+        KeyOrigin::Bundle { shared_by: alice.user_id().to_owned() },
+    )
+    .unwrap();
+    let raw_current = state_event(room, alice.user_id(), "m.room.name:", &current.content);
+    let raw_old = state_event(room, alice.user_id(), "m.room.name:", &old.content);
+    assert!(held.decrypt(&parse(&raw_current)).unwrap().plaintext.contains("Current"));
+    assert!(held.decrypt(&parse(&raw_old)).is_err());
+}
+
+#[tokio::test]
+async fn a_session_is_never_both_shared_and_withheld() {
+    let mut alice = peer("@alice:example.org", "ALICEDEVICE").await;
+    let mut bob = peer("@bob:example.org", "BOBDEVICE").await;
+    mesh(&mut [&mut alice, &mut bob]).await;
+    let room = room_id!("!room:example.org");
+    let sessions = message_sessions(&alice, &bob, room).await;
+    let mut unshareable = sessions.into_iter().find(|k| !k.shared_history).unwrap();
+
+    let mut builder = BundleBuilder::new(room, &alice.own_device());
+    builder.add_message_session(to_exported_clone(&unshareable));
+    assert_eq!(builder.counts(), (0, 1));
+    // The same session handed on as state (always shareable) replaces the withheld notice...
+    unshareable.shared_history = false;
+    assert!(builder.add_state_key(to_exported_clone(&unshareable)));
+    assert_eq!(builder.counts(), (1, 0));
+    // ...and a later withheld copy does not bring it back.
+    builder.add_message_session(unshareable);
+    assert_eq!(builder.counts(), (1, 0));
+}
+
+fn to_exported_clone(key: &ExportedRoomKey) -> ExportedRoomKey {
+    serde_json::from_value(serde_json::to_value(key).unwrap()).unwrap()
+}
+
+async fn sample_bundle() -> (RoomKeyBundle, &'static RoomId) {
+    let mut alice = peer("@alice:example.org", "ALICEDEVICE").await;
+    let mut bob = peer("@bob:example.org", "BOBDEVICE").await;
+    mesh(&mut [&mut alice, &mut bob]).await;
+    let room = room_id!("!room:example.org");
+    let mut builder = BundleBuilder::new(room, &alice.own_device());
+    for key in message_sessions(&alice, &bob, room).await {
+        builder.add_message_session(key);
+    }
+    (builder.build(), room)
+}
+
+#[tokio::test]
+async fn a_sealed_bundle_opens_to_the_same_entries() {
+    let (bundle, room) = sample_bundle().await;
+    let sealed = seal(&bundle).unwrap();
+    let plaintext = serde_json::to_vec(&bundle).unwrap();
+    assert!(!sealed.ciphertext.windows(9).any(|w| w == b"room_keys"), "sealed means encrypted");
+    assert_eq!(sealed.ciphertext.len(), plaintext.len(), "AES-CTR keeps the length");
+    let opened = open(&sealed.ciphertext, sealed.info, room, BundleLimits::default()).unwrap();
+    assert_eq!(opened.room_keys.len(), bundle.room_keys.len());
+    assert_eq!(opened.withheld.len(), bundle.withheld.len());
+    assert_eq!(opened.foreign_entries, 0);
+    assert!(opened.conflicting_sessions.is_empty());
+}
+
+#[tokio::test]
+async fn an_oversized_bundle_is_refused_before_decryption() {
+    let (bundle, room) = sample_bundle().await;
+    let sealed = seal(&bundle).unwrap();
+    let limits = BundleLimits { max_bytes: sealed.ciphertext.len() - 1 };
+    assert_matches!(
+        open(&sealed.ciphertext, sealed.info, room, limits),
+        Err(BundleError::TooLarge { size, max }) if size == max + 1
+    );
+}
+
+#[tokio::test]
+async fn a_tampered_bundle_fails_its_hash() {
+    let (bundle, room) = sample_bundle().await;
+    let mut sealed = seal(&bundle).unwrap();
+    sealed.ciphertext[10] ^= 0x01;
+    assert_matches!(
+        open(&sealed.ciphertext, sealed.info, room, BundleLimits::default()),
+        Err(BundleError::HashMismatch)
+    );
+}
+
+#[tokio::test]
+async fn a_bundle_that_is_not_json_is_malformed() {
+    let (_, room) = sample_bundle().await;
+    // Right key and hash, wrong plaintext: what a buggy or hostile inviter could upload.
+    let mut garbage: &[u8] = b"{\"room_keys\": 42}";
+    let mut encryptor = AttachmentEncryptor::new(&mut garbage);
+    let mut ciphertext = Vec::new();
+    std::io::Read::read_to_end(&mut encryptor, &mut ciphertext).unwrap();
+    let info = encryptor.finish();
+    assert_matches!(
+        open(&ciphertext, info, room, BundleLimits::default()),
+        Err(BundleError::Malformed(_))
+    );
+}
+
+proptest::proptest! {
+    #[test]
+    fn opening_arbitrary_bytes_never_panics(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..512)) {
+        let mut plaintext: &[u8] = b"{}";
+        let mut encryptor = AttachmentEncryptor::new(&mut plaintext);
+        std::io::Read::read_to_end(&mut encryptor, &mut Vec::new()).unwrap();
+        let info = encryptor.finish();
+        let _ = open(&bytes, info, room_id!("!room:example.org"), BundleLimits::default());
+    }
+}
+
+#[tokio::test]
+async fn entries_of_other_rooms_and_ambiguous_sessions_are_dropped() {
+    let (bundle, room) = sample_bundle().await;
+    let mut json: Value = serde_json::to_value(&bundle).unwrap();
+    // One key moved to another room, and the withheld session also listed as shared.
+    let mut foreign = json["room_keys"][0].clone();
+    foreign["room_id"] = json!("!other:example.org");
+    foreign["session_id"] = json!("foreign-session");
+    let mut conflicting = json["room_keys"][0].clone();
+    conflicting["session_id"] = json["withheld"][0]["session_id"].clone();
+    json["room_keys"].as_array_mut().unwrap().extend([foreign, conflicting]);
+    let tampered: RoomKeyBundle = serde_json::from_value(json.clone()).unwrap();
+
+    let sealed = seal(&tampered).unwrap();
+    let opened = open(&sealed.ciphertext, sealed.info, room, BundleLimits::default()).unwrap();
+    assert_eq!(opened.foreign_entries, 1);
+    assert_eq!(
+        opened.conflicting_sessions,
+        vec![json["withheld"][0]["session_id"].as_str().unwrap().to_owned()]
+    );
+    assert!(opened.withheld.is_empty(), "the ambiguous session is withheld nowhere");
+    assert!(opened.room_keys.iter().all(|k| k.room_id == room));
+    assert!(opened.room_keys.iter().all(|k| !opened.conflicting_sessions.contains(&k.session_id)));
+    assert_eq!(opened.room_keys.len(), 1, "only the genuine shareable key is left");
+}
+
+#[tokio::test]
+async fn the_bundle_wire_shape_is_what_stock_clients_parse() {
+    let (bundle, _) = sample_bundle().await;
+    let value = serde_json::to_value(&bundle).unwrap();
+    insta::assert_json_snapshot!(value, {
+        ".room_keys[].session_id" => "[session id]",
+        ".room_keys[].session_key" => "[session key]",
+        ".room_keys[].sender_key" => "[curve key]",
+        ".room_keys[].sender_claimed_keys.ed25519" => "[ed25519 key]",
+        ".withheld[].session_id" => "[session id]",
+        ".withheld[].sender_key" => "[curve key]",
+    }, @r###"
+    {
+      "room_keys": [
+        {
+          "algorithm": "m.megolm.v1.aes-sha2",
+          "room_id": "!room:example.org",
+          "sender_claimed_keys": {
+            "ed25519": "[ed25519 key]"
+          },
+          "sender_key": "[curve key]",
+          "session_id": "[session id]",
+          "session_key": "[session key]"
+        }
+      ],
+      "withheld": [
+        {
+          "algorithm": "m.megolm.v1.aes-sha2",
+          "code": "m.history_not_shared",
+          "from_device": "ALICEDEVICE",
+          "reason": "The sender disabled sharing encrypted history.",
+          "room_id": "!room:example.org",
+          "sender_key": "[curve key]",
+          "session_id": "[session id]"
+        }
+      ]
+    }
+    "###);
+    // And it parses back with matrix-sdk-crypto's own type.
+    let _: RoomKeyBundle = serde_json::from_value(value).unwrap();
+}
