@@ -24,7 +24,11 @@ impl StateUser {
     /// Registers a user and installs the extension (SQLite with a passphrase, in the user's
     /// temporary directory).
     pub async fn register(prefix: &str) -> Result<Self> {
-        let user = TestUser::register(prefix).await?;
+        Self::install(TestUser::register(prefix).await?).await
+    }
+
+    /// Installs the extension for an already registered user.
+    pub async fn install(user: TestUser) -> Result<Self> {
         let config =
             StateExtConfig::sqlite(user.store_dir.path().join("state"), "integration-tests");
         let ext = StateExtension::install(&user.client, config).await?;

@@ -52,6 +52,14 @@ impl TestUser {
     /// Registers a new user whose name starts with `prefix`, logs it in with a fresh SQLite
     /// store, and sets up its cross-signing identity.
     pub async fn register(prefix: &str) -> Result<Self> {
+        let user = Self::register_without_cross_signing(prefix).await?;
+        user.bootstrap_cross_signing().await?;
+        Ok(user)
+    }
+
+    /// Registers a new user like [`TestUser::register`], but leaves it without a cross-signing
+    /// identity.
+    pub async fn register_without_cross_signing(prefix: &str) -> Result<Self> {
         let store_dir = tempfile::tempdir()?;
         let username = unique_name(prefix);
         let password = format!("{username}-password");
@@ -70,9 +78,7 @@ impl TestUser {
             bail!("registering {username} did not log the client in");
         }
 
-        let user = Self { client, password, store_dir };
-        user.bootstrap_cross_signing().await?;
-        Ok(user)
+        Ok(Self { client, password, store_dir })
     }
 
     /// A client builder for the test homeserver, with a SQLite store in `dir`.

@@ -11,6 +11,10 @@ pub enum Error {
     /// The client is not logged in or its end-to-end encryption is not ready.
     #[error("the client is not logged in or its encryption is not ready")]
     NotReady,
+    /// Our user has no cross-signing identity: sharing keys would give the recipient no way to
+    /// tell our keys from a forger's.
+    #[error("our user has no cross-signing identity; set up cross-signing before sharing keys")]
+    NoCrossSigning,
     /// The room has not switched on encrypted state.
     #[error("encrypted state is not enabled in room {0}")]
     NotEnabled(ruma::OwnedRoomId),

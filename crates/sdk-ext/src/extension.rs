@@ -129,7 +129,7 @@ impl StateExtension {
         // Subscribe before the first scan so nothing that arrives in between is missed.
         let room_updates = client.subscribe_to_all_room_updates();
         let room_keys = client.encryption().room_keys_received_stream().await;
-        Processor::new(&inner).scan_all(true).await?;
+        Processor::new(&inner).scan_all().await?;
         let task = tokio::spawn(processing::run(Arc::downgrade(&inner), room_updates, room_keys));
         *inner.task.lock().unwrap_or_else(|e| e.into_inner()) = Some(task.abort_handle());
 
@@ -169,15 +169,15 @@ impl StateExtension {
         &self.inner.store
     }
 
-    /// Processes the encrypted state the client holds for every room now, retrying events
-    /// waiting for a key and rejections that may have cleared. The background task does this on
+    /// Processes the encrypted state the client holds for every room now, including events
+    /// rejected for a reason that may have cleared. The background task does this on
     /// its own; call it after importing keys by other means.
     ///
     /// # Errors
     ///
     /// Store or homeserver errors.
     pub async fn refresh(&self) -> Result<()> {
-        Processor::new(&self.inner).scan_all(true).await
+        Processor::new(&self.inner).scan_all().await
     }
 
     /// Whether the background task that processes syncs and key arrivals is running.

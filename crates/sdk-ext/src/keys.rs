@@ -80,24 +80,29 @@ pub(crate) async fn share(
     Ok(true)
 }
 
-/// A copy of one Megolm session the client's `OlmMachine` holds, through matrix-sdk's key
-/// export (encrypted file, random passphrase, deleted right after).
+/// A copy of one Megolm session the client's `OlmMachine` holds.
 pub(crate) async fn export_session(
     client: &Client,
     session_id: &str,
 ) -> Result<Option<ExportedRoomKey>> {
+    let wanted = session_id.to_owned();
+    let keys = export_sessions(client, move |session| session.session_id() == wanted).await?;
+    Ok(keys.into_iter().find(|key| key.session_id == session_id))
+}
+
+/// Copies of the Megolm sessions the client's `OlmMachine` holds that match `predicate`,
+/// through matrix-sdk's key export (the only public way to read them): an encrypted file with a
+/// random passphrase in a private temporary directory, deleted right after.
+pub(crate) async fn export_sessions(
+    client: &Client,
+    predicate: impl FnMut(&matrix_sdk_crypto::olm::InboundGroupSession) -> bool,
+) -> Result<Vec<ExportedRoomKey>> {
     let dir = tempfile::tempdir().map_err(state_store_ext::StoreError::from)?;
     let path = dir.path().join("key-export.txt");
     let passphrase = random_passphrase();
-    let wanted = session_id.to_owned();
-    client
-        .encryption()
-        .export_room_keys(path.clone(), &passphrase, move |session| session.session_id() == wanted)
-        .await?;
+    client.encryption().export_room_keys(path.clone(), &passphrase, predicate).await?;
     let file = std::fs::File::open(&path).map_err(state_store_ext::StoreError::from)?;
-    let keys =
-        matrix_sdk_crypto::decrypt_room_key_export(file, &passphrase).ok().unwrap_or_default();
-    Ok(keys.into_iter().find(|key| key.session_id == session_id))
+    Ok(matrix_sdk_crypto::decrypt_room_key_export(file, &passphrase).unwrap_or_default())
 }
 
 fn random_passphrase() -> String {

@@ -3,6 +3,7 @@
 mod config;
 mod error;
 mod extension;
+mod history;
 mod keys;
 mod processing;
 mod room;
@@ -15,6 +16,7 @@ pub use config::{StateExtConfig, StoreConfig};
 pub use crypto_ext::{RejectedState, RejectionReason, StateSlot};
 pub use error::{Error, Result};
 pub use extension::StateExtension;
+pub use history::{InviteReport, RoomHistoryExt, SkippedDevice};
 pub use room::{EncryptedAvatar, RoomStateExt, RoomStateView, SentState};
 pub use state_store_ext::{PendingEvent, StateOrigin, StateRecord};
 pub use updates::StateUpdate;

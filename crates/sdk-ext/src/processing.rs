@@ -12,8 +12,8 @@ use futures_util::{Stream, StreamExt};
 use matrix_sdk::{
     Room,
     deserialized_responses::{
-        RawAnySyncOrStrippedState, TimelineEventKind, UnableToDecryptReason, VerificationLevel,
-        VerificationState,
+        AlgorithmInfo, RawAnySyncOrStrippedState, TimelineEventKind, UnableToDecryptReason,
+        VerificationLevel, VerificationState,
     },
     sync::RoomUpdates,
 };
@@ -59,7 +59,7 @@ pub(crate) async fn run<E>(
                     // We missed batches: everything may have changed.
                     Err(RecvError::Lagged(missed)) => {
                         warn!(missed, "missed sync batches, rescanning every room");
-                        processor.scan_all(false).await
+                        processor.scan_all().await
                     }
                     Err(RecvError::Closed) => return,
                 };
@@ -76,7 +76,7 @@ pub(crate) async fn run<E>(
                             keys.into_iter().map(|k| k.session_id).collect();
                         processor.retry_sessions(sessions).await
                     }
-                    Some(Err(_lagged)) => processor.scan_all(false).await,
+                    Some(Err(_lagged)) => processor.scan_all().await,
                     None => {
                         room_keys = None;
                         Ok(())
@@ -117,10 +117,10 @@ impl<'a> Processor<'a> {
         Self { inner }
     }
 
-    /// Every joined room. With `retry_rejected`, transient rejections are validated again.
-    pub(crate) async fn scan_all(&self, retry_rejected: bool) -> Result<()> {
+    /// Every joined room.
+    pub(crate) async fn scan_all(&self) -> Result<()> {
         for room in self.inner.client.joined_rooms() {
-            self.scan_room(&room, retry_rejected).await?;
+            self.scan_room(&room).await?;
         }
         Ok(())
     }
@@ -128,15 +128,16 @@ impl<'a> Processor<'a> {
     async fn scan_updated(&self, updates: &RoomUpdates) -> Result<()> {
         for room_id in updates.joined.keys() {
             if let Some(room) = self.inner.client.get_room(room_id) {
-                self.scan_room(&room, false).await?;
+                self.scan_room(&room).await?;
             }
         }
         Ok(())
     }
 
-    /// Processes the encrypted state the client stores for `room` that we have not seen yet.
+    /// Processes the encrypted state the client stores for `room` that we have not seen yet (and
+    /// events rejected for a reason that may have cleared).
     #[instrument(skip_all, fields(room_id = %room.room_id()))]
-    pub(crate) async fn scan_room(&self, room: &Room, retry_rejected: bool) -> Result<()> {
+    pub(crate) async fn scan_room(&self, room: &Room) -> Result<()> {
         let _serial = self.inner.processing.lock().await;
         let raws = room.get_state_events(StateEventType::RoomEncrypted).await?;
         let enabled = crate::room::state_encryption_enabled(self.inner, room).await;
@@ -153,7 +154,9 @@ impl<'a> Processor<'a> {
             known.insert(pending.event_id);
         }
         for rejected in store.rejected_events(room_id).await? {
-            if !(retry_rejected && rejected.reason.is_transient()) {
+            // Transient rejections (an unknown device) are validated again on every scan: the
+            // device may have become known since.
+            if !rejected.reason.is_transient() {
                 known.insert(rejected.event_id);
             }
         }
@@ -303,10 +306,29 @@ impl<'a> Processor<'a> {
         let encrypted: &Raw<OriginalSyncRoomEncryptedEvent> = raw.cast_ref_unchecked();
         let timeline_event = room.decrypt_event(encrypted, None).await?;
         match timeline_event.kind {
-            TimelineEventKind::Decrypted(decrypted) => Ok(Decryption::Decrypted {
-                plaintext: decrypted.event.json().get().to_owned(),
-                facts: DecryptionFacts::from_encryption_info(&decrypted.encryption_info),
-            }),
+            TimelineEventKind::Decrypted(decrypted) => {
+                let info = &decrypted.encryption_info;
+                debug!(event_id = %event.event_id, verification = ?info.verification_state, forwarder = ?info.forwarder, "decrypted by the client's machine");
+                let mut facts = DecryptionFacts::from_encryption_info(info);
+                // A key from a bundle has no Olm link to its creator (the machine reports an
+                // insecure source): tie the session's claimed sender key to the event sender's
+                // devices ourselves. Content cannot be forged this way (Megolm messages are
+                // signed by the session), this only attributes the session.
+                if facts.session_owner == SessionOwner::Unknown
+                    && let Some(forwarder) = &info.forwarder
+                    && let AlgorithmInfo::MegolmV1AesSha2 { curve25519_key, .. } =
+                        &info.algorithm_info
+                    && let Ok(sender_key) =
+                        crypto_ext::vodozemac::Curve25519PublicKey::from_base64(curve25519_key)
+                {
+                    let origin = KeyOrigin::Bundle { shared_by: forwarder.user_id.clone() };
+                    facts = self.facts_for_sender_key(&event.sender, sender_key, origin).await?;
+                }
+                Ok(Decryption::Decrypted {
+                    plaintext: decrypted.event.json().get().to_owned(),
+                    facts,
+                })
+            }
             TimelineEventKind::UnableToDecrypt { utd_info, .. } => match utd_info.reason {
                 UnableToDecryptReason::MissingMegolmSession { .. }
                 | UnableToDecryptReason::UnknownMegolmMessageIndex
@@ -378,7 +400,13 @@ impl<'a> Processor<'a> {
                 key_origin,
             });
         }
-        let devices = self.inner.client.encryption().get_user_devices(sender).await?;
+        let encryption = self.inner.client.encryption();
+        let mut devices = encryption.get_user_devices(sender).await?;
+        if devices.devices().next().is_none() {
+            // A user we never queried (we just joined their room): ask the server now.
+            encryption.request_user_identity(sender).await?;
+            devices = encryption.get_user_devices(sender).await?;
+        }
         let device = devices.devices().find(|device| device.curve25519_key() == Some(sender_key));
         let session_owner = match device {
             Some(device) => SessionOwner::Device {
