@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
-use matrix_sdk::ruma::{OwnedUserId, RoomId};
+use matrix_sdk::ruma::{OwnedRoomId, OwnedUserId, RoomId, UserId};
 use serde_json::Value;
 use tempfile::TempDir;
 
@@ -74,6 +74,36 @@ impl StockClient {
     /// Sets the room topic the stock way.
     pub async fn set_topic(&self, room_id: &RoomId, topic: &str) -> Result<()> {
         self.run(&["set-topic", room_id.as_str(), topic]).await.map(drop)
+    }
+
+    /// Creates an end-to-end encrypted private room with `history_visibility`.
+    pub async fn create_room(&self, history_visibility: &str) -> Result<OwnedRoomId> {
+        let output = self.run(&["create-room", history_visibility]).await?;
+        Ok(serde_json::from_value(output["room_id"].clone())?)
+    }
+
+    /// Sends an encrypted text message.
+    pub async fn send(&self, room_id: &RoomId, body: &str) -> Result<()> {
+        self.run(&["send", room_id.as_str(), body]).await.map(drop)
+    }
+
+    /// Invites `user_id` the stock way (matrix-sdk shares history on invite by default).
+    pub async fn invite(&self, room_id: &RoomId, user_id: &UserId) -> Result<()> {
+        self.run(&["invite", room_id.as_str(), user_id.as_str()]).await.map(drop)
+    }
+
+    /// Syncs until a message with `body` decrypts in the room's history (or `timeout_secs`
+    /// pass); returns whether it did and who shared its key.
+    pub async fn wait_for_message(
+        &self,
+        room_id: &RoomId,
+        body: &str,
+        timeout_secs: u64,
+    ) -> Result<(bool, Option<OwnedUserId>)> {
+        let output =
+            self.run(&["wait-message", room_id.as_str(), body, &timeout_secs.to_string()]).await?;
+        let forwarder = serde_json::from_value(output["forwarder"].clone()).unwrap_or(None);
+        Ok((output["found"] == Value::Bool(true), forwarder))
     }
 
     /// Syncs until the stock client shows `name` and `topic` (or `timeout_secs` pass); returns

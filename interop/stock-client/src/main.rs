@@ -11,11 +11,21 @@ use matrix_sdk::{
     Client,
     authentication::matrix::MatrixSession,
     config::SyncSettings,
+    room::MessagesOptions,
     ruma::{
-        OwnedRoomId,
+        OwnedRoomId, OwnedUserId,
         api::client::{
             account::register::v3::Request as RegistrationRequest,
+            room::create_room::v3::{Request as CreateRoomRequest, RoomPreset},
             uiaa::{AuthData, Dummy},
+        },
+        events::{
+            InitialStateEvent,
+            room::{
+                encryption::RoomEncryptionEventContent,
+                history_visibility::{HistoryVisibility, RoomHistoryVisibilityEventContent},
+                message::RoomMessageEventContent,
+            },
         },
     },
     store::RoomLoadSettings,
@@ -104,6 +114,62 @@ async fn run(client: &Client, command: &str, args: &[String]) -> Result<serde_js
                     && seen_topic.as_deref() == Some(topic.as_str());
                 if matched || tokio::time::Instant::now() > deadline {
                     break json!({ "matched": matched, "name": seen_name, "topic": seen_topic });
+                }
+            }
+        }
+        // An end-to-end encrypted private room with the given history visibility.
+        ("create-room", [visibility]) => {
+            let mut request = CreateRoomRequest::new();
+            request.preset = Some(RoomPreset::PrivateChat);
+            request.initial_state = vec![
+                InitialStateEvent::with_empty_state_key(
+                    RoomEncryptionEventContent::with_recommended_defaults(),
+                )
+                .to_raw_any(),
+                InitialStateEvent::with_empty_state_key(RoomHistoryVisibilityEventContent::new(
+                    HistoryVisibility::from(visibility.as_str()),
+                ))
+                .to_raw_any(),
+            ];
+            let room = client.create_room(request).await?;
+            json!({ "room_id": room.room_id() })
+        }
+        ("send", [room_id, body]) => {
+            let room = room(client, room_id).await?;
+            let result = room.send(RoomMessageEventContent::text_plain(body)).await?;
+            json!({ "event_id": result.response.event_id })
+        }
+        // matrix-sdk's own invite, which shares history on invite (enabled by default).
+        ("invite", [room_id, user_id]) => {
+            let room = room(client, room_id).await?;
+            room.invite_user_by_id(&OwnedUserId::try_from(user_id.as_str())?).await?;
+            json!({ "invited": user_id })
+        }
+        // Syncs until a message with `body` decrypts in the room's history (or the timeout);
+        // prints whether it did and who shared its key.
+        ("wait-message", [room_id, body, timeout_secs]) => {
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(timeout_secs.parse()?);
+            let room_id: OwnedRoomId = room_id.as_str().try_into()?;
+            loop {
+                sync(client).await?;
+                let room = client.get_room(&room_id).context("unknown room")?;
+                let messages = room.messages(MessagesOptions::backward()).await?;
+                let found = messages.chunk.iter().find(|event| {
+                    event
+                        .raw()
+                        .get_field::<serde_json::Value>("content")
+                        .ok()
+                        .flatten()
+                        .is_some_and(|content| content["body"] == body.as_str())
+                });
+                if let Some(event) = found {
+                    let forwarder = event
+                        .encryption_info()
+                        .and_then(|info| info.forwarder.as_ref().map(|f| f.user_id.clone()));
+                    break json!({ "found": true, "forwarder": forwarder });
+                }
+                if tokio::time::Instant::now() > deadline {
+                    break json!({ "found": false });
                 }
             }
         }
