@@ -7,9 +7,9 @@ use matrix_sdk::{
     deserialized_responses::EncryptionInfo,
     ruma::events::room::message::{OriginalSyncRoomMessageEvent, RoomMessageEventContent},
 };
-use sdk_ext::RoomStateExt;
+use sdk_ext::{EventKeyOrigin, RoomHistoryExt, RoomStateExt};
 
-use crate::{DEFAULT_TIMEOUT, StateUser, server_state, shared_room, sync_until};
+use crate::{DEFAULT_TIMEOUT, StateUser, join, server_state, shared_room, sync_until, wait_until};
 
 /// Prints numbered steps in plain words.
 #[derive(Debug, Default)]
@@ -40,6 +40,23 @@ pub struct DemoOutcome {
     pub read_name_and_topic: (Option<String>, Option<String>),
     /// Whether the homeserver's copy of the room state held the name or topic in clear.
     pub server_saw_plaintext: bool,
+    /// The name Carol, invited with history, read after joining.
+    pub invitee_read_name: Option<String>,
+    /// Whether Carol decrypted the pre-invite message with a key Alice shared.
+    pub invitee_read_history: bool,
+}
+
+/// The decrypted body of the message with `body` in `room`'s history, and who shared its key.
+async fn carol_history(
+    room: &matrix_sdk::Room,
+    body: &str,
+) -> Option<(String, Option<matrix_sdk::ruma::OwnedUserId>)> {
+    let messages = room.messages(matrix_sdk::room::MessagesOptions::backward()).await.ok()?;
+    messages.chunk.into_iter().find_map(|event| {
+        let content: serde_json::Value = event.raw().get_field("content").ok()??;
+        let found = content["body"].as_str()? == body;
+        found.then(|| (body.to_owned(), event.shared_by()))
+    })
 }
 
 /// A message body and how it was encrypted, as an event handler saw it.
@@ -48,7 +65,8 @@ type ReceivedMessage = (String, Option<EncryptionInfo>);
 /// Two users register and cross-sign, Alice creates an encrypted room and invites Bob, Bob joins,
 /// Alice sends an encrypted message and Bob decrypts it; then Alice switches the room to
 /// encrypted state and sets its name and topic, which Bob reads while the homeserver only holds
-/// ciphertext.
+/// ciphertext; finally Alice invites Carol with history, and Carol reads the earlier message and
+/// the current name after joining.
 pub async fn run(narrator: &mut Narrator) -> Result<DemoOutcome> {
     let alice = StateUser::register("alice").await?;
     narrator
@@ -148,7 +166,58 @@ pub async fn run(narrator: &mut Narrator) -> Result<DemoOutcome> {
         provenance.message_index,
     ));
 
+    // Carol is invited with history: one bundle with the shareable message keys and the room's
+    // current state keys.
+    let carol = StateUser::register("carol").await?;
+    narrator.say(format!("Registered {}", carol.user_id()));
+    let report = room.invite_with_history(carol.user_id()).await?;
+    narrator.say(format!(
+        "Alice invited Carol with history: {} message key(s) and {} state key(s) shared, {} withheld, \
+         bundle announced to {} cross-signed device(s)",
+        report.shared_message_keys,
+        report.shared_state_keys,
+        report.withheld_keys,
+        report.devices_reached.len()
+    ));
+    sync_until(&carol.client, "Carol sees the invite", DEFAULT_TIMEOUT, || async {
+        carol.client.get_room(&room_id).is_some()
+    })
+    .await?;
+    let preview = carol.client.get_room(&room_id).context("invited room")?;
+    narrator.say(format!(
+        "Before joining, Carol's invite shows the name {:?} (the homeserver has no name in clear)",
+        preview.name()
+    ));
+    join(&carol, &room_id).await?;
+    let carol_room = carol.room(&room_id);
+    sync_until(&carol.client, "Carol reads the name", DEFAULT_TIMEOUT, || async {
+        carol_room.encrypted_name().await.ok().flatten().is_some()
+    })
+    .await?;
+    let carol_name = carol_room.encrypted_name().await?;
+    let shared_by = carol_room
+        .encrypted_state("m.room.name", "")
+        .await?
+        .and_then(|r| r.provenance().and_then(|p| p.key_origin.shared_by().cloned()));
+    narrator.say(format!(
+        "After joining, Carol reads the name {:?} (key shared by {})",
+        carol_name.as_deref().unwrap_or("-"),
+        shared_by.as_ref().map(|u| u.as_str()).unwrap_or("its creator"),
+    ));
+    wait_until("Carol decrypts the message sent before her invite", DEFAULT_TIMEOUT, || async {
+        carol_history(&carol_room, &sent_body).await.is_some_and(|(_, by)| by.is_some())
+    })
+    .await?;
+    let (body, carol_shared_by) =
+        carol_history(&carol_room, &sent_body).await.context("history")?;
+    narrator.say(format!(
+        "Carol reads the message sent before she was invited: {body:?} (shared by {})",
+        carol_shared_by.as_ref().map(|u| u.as_str()).unwrap_or("nobody")
+    ));
+
     Ok(DemoOutcome {
+        invitee_read_history: carol_shared_by.as_deref() == Some(alice.user_id()),
+        invitee_read_name: carol_name,
         sent_body,
         received_body,
         encryption_info,

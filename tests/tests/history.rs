@@ -7,7 +7,7 @@ use integration_tests::{
     DEFAULT_TIMEOUT, StateUser, TestUser, join, shared_room, sync_until, wait_until,
 };
 use matrix_sdk::{deserialized_responses::TimelineEventKind, room::MessagesOptions, ruma::RoomId};
-use sdk_ext::{RoomHistoryExt, RoomStateExt};
+use sdk_ext::{EventKeyOrigin, RoomHistoryExt, RoomStateExt};
 use serde_json::json;
 
 /// Alice's room with `visibility`, encrypted state whose name was set twice, and one message,
@@ -83,6 +83,8 @@ async fn an_invitee_reads_shared_history_and_the_current_state_shared_by_the_inv
     })
     .await?;
     let message = first_message(&bob, &room_id).await.expect("message");
+    assert_eq!(message.shared_by().as_deref(), Some(alice.user_id()));
+    assert!(matches!(message.key_origin(), Some(KeyOrigin::Bundle { .. })));
     let body: serde_json::Value = message.raw().get_field("content")?.expect("content");
     assert_eq!(body["body"], "said before Bob was invited");
     Ok(())

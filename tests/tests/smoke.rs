@@ -3,7 +3,7 @@
 use integration_tests::demo::{self, Narrator};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn demo_flow_decrypts_the_message_and_the_state() -> anyhow::Result<()> {
+async fn demo_flow_decrypts_the_message_the_state_and_the_shared_history() -> anyhow::Result<()> {
     integration_tests::init_tracing("warn");
     let outcome = demo::run(&mut Narrator::default()).await?;
     assert_eq!(outcome.received_body, outcome.sent_body);
@@ -11,7 +11,9 @@ async fn demo_flow_decrypts_the_message_and_the_state() -> anyhow::Result<()> {
     assert!(info.session_id().is_some(), "decrypted with a Megolm session");
 
     let (name, topic) = outcome.sent_name_and_topic;
-    assert_eq!(outcome.read_name_and_topic, (Some(name), Some(topic)));
+    assert_eq!(outcome.read_name_and_topic, (Some(name.clone()), Some(topic)));
     assert!(!outcome.server_saw_plaintext, "the homeserver must only hold ciphertext");
+    assert_eq!(outcome.invitee_read_name, Some(name));
+    assert!(outcome.invitee_read_history, "the invitee reads the history Alice shared");
     Ok(())
 }

@@ -3,7 +3,10 @@
 
 use std::future::Future;
 
-use crypto_ext::{OutboundStateSession, bundle::BundleBuilder, identifiers};
+use crypto_ext::{
+    DecryptionFacts, KeyOrigin, OutboundStateSession, bundle::BundleBuilder, identifiers,
+};
+use matrix_sdk::deserialized_responses::TimelineEvent;
 use matrix_sdk::{Room, ruma::events::room::history_visibility::HistoryVisibility};
 use ruma::api::error::ErrorKind;
 use ruma::{
@@ -210,5 +213,24 @@ async fn current_history_visibility(room: &Room) -> Result<HistoryVisibility> {
             Ok(HistoryVisibility::Shared)
         }
         Err(error) => Err(error.into()),
+    }
+}
+
+/// Where the key of a decrypted event came from, for labels such as "shared by Alice".
+pub trait EventKeyOrigin {
+    /// How the key was obtained: from its creator, from a bundle (with who shared it), ...
+    /// `None` for an event that was not decrypted.
+    fn key_origin(&self) -> Option<KeyOrigin>;
+
+    /// Who shared the key, when it did not come from its creator.
+    fn shared_by(&self) -> Option<OwnedUserId> {
+        self.key_origin()?.shared_by().cloned()
+    }
+}
+
+impl EventKeyOrigin for TimelineEvent {
+    fn key_origin(&self) -> Option<KeyOrigin> {
+        let info = self.encryption_info()?;
+        Some(DecryptionFacts::from_encryption_info(info).key_origin)
     }
 }

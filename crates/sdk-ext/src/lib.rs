@@ -13,10 +13,11 @@ mod updates;
 pub mod guide {}
 
 pub use config::{StateExtConfig, StoreConfig};
+pub use crypto_ext::KeyOrigin;
 pub use crypto_ext::{RejectedState, RejectionReason, StateSlot};
 pub use error::{Error, Result};
 pub use extension::StateExtension;
-pub use history::{InviteReport, RoomHistoryExt, SkippedDevice};
+pub use history::{EventKeyOrigin, InviteReport, RoomHistoryExt, SkippedDevice};
 pub use room::{EncryptedAvatar, RoomStateExt, RoomStateView, SentState};
 pub use state_store_ext::{PendingEvent, StateOrigin, StateRecord};
 pub use updates::StateUpdate;
