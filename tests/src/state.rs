@@ -54,3 +54,12 @@ pub async fn server_state(user: &TestUser, room_id: &RoomId) -> Result<Vec<Raw<A
     let response = user.client.send(get_state_events::v3::Request::new(room_id.to_owned())).await?;
     Ok(response.room_state)
 }
+
+/// Whether the client stores any `m.room.encrypted` state for `room_id` (whether or not our
+/// extension processed it).
+pub async fn stores_encrypted_state(client: &matrix_sdk::Client, room_id: &RoomId) -> bool {
+    let Some(room) = client.get_room(room_id) else { return false };
+    room.get_state_events(matrix_sdk::ruma::events::StateEventType::RoomEncrypted)
+        .await
+        .is_ok_and(|events| !events.is_empty())
+}

@@ -289,10 +289,7 @@ async fn state_the_client_stored_is_processed_after_a_restart() -> Result<()> {
 
     // Bob's client syncs the event and its key, with no extension installed.
     sync_until(&bob.client, "Bob's client stores the encrypted topic", DEFAULT_TIMEOUT, || async {
-        let Some(room) = bob.client.get_room(&room_id) else { return false };
-        room.get_state_events(matrix_sdk::ruma::events::StateEventType::RoomEncrypted)
-            .await
-            .is_ok_and(|events| !events.is_empty())
+        integration_tests::stores_encrypted_state(&bob.client, &room_id).await
     })
     .await?;
 
@@ -476,10 +473,7 @@ async fn shutdown_stops_processing_and_a_new_install_catches_up() -> Result<()> 
     room.set_encrypted_topic("while Bob's extension was off").await?;
     let bob_room = bob.room(&room_id);
     sync_until(&bob.client, "Bob's client stores the event", DEFAULT_TIMEOUT, || async {
-        bob_room
-            .get_state_events(matrix_sdk::ruma::events::StateEventType::RoomEncrypted)
-            .await
-            .is_ok_and(|events| !events.is_empty())
+        integration_tests::stores_encrypted_state(&bob.client, &room_id).await
     })
     .await?;
     assert_eq!(bob_room.encrypted_topic().await?, None, "processed after shutdown");

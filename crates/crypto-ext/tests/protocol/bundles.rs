@@ -35,9 +35,7 @@ fn to_exported(key: &HistoricRoomKey) -> ExportedRoomKey {
 
 #[tokio::test]
 async fn shareable_sessions_are_shared_the_rest_withheld_and_state_at_its_current_index() {
-    let mut alice = peer("@alice:example.org", "ALICEDEVICE").await;
-    let mut bob = peer("@bob:example.org", "BOBDEVICE").await;
-    mesh(&mut [&mut alice, &mut bob]).await;
+    let (alice, bob) = alice_and_bob().await;
     let room = room_id!("!room:example.org");
     let own = alice.own_device();
 
@@ -88,9 +86,7 @@ async fn shareable_sessions_are_shared_the_rest_withheld_and_state_at_its_curren
 
 #[tokio::test]
 async fn a_session_is_never_both_shared_and_withheld() {
-    let mut alice = peer("@alice:example.org", "ALICEDEVICE").await;
-    let mut bob = peer("@bob:example.org", "BOBDEVICE").await;
-    mesh(&mut [&mut alice, &mut bob]).await;
+    let (alice, bob) = alice_and_bob().await;
     let room = room_id!("!room:example.org");
     let sessions = message_sessions(&alice, &bob, room).await;
     let mut unshareable = sessions.into_iter().find(|k| !k.shared_history).unwrap();
@@ -112,9 +108,7 @@ fn to_exported_clone(key: &ExportedRoomKey) -> ExportedRoomKey {
 }
 
 async fn sample_bundle() -> (RoomKeyBundle, &'static RoomId) {
-    let mut alice = peer("@alice:example.org", "ALICEDEVICE").await;
-    let mut bob = peer("@bob:example.org", "BOBDEVICE").await;
-    mesh(&mut [&mut alice, &mut bob]).await;
+    let (alice, bob) = alice_and_bob().await;
     let room = room_id!("!room:example.org");
     let mut builder = BundleBuilder::new(room, &alice.own_device());
     for key in message_sessions(&alice, &bob, room).await {

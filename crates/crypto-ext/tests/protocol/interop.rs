@@ -13,9 +13,7 @@ use crate::machines::*;
 
 #[tokio::test]
 async fn stock_machine_decrypts_our_state_event_after_our_room_key() {
-    let mut alice = peer("@alice:example.org", "ALICEDEVICE").await;
-    let mut bob = peer("@bob:example.org", "BOBDEVICE").await;
-    mesh(&mut [&mut alice, &mut bob]).await;
+    let (alice, bob) = alice_and_bob().await;
     let room = room_id!("!room:example.org");
     let name = slot("m.room.name", "");
 
@@ -58,9 +56,7 @@ async fn stock_machine_decrypts_our_state_event_after_our_room_key() {
 
 #[tokio::test]
 async fn our_pipeline_accepts_a_state_event_encrypted_by_a_stock_machine() {
-    let mut alice = peer("@alice:example.org", "ALICEDEVICE").await;
-    let mut bob = peer("@bob:example.org", "BOBDEVICE").await;
-    mesh(&mut [&mut alice, &mut bob]).await;
+    let (alice, bob) = alice_and_bob().await;
     let room = room_id!("!room:example.org");
 
     let sharing =

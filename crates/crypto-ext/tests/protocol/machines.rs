@@ -93,6 +93,14 @@ pub async fn introduce(from: &mut Peer, to: &mut Peer) {
     }
 }
 
+/// Alice and Bob, introduced to each other both ways.
+pub async fn alice_and_bob() -> (Peer, Peer) {
+    let mut alice = peer("@alice:example.org", "ALICEDEVICE").await;
+    let mut bob = peer("@bob:example.org", "BOBDEVICE").await;
+    mesh(&mut [&mut alice, &mut bob]).await;
+    (alice, bob)
+}
+
 /// Wires every pair of peers both ways.
 pub async fn mesh(peers: &mut [&mut Peer]) {
     for i in 0..peers.len() {

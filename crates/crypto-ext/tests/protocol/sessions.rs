@@ -59,9 +59,7 @@ async fn a_session_serves_one_slot_of_one_room_and_never_critical_state() {
 
 #[tokio::test]
 async fn rotation_gives_a_new_session_the_departed_member_cannot_read() {
-    let mut alice = peer("@alice:example.org", "ALICEDEVICE").await;
-    let mut bob = peer("@bob:example.org", "BOBDEVICE").await;
-    mesh(&mut [&mut alice, &mut bob]).await;
+    let (alice, bob) = alice_and_bob().await;
     let room = room_id!("!room:example.org");
     let name = slot("m.room.name", "");
     let mut session = OutboundStateSession::new(room, name.clone()).unwrap();

@@ -299,7 +299,8 @@ fn save(tx: &Transaction<'_>, codec: &Codec, changes: StateChanges) -> Result<()
     Ok(())
 }
 
-/// Runs `sql` with `params` and opens every returned value, checking its key with `check`.
+/// Runs `sql` with `params` and opens every returned value, checking that its logical key starts
+/// with `prefix`.
 fn query_values<T: serde::de::DeserializeOwned>(
     conn: &Connection,
     codec: &Codec,
@@ -315,6 +316,59 @@ fn query_values<T: serde::de::DeserializeOwned>(
         values.push(codec.open(table, &bytes?, starting_with(prefix))?);
     }
     Ok(values)
+}
+
+/// One lookup: `sql` bound to the lookup keys of `keys` (key-space name and logical parts), each
+/// returned value opened and checked to carry a logical key that starts with `prefix`.
+struct Lookup {
+    table: &'static str,
+    sql: &'static str,
+    keys: Vec<(&'static str, Vec<String>)>,
+    prefix: Vec<String>,
+}
+
+impl Lookup {
+    fn new(table: &'static str, sql: &'static str) -> Self {
+        Self { table, sql, keys: Vec::new(), prefix: Vec::new() }
+    }
+
+    /// Binds the next parameter to the lookup key of `parts` in key space `space`.
+    fn key(mut self, space: &'static str, parts: &[&str]) -> Self {
+        self.keys.push((space, parts.iter().map(|p| (*p).to_owned()).collect()));
+        self
+    }
+
+    /// The logical key every returned value must start with.
+    fn expect(mut self, prefix: &[&str]) -> Self {
+        self.prefix = prefix.iter().map(|p| (*p).to_owned()).collect();
+        self
+    }
+
+    fn run<T: serde::de::DeserializeOwned>(
+        self,
+        conn: &Connection,
+        codec: &Codec,
+    ) -> Result<Vec<T>> {
+        let keys: Vec<Vec<u8>> = self
+            .keys
+            .iter()
+            .map(|(space, parts)| {
+                let parts: Vec<&str> = parts.iter().map(String::as_str).collect();
+                codec.key(space, &parts)
+            })
+            .collect();
+        let prefix: Vec<&str> = self.prefix.iter().map(String::as_str).collect();
+        query_values(conn, codec, self.table, self.sql, rusqlite::params_from_iter(keys), &prefix)
+    }
+}
+
+impl SqliteStateStore {
+    async fn lookup<T>(&self, lookup: Lookup) -> Result<Vec<T>>
+    where
+        T: serde::de::DeserializeOwned + Send + 'static,
+    {
+        self.with_conn(move |conn, codec| lookup.run(conn, codec)).await
+    }
 }
 
 #[async_trait]
@@ -337,109 +391,67 @@ impl StateStore for SqliteStateStore {
         room_id: &RoomId,
         slot: &StateSlot,
     ) -> Result<Option<StateRecord>> {
-        let (room_id, slot) = (room_id.to_owned(), slot.clone());
-        self.with_conn(move |conn, codec| {
-            let parts = slot_parts(room_id.as_str(), &slot);
-            let mut values = query_values(
-                conn,
-                codec,
-                "current_state",
-                "SELECT value FROM current_state WHERE room = ?1 AND slot = ?2",
-                params![codec.key("state.room", &parts[..1]), codec.key("state.slot", &parts)],
-                &parts,
-            )?;
-            Ok(values.pop())
-        })
-        .await
+        let parts = slot_parts(room_id.as_str(), slot);
+        let lookup = Lookup::new(
+            "current_state",
+            "SELECT value FROM current_state WHERE room = ?1 AND slot = ?2",
+        )
+        .key("state.room", &parts[..1])
+        .key("state.slot", &parts)
+        .expect(&parts);
+        Ok(self.lookup(lookup).await?.pop())
     }
 
     async fn room_state(&self, room_id: &RoomId) -> Result<Vec<StateRecord>> {
-        let room_id = room_id.to_owned();
-        self.with_conn(move |conn, codec| {
-            let parts = [room_id.as_str()];
-            query_values(
-                conn,
-                codec,
-                "current_state",
-                "SELECT value FROM current_state WHERE room = ?1",
-                params![codec.key("state.room", &parts)],
-                &parts,
-            )
-        })
-        .await
+        let parts = [room_id.as_str()];
+        let lookup =
+            Lookup::new("current_state", "SELECT value FROM current_state WHERE room = ?1")
+                .key("state.room", &parts)
+                .expect(&parts);
+        self.lookup(lookup).await
     }
 
     async fn slot_history(&self, room_id: &RoomId, slot: &StateSlot) -> Result<Vec<StateRecord>> {
-        let (room_id, slot) = (room_id.to_owned(), slot.clone());
-        self.with_conn(move |conn, codec| {
-            let parts = slot_parts(room_id.as_str(), &slot);
-            let mut records: Vec<StateRecord> = query_values(
-                conn,
-                codec,
-                "state_event",
-                "SELECT value FROM state_event WHERE slot = ?1",
-                params![codec.key("state.slot", &parts)],
-                &parts,
-            )?;
-            records.sort_by(|a, b| a.order().cmp(&b.order()));
-            Ok(records)
-        })
-        .await
+        let parts = slot_parts(room_id.as_str(), slot);
+        let lookup = Lookup::new("state_event", "SELECT value FROM state_event WHERE slot = ?1")
+            .key("state.slot", &parts)
+            .expect(&parts);
+        let mut records: Vec<StateRecord> = self.lookup(lookup).await?;
+        records.sort_by(|a, b| a.order().cmp(&b.order()));
+        Ok(records)
     }
 
     async fn rejected_events(&self, room_id: &RoomId) -> Result<Vec<RejectedState>> {
-        let room_id = room_id.to_owned();
-        self.with_conn(move |conn, codec| {
-            let parts = [room_id.as_str()];
-            query_values(
-                conn,
-                codec,
-                "rejected_event",
-                "SELECT value FROM rejected_event WHERE room = ?1",
-                params![codec.key("state.room", &parts)],
-                &parts,
-            )
-        })
-        .await
+        let parts = [room_id.as_str()];
+        let lookup =
+            Lookup::new("rejected_event", "SELECT value FROM rejected_event WHERE room = ?1")
+                .key("state.room", &parts)
+                .expect(&parts);
+        self.lookup(lookup).await
     }
 
     async fn pending_for_session(&self, session_id: &str) -> Result<Vec<PendingEvent>> {
-        let session_id = session_id.to_owned();
-        self.with_conn(move |conn, codec| {
-            let parts = [session_id.as_str()];
-            query_values(
-                conn,
-                codec,
-                "pending_event",
-                "SELECT value FROM pending_event WHERE session = ?1",
-                params![codec.key("pending.session", &parts)],
-                &parts,
-            )
-        })
-        .await
+        let parts = [session_id];
+        let lookup =
+            Lookup::new("pending_event", "SELECT value FROM pending_event WHERE session = ?1")
+                .key("pending.session", &parts)
+                .expect(&parts);
+        self.lookup(lookup).await
     }
 
     async fn pending_in_room(&self, room_id: &RoomId) -> Result<Vec<PendingEvent>> {
-        let room_id = room_id.to_owned();
-        self.with_conn(move |conn, codec| {
-            let events: Vec<PendingEvent> = query_values(
-                conn,
-                codec,
-                "pending_event",
-                "SELECT value FROM pending_event WHERE room = ?1",
-                params![codec.key("state.room", &[room_id.as_str()])],
-                &[],
-            )?;
-            // Pending events are sealed under their session; check the room they carry.
-            if events.iter().any(|event| event.room_id != room_id) {
-                return Err(StoreError::Corrupted {
-                    table: "pending_event",
-                    detail: "an event is indexed under another room".to_owned(),
-                });
-            }
-            Ok(events)
-        })
-        .await
+        // Pending events are sealed under their session; check the room they carry instead.
+        let lookup =
+            Lookup::new("pending_event", "SELECT value FROM pending_event WHERE room = ?1")
+                .key("state.room", &[room_id.as_str()]);
+        let events: Vec<PendingEvent> = self.lookup(lookup).await?;
+        if events.iter().any(|event| event.room_id != room_id) {
+            return Err(StoreError::Corrupted {
+                table: "pending_event",
+                detail: "an event is indexed under another room".to_owned(),
+            });
+        }
+        Ok(events)
     }
 
     async fn session_event(
@@ -447,21 +459,12 @@ impl StateStore for SqliteStateStore {
         session_id: &str,
         message_index: u32,
     ) -> Result<Option<SessionEventRef>> {
-        let session_id = session_id.to_owned();
-        self.with_conn(move |conn, codec| {
-            let index = message_index.to_string();
-            let parts = [session_id.as_str(), index.as_str()];
-            let mut values = query_values(
-                conn,
-                codec,
-                "session_event",
-                "SELECT value FROM session_event WHERE key = ?1",
-                params![codec.key("session_event", &parts)],
-                &parts,
-            )?;
-            Ok(values.pop())
-        })
-        .await
+        let index = message_index.to_string();
+        let parts = [session_id, index.as_str()];
+        let lookup = Lookup::new("session_event", "SELECT value FROM session_event WHERE key = ?1")
+            .key("session_event", &parts)
+            .expect(&parts);
+        Ok(self.lookup(lookup).await?.pop())
     }
 
     async fn outbound_session(
@@ -469,92 +472,56 @@ impl StateStore for SqliteStateStore {
         room_id: &RoomId,
         slot: &StateSlot,
     ) -> Result<Option<OutboundStateSessionPickle>> {
-        let (room_id, slot) = (room_id.to_owned(), slot.clone());
-        self.with_conn(move |conn, codec| {
-            let parts = slot_parts(room_id.as_str(), &slot);
-            let values: Vec<String> = query_values(
-                conn,
-                codec,
-                "outbound_session",
-                "SELECT value FROM outbound_session WHERE room = ?1 AND slot = ?2",
-                params![codec.key("state.room", &parts[..1]), codec.key("outbound.slot", &parts)],
-                &parts,
-            )?;
-            Ok(values
-                .first()
-                .map(|json| OutboundStateSessionPickle::from_json(json))
-                .transpose()?)
-        })
-        .await
+        let parts = slot_parts(room_id.as_str(), slot);
+        let lookup = Lookup::new(
+            "outbound_session",
+            "SELECT value FROM outbound_session WHERE room = ?1 AND slot = ?2",
+        )
+        .key("state.room", &parts[..1])
+        .key("outbound.slot", &parts)
+        .expect(&parts);
+        let pickles: Vec<String> = self.lookup(lookup).await?;
+        Ok(pickles.first().map(|json| OutboundStateSessionPickle::from_json(json)).transpose()?)
     }
 
     async fn outbound_sessions(&self, room_id: &RoomId) -> Result<Vec<OutboundStateSessionPickle>> {
-        let room_id = room_id.to_owned();
-        self.with_conn(move |conn, codec| {
-            let parts = [room_id.as_str()];
-            let values: Vec<String> = query_values(
-                conn,
-                codec,
-                "outbound_session",
-                "SELECT value FROM outbound_session WHERE room = ?1",
-                params![codec.key("state.room", &parts)],
-                &parts,
-            )?;
-            Ok(values
-                .iter()
-                .map(|json| OutboundStateSessionPickle::from_json(json))
-                .collect::<Result<_, _>>()?)
-        })
-        .await
+        let parts = [room_id.as_str()];
+        let lookup =
+            Lookup::new("outbound_session", "SELECT value FROM outbound_session WHERE room = ?1")
+                .key("state.room", &parts)
+                .expect(&parts);
+        let pickles: Vec<String> = self.lookup(lookup).await?;
+        Ok(pickles
+            .iter()
+            .map(|json| OutboundStateSessionPickle::from_json(json))
+            .collect::<Result<_, _>>()?)
     }
 
     async fn inbound_session(&self, session_id: &str) -> Result<Option<InboundStateSessionPickle>> {
-        let session_id = session_id.to_owned();
-        self.with_conn(move |conn, codec| {
-            let parts = [session_id.as_str()];
-            let values: Vec<String> = query_values(
-                conn,
-                codec,
-                "inbound_session",
-                "SELECT value FROM inbound_session WHERE session = ?1",
-                params![codec.key("inbound.session", &parts)],
-                &parts,
-            )?;
-            Ok(values.first().map(|json| InboundStateSessionPickle::from_json(json)).transpose()?)
-        })
-        .await
+        let parts = [session_id];
+        let lookup =
+            Lookup::new("inbound_session", "SELECT value FROM inbound_session WHERE session = ?1")
+                .key("inbound.session", &parts)
+                .expect(&parts);
+        let pickles: Vec<String> = self.lookup(lookup).await?;
+        Ok(pickles.first().map(|json| InboundStateSessionPickle::from_json(json)).transpose()?)
     }
 
     async fn pending_bundles(&self, room_id: &RoomId) -> Result<Vec<PendingBundle>> {
-        let room_id = room_id.to_owned();
-        self.with_conn(move |conn, codec| {
-            let parts = [room_id.as_str()];
-            query_values(
-                conn,
-                codec,
-                "pending_bundle",
-                "SELECT value FROM pending_bundle WHERE room = ?1",
-                params![codec.key("state.room", &parts)],
-                &parts,
-            )
-        })
-        .await
+        let parts = [room_id.as_str()];
+        let lookup =
+            Lookup::new("pending_bundle", "SELECT value FROM pending_bundle WHERE room = ?1")
+                .key("state.room", &parts)
+                .expect(&parts);
+        self.lookup(lookup).await
     }
 
     async fn key_requests(&self, room_id: &RoomId) -> Result<Vec<KeyRequest>> {
-        let room_id = room_id.to_owned();
-        self.with_conn(move |conn, codec| {
-            let parts = [room_id.as_str()];
-            query_values(
-                conn,
-                codec,
-                "key_request",
-                "SELECT value FROM key_request WHERE room = ?1",
-                params![codec.key("state.room", &parts)],
-                &parts,
-            )
-        })
-        .await
+        let parts = [room_id.as_str()];
+        let lookup = Lookup::new("key_request", "SELECT value FROM key_request WHERE room = ?1")
+            .key("state.room", &parts)
+            .expect(&parts);
+        self.lookup(lookup).await
     }
 }
 
