@@ -40,6 +40,8 @@ pub struct DemoOutcome {
     pub read_name_and_topic: (Option<String>, Option<String>),
     /// Whether the homeserver's copy of the room state held the name or topic in clear.
     pub server_saw_plaintext: bool,
+    /// The name Carol's invite preview showed before joining.
+    pub invitee_preview_name: Option<String>,
     /// The name Carol, invited with history, read after joining.
     pub invitee_read_name: Option<String>,
     /// Whether Carol decrypted the pre-invite message with a key Alice shared.
@@ -183,10 +185,19 @@ pub async fn run(narrator: &mut Narrator) -> Result<DemoOutcome> {
         carol.client.get_room(&room_id).is_some()
     })
     .await?;
-    let preview = carol.client.get_room(&room_id).context("invited room")?;
+    let invited = carol.client.get_room(&room_id).context("invited room")?;
+    sync_until(&carol.client, "Carol's invite preview", DEFAULT_TIMEOUT, || async {
+        invited.invite_preview().await.is_ok_and(|p| p.name.is_some())
+    })
+    .await?;
+    let preview = invited.invite_preview().await?;
     narrator.say(format!(
-        "Before joining, Carol's invite shows the name {:?} (the homeserver has no name in clear)",
-        preview.name()
+        "Before joining, Carol's invite shows the name {:?} and topic {:?}, decrypted with the keys \
+         Alice sent with the invite (the homeserver's invite state has only ciphertext; a stock \
+         client shows {:?})",
+        preview.name.as_deref().unwrap_or("-"),
+        preview.topic.as_deref().unwrap_or("-"),
+        invited.name()
     ));
     join(&carol, &room_id).await?;
     let carol_room = carol.room(&room_id);
@@ -216,6 +227,7 @@ pub async fn run(narrator: &mut Narrator) -> Result<DemoOutcome> {
     ));
 
     Ok(DemoOutcome {
+        invitee_preview_name: preview.name,
         invitee_read_history: carol_shared_by.as_deref() == Some(alice.user_id()),
         invitee_read_name: carol_name,
         sent_body,

@@ -71,7 +71,12 @@ async fn an_invitee_reads_shared_history_and_the_current_state_shared_by_the_inv
     .await?;
     let record = bob_room.encrypted_state("m.room.name", "").await?.expect("name");
     let provenance = record.provenance().expect("decrypted");
-    assert_eq!(provenance.key_origin, KeyOrigin::Bundle { shared_by: alice.user_id().to_owned() });
+    // The key came twice from Alice: with the invite (used first) and in the bundle.
+    assert!(
+        matches!(&provenance.key_origin, KeyOrigin::Invite { shared_by } | KeyOrigin::Bundle { shared_by } if shared_by == alice.user_id()),
+        "{:?}",
+        provenance.key_origin
+    );
     assert_eq!(provenance.message_index, 1, "the current event, not the older one");
 
     wait_until("Bob decrypts the message sent before his invite", DEFAULT_TIMEOUT, || async {
@@ -126,5 +131,43 @@ async fn without_cross_signing_nothing_is_shared() -> Result<()> {
         .sync_once(matrix_sdk::config::SyncSettings::default().timeout(std::time::Duration::ZERO))
         .await?;
     assert!(bob.client.get_room(room.room_id()).is_none());
+    Ok(())
+}
+
+/// The invite carries the keys of the aesthetic slots: before joining, the invitee's preview
+/// shows the encrypted name and topic, which the homeserver only has as ciphertext.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_invite_preview_shows_the_encrypted_name_and_topic() -> Result<()> {
+    integration_tests::init_tracing("warn");
+    let alice = StateUser::register("alice").await?;
+    let bob = StateUser::register("bob").await?;
+    let room = room_with_history(&alice, "joined").await?;
+    room.set_encrypted_topic("Visible in the invite").await?;
+    let room_id = room.room_id().to_owned();
+
+    let report = room.invite_with_history(bob.user_id()).await?;
+    assert_eq!(report.preview_keys, 2, "{report:?}");
+
+    sync_until(&bob.client, "Bob's preview shows the name and topic", DEFAULT_TIMEOUT, || async {
+        let Some(invited) = bob.client.get_room(&room_id) else { return false };
+        invited.invite_preview().await.is_ok_and(|p| {
+            p.name.as_deref() == Some("Current name")
+                && p.topic.as_deref() == Some("Visible in the invite")
+        })
+    })
+    .await?;
+    let invited = bob.client.get_room(&room_id).expect("invited room");
+    assert_eq!(invited.state(), matrix_sdk::RoomState::Invited);
+    assert_eq!(invited.name(), None, "the homeserver has no name in clear");
+    let preview = invited.invite_preview().await?;
+    assert_eq!(preview.shared_by.as_deref(), Some(alice.user_id()));
+
+    // After joining, the same keys read the room's state at once.
+    join(&bob, &room_id).await?;
+    let joined = bob.room(&room_id);
+    sync_until(&bob.client, "Bob reads the topic after joining", DEFAULT_TIMEOUT, || async {
+        joined.encrypted_topic().await.ok().flatten().as_deref() == Some("Visible in the invite")
+    })
+    .await?;
     Ok(())
 }

@@ -13,6 +13,7 @@ async fn demo_flow_decrypts_the_message_the_state_and_the_shared_history() -> an
     let (name, topic) = outcome.sent_name_and_topic;
     assert_eq!(outcome.read_name_and_topic, (Some(name.clone()), Some(topic)));
     assert!(!outcome.server_saw_plaintext, "the homeserver must only hold ciphertext");
+    assert_eq!(outcome.invitee_preview_name.as_ref(), Some(&name));
     assert_eq!(outcome.invitee_read_name, Some(name));
     assert!(outcome.invitee_read_history, "the invitee reads the history Alice shared");
     Ok(())

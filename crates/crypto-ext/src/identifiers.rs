@@ -30,6 +30,14 @@ pub const HISTORY_NOT_SHARED: &str = "m.history_not_shared";
 /// The unstable spelling of [`HISTORY_NOT_SHARED`], accepted on receipt.
 pub const HISTORY_NOT_SHARED_UNSTABLE: &str = "io.element.msc4268.history_not_shared";
 
+/// The to-device event that hands an invitee the keys of a room's aesthetic state slots (name,
+/// topic, avatar, canonical alias) at invite time, so the invite preview can show them (our
+/// extension of MSC3414's contextual invites; stock clients ignore it). Content:
+/// `{"room_id": ..., "keys": [exported room keys, each at its slot's current index]}`.
+pub const INVITE_STATE_KEYS: &str = "org.matrix.msc3414.invite_state_keys";
+/// The most keys an [`INVITE_STATE_KEYS`] message may carry; a longer one is ignored.
+pub const INVITE_STATE_KEYS_MAX: usize = 16;
+
 /// The Megolm algorithm name used for room events and state.
 pub const MEGOLM_V1: &str = "m.megolm.v1.aes-sha2";
 /// The event type of encrypted room events, and of encrypted state.

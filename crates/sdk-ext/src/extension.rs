@@ -6,7 +6,7 @@ use std::{
 };
 
 use crypto_ext::OwnDevice;
-use matrix_sdk::{Client, Room};
+use matrix_sdk::{Client, Room, event_handler::EventHandlerHandle};
 use ruma::{OwnedDeviceId, OwnedRoomId, OwnedUserId, RoomId};
 use state_store_ext::{MemoryStateStore, SqliteStateStore, StateStore};
 use tokio::{
@@ -40,6 +40,8 @@ pub(crate) struct Inner {
     /// Serialises processing (sync batches, key arrivals, imports).
     pub(crate) processing: Mutex<()>,
     task: StdMutex<Option<AbortHandle>>,
+    /// The to-device handler for state keys sent with invites.
+    handler: StdMutex<Option<EventHandlerHandle>>,
 }
 
 impl std::fmt::Debug for Inner {
@@ -56,6 +58,9 @@ impl Drop for Inner {
     fn drop(&mut self) {
         if let Some(task) = self.task.lock().unwrap_or_else(|e| e.into_inner()).take() {
             task.abort();
+        }
+        if let Some(handler) = self.handler.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            self.client.remove_event_handler(handler);
         }
     }
 }
@@ -124,6 +129,7 @@ impl StateExtension {
             enabled_rooms: Default::default(),
             processing: Mutex::new(()),
             task: StdMutex::new(None),
+            handler: StdMutex::new(None),
         });
 
         // Subscribe before the first scan so nothing that arrives in between is missed.
@@ -132,6 +138,8 @@ impl StateExtension {
         Processor::new(&inner).scan_all().await?;
         let task = tokio::spawn(processing::run(Arc::downgrade(&inner), room_updates, room_keys));
         *inner.task.lock().unwrap_or_else(|e| e.into_inner()) = Some(task.abort_handle());
+        let handler = crate::invite::register_handler(client, Arc::downgrade(&inner));
+        *inner.handler.lock().unwrap_or_else(|e| e.into_inner()) = Some(handler);
 
         REGISTRY
             .lock()

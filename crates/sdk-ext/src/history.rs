@@ -45,6 +45,8 @@ pub struct InviteReport {
     pub shared_message_keys: usize,
     /// State sessions shared, each at the index of its slot's current event.
     pub shared_state_keys: usize,
+    /// Keys of the aesthetic slots sent with the invite for the invite preview.
+    pub preview_keys: usize,
     /// Sessions listed as withheld (`m.history_not_shared`).
     pub withheld_keys: usize,
     /// Where the encrypted bundle was uploaded.
@@ -161,6 +163,7 @@ impl RoomHistoryExt for Room {
                 )
                 .await?
         };
+        let preview_keys = crate::invite::send_preview_keys(inner, &room_id, &recipients).await?;
         let mut devices_reached = Vec::new();
         for device in &recipients {
             let device_id = device.device_id().to_owned();
@@ -180,6 +183,7 @@ impl RoomHistoryExt for Room {
             invitee: user_id.to_owned(),
             shared_message_keys,
             shared_state_keys,
+            preview_keys,
             withheld_keys,
             bundle_url,
             devices_reached,

@@ -296,9 +296,13 @@ impl<'a> Processor<'a> {
         {
             let mut session = InboundStateSession::from_pickle(pickle);
             if let Ok(decrypted) = session.decrypt(event) {
-                let facts = self
-                    .facts_for_sender_key(&event.sender, decrypted.sender_key, decrypted.key_origin)
-                    .await?;
+                let facts = facts_for_sender_key(
+                    self.inner,
+                    &event.sender,
+                    decrypted.sender_key,
+                    decrypted.key_origin,
+                )
+                .await?;
                 return Ok(Decryption::Decrypted { plaintext: decrypted.plaintext, facts });
             }
         }
@@ -322,7 +326,8 @@ impl<'a> Processor<'a> {
                         crypto_ext::vodozemac::Curve25519PublicKey::from_base64(curve25519_key)
                 {
                     let origin = KeyOrigin::Bundle { shared_by: forwarder.user_id.clone() };
-                    facts = self.facts_for_sender_key(&event.sender, sender_key, origin).await?;
+                    facts =
+                        facts_for_sender_key(self.inner, &event.sender, sender_key, origin).await?;
                 }
                 Ok(Decryption::Decrypted {
                     plaintext: decrypted.event.json().get().to_owned(),
@@ -376,53 +381,14 @@ impl<'a> Processor<'a> {
             })));
         }
         let Ok(decrypted) = session.decrypt(event) else { return Ok(None) };
-        let facts = self
-            .facts_for_sender_key(&event.sender, decrypted.sender_key, KeyOrigin::Direct)
-            .await?;
+        let facts = facts_for_sender_key(
+            self.inner,
+            &event.sender,
+            decrypted.sender_key,
+            KeyOrigin::Direct,
+        )
+        .await?;
         Ok(Some(Decryption::Decrypted { plaintext: decrypted.plaintext, facts }))
-    }
-
-    /// Which device of `sender` owns `sender_key`, and how verified it is.
-    async fn facts_for_sender_key(
-        &self,
-        sender: &UserId,
-        sender_key: crypto_ext::vodozemac::Curve25519PublicKey,
-        key_origin: KeyOrigin,
-    ) -> Result<DecryptionFacts> {
-        let own = &self.inner.own_device;
-        if key_origin == KeyOrigin::Own && sender == own.user_id && sender_key == own.curve25519 {
-            return Ok(DecryptionFacts {
-                session_owner: SessionOwner::Device {
-                    user_id: own.user_id.clone(),
-                    device_id: Some(own.device_id.clone()),
-                    verification: VerificationState::Verified,
-                },
-                key_origin,
-            });
-        }
-        let encryption = self.inner.client.encryption();
-        let mut devices = encryption.get_user_devices(sender).await?;
-        if devices.devices().next().is_none() {
-            // A user we never queried (we just joined their room): ask the server now.
-            encryption.request_user_identity(sender).await?;
-            devices = encryption.get_user_devices(sender).await?;
-        }
-        let device = devices.devices().find(|device| device.curve25519_key() == Some(sender_key));
-        let session_owner = match device {
-            Some(device) => SessionOwner::Device {
-                user_id: sender.to_owned(),
-                device_id: Some(device.device_id().to_owned()),
-                verification: if device.is_verified() {
-                    VerificationState::Verified
-                } else if device.is_cross_signed_by_owner() {
-                    VerificationState::Unverified(VerificationLevel::UnverifiedIdentity)
-                } else {
-                    VerificationState::Unverified(VerificationLevel::UnsignedDevice)
-                },
-            },
-            None => SessionOwner::Unknown,
-        };
-        Ok(DecryptionFacts { session_owner, key_origin })
     }
 
     /// Records the plaintext copies of the aesthetic slots and of the slots just written
@@ -552,4 +518,47 @@ async fn power_levels(room: &Room) -> RoomPowerLevels {
             )
         }
     }
+}
+
+/// Which device of `sender` owns `sender_key`, and how verified it is.
+pub(crate) async fn facts_for_sender_key(
+    inner: &Inner,
+    sender: &UserId,
+    sender_key: crypto_ext::vodozemac::Curve25519PublicKey,
+    key_origin: KeyOrigin,
+) -> Result<DecryptionFacts> {
+    let own = &inner.own_device;
+    if key_origin == KeyOrigin::Own && sender == own.user_id && sender_key == own.curve25519 {
+        return Ok(DecryptionFacts {
+            session_owner: SessionOwner::Device {
+                user_id: own.user_id.clone(),
+                device_id: Some(own.device_id.clone()),
+                verification: VerificationState::Verified,
+            },
+            key_origin,
+        });
+    }
+    let encryption = inner.client.encryption();
+    let mut devices = encryption.get_user_devices(sender).await?;
+    if devices.devices().next().is_none() {
+        // A user we never queried (we just joined their room): ask the server now.
+        encryption.request_user_identity(sender).await?;
+        devices = encryption.get_user_devices(sender).await?;
+    }
+    let device = devices.devices().find(|device| device.curve25519_key() == Some(sender_key));
+    let session_owner = match device {
+        Some(device) => SessionOwner::Device {
+            user_id: sender.to_owned(),
+            device_id: Some(device.device_id().to_owned()),
+            verification: if device.is_verified() {
+                VerificationState::Verified
+            } else if device.is_cross_signed_by_owner() {
+                VerificationState::Unverified(VerificationLevel::UnverifiedIdentity)
+            } else {
+                VerificationState::Unverified(VerificationLevel::UnsignedDevice)
+            },
+        },
+        None => SessionOwner::Unknown,
+    };
+    Ok(DecryptionFacts { session_owner, key_origin })
 }

@@ -16,7 +16,7 @@ use serde_json::{Value, json};
 use state_store_ext::{SessionEventRef, StateChanges, StateRecord};
 use tracing::{info, instrument};
 
-use crate::{Error, Result, StateExtension, extension::Inner, keys};
+use crate::{Error, InvitePreview, Result, StateExtension, extension::Inner, keys};
 
 /// What [`RoomStateExt::set_encrypted_state`] sent.
 #[derive(Clone, Debug)]
@@ -164,6 +164,15 @@ pub trait RoomStateExt {
     /// As [`RoomStateExt::encrypted_state`].
     fn encrypted_avatar(&self) -> impl Future<Output = Result<Option<EncryptedAvatar>>> + Send;
 
+    /// For a room we are invited to: the name, topic and avatar decrypted from the invite's
+    /// stripped state with the keys the inviter sent along (see
+    /// [`crate::RoomHistoryExt::invite_with_history`]). Empty when no key came.
+    ///
+    /// # Errors
+    ///
+    /// As [`RoomStateExt::encrypted_state`].
+    fn invite_preview(&self) -> impl Future<Output = Result<InvitePreview>> + Send;
+
     /// Everything at once: current values, rejections with reasons, events waiting for keys.
     ///
     /// # Errors
@@ -281,16 +290,12 @@ impl RoomStateExt for Room {
         let Some(record) = self.encrypted_state("m.room.avatar", "").await? else {
             return Ok(None);
         };
-        let content: Value = record.content.deserialize_as_unchecked()?;
-        let source = if let Some(file) = content.get("file") {
-            MediaSource::Encrypted(Box::new(serde_json::from_value(file.clone())?))
-        } else if let Some(url) = content.get("url").and_then(Value::as_str) {
-            MediaSource::Plain(url.into())
-        } else {
-            return Ok(None);
-        };
-        let mimetype = content.pointer("/info/mimetype").and_then(Value::as_str).map(str::to_owned);
-        Ok(Some(EncryptedAvatar { source, mimetype }))
+        avatar_from_content(&record.content.deserialize_as_unchecked()?)
+    }
+
+    async fn invite_preview(&self) -> Result<InvitePreview> {
+        let ext = StateExtension::of_room(self)?;
+        crate::invite::preview(&ext.inner, self).await
     }
 
     async fn encrypted_state_view(&self) -> Result<RoomStateView> {
@@ -311,6 +316,19 @@ impl RoomStateExt for Room {
             }
         }
     }
+}
+
+/// The avatar an `m.room.avatar` content points at: an encrypted file, or a plain URL.
+pub(crate) fn avatar_from_content(content: &Value) -> Result<Option<EncryptedAvatar>> {
+    let source = if let Some(file) = content.get("file") {
+        MediaSource::Encrypted(Box::new(serde_json::from_value(file.clone())?))
+    } else if let Some(url) = content.get("url").and_then(Value::as_str) {
+        MediaSource::Plain(url.into())
+    } else {
+        return Ok(None);
+    };
+    let mimetype = content.pointer("/info/mimetype").and_then(Value::as_str).map(str::to_owned);
+    Ok(Some(EncryptedAvatar { source, mimetype }))
 }
 
 fn string_field(record: Option<StateRecord>, field: &str) -> Option<String> {

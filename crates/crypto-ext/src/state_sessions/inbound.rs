@@ -6,7 +6,10 @@ use ruma::{OwnedRoomId, OwnedUserId, RoomId};
 use serde::{Deserialize, Serialize};
 use vodozemac::{
     Curve25519PublicKey,
-    megolm::{InboundGroupSession, InboundGroupSessionPickle, SessionConfig, SessionOrdering},
+    megolm::{
+        InboundGroupSession, InboundGroupSessionPickle, MegolmMessage, SessionConfig,
+        SessionOrdering,
+    },
 };
 
 use super::{EncryptedStateEvent, OutboundStateSession, OwnDevice};
@@ -30,13 +33,21 @@ pub enum KeyOrigin {
         /// Who answered.
         shared_by: OwnedUserId,
     },
+    /// The key came with an invite, from the inviter `shared_by`, so the invite preview can show
+    /// the room's name and topic.
+    Invite {
+        /// Who invited us.
+        shared_by: OwnedUserId,
+    },
 }
 
 impl KeyOrigin {
     /// The user who shared the key, when it did not come from its creator.
     pub fn shared_by(&self) -> Option<&OwnedUserId> {
         match self {
-            Self::Bundle { shared_by } | Self::KeyShare { shared_by } => Some(shared_by),
+            Self::Bundle { shared_by }
+            | Self::KeyShare { shared_by }
+            | Self::Invite { shared_by } => Some(shared_by),
             Self::Own | Self::Direct => None,
         }
     }
@@ -164,20 +175,53 @@ impl InboundStateSession {
         &mut self,
         event: &EncryptedStateEvent,
     ) -> Result<DecryptedState, DecryptStateError> {
-        if event.session_id != self.session.session_id() {
-            return Err(DecryptStateError::MissingSession { session_id: event.session_id.clone() });
+        self.decrypt_message(&event.session_id, &event.message)
+    }
+
+    /// Decrypts the `m.megolm.v1.aes-sha2` content of an event known only by its content, such
+    /// as an encrypted state event in an invite's stripped state (no event id, no timestamp).
+    ///
+    /// # Errors
+    ///
+    /// As [`InboundStateSession::decrypt`], and [`DecryptStateError::Malformed`] for content
+    /// that is not Megolm v1.
+    pub fn decrypt_content(
+        &mut self,
+        content: &serde_json::Value,
+    ) -> Result<DecryptedState, DecryptStateError> {
+        let field = |name: &str| {
+            content
+                .get(name)
+                .and_then(serde_json::Value::as_str)
+                .ok_or_else(|| DecryptStateError::Malformed(format!("no {name}")))
+        };
+        if field("algorithm")? != crate::identifiers::MEGOLM_V1 {
+            return Err(DecryptStateError::Malformed("unsupported algorithm".to_owned()));
         }
-        if event.message_index < self.session.first_known_index() {
+        let message = MegolmMessage::from_base64(field("ciphertext")?)
+            .map_err(|e| DecryptStateError::Malformed(format!("bad Megolm message: {e}")))?;
+        self.decrypt_message(field("session_id")?, &message)
+    }
+
+    fn decrypt_message(
+        &mut self,
+        session_id: &str,
+        message: &MegolmMessage,
+    ) -> Result<DecryptedState, DecryptStateError> {
+        if session_id != self.session.session_id() {
+            return Err(DecryptStateError::MissingSession { session_id: session_id.to_owned() });
+        }
+        if message.message_index() < self.session.first_known_index() {
             return Err(DecryptStateError::UnknownIndex {
-                session_id: event.session_id.clone(),
+                session_id: session_id.to_owned(),
                 first_known: self.session.first_known_index(),
-                index: event.message_index,
+                index: message.message_index(),
             });
         }
-        let decrypted = self.session.decrypt(&event.message)?;
+        let decrypted = self.session.decrypt(message)?;
         Ok(DecryptedState {
             plaintext: String::from_utf8_lossy(&decrypted.plaintext).into_owned(),
-            session_id: event.session_id.clone(),
+            session_id: session_id.to_owned(),
             message_index: decrypted.message_index,
             sender_key: self.sender_key,
             key_origin: self.key_origin.clone(),

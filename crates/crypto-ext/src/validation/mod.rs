@@ -10,5 +10,7 @@ mod reason;
 pub mod resolution;
 
 pub use facts::{DecryptionFacts, SessionOwner};
-pub use pipeline::{AcceptedState, Provenance, RejectedState, ValidationInput, Verdict, validate};
+pub use pipeline::{
+    AcceptedState, Provenance, RejectedState, ValidationInput, Verdict, validate, validate_preview,
+};
 pub use reason::RejectionReason;

@@ -3,6 +3,7 @@
 use matrix_sdk_common::deserialized_responses::VerificationState;
 use ruma::{
     MilliSecondsSinceUnixEpoch, OwnedDeviceId, OwnedEventId, OwnedRoomId, OwnedUserId, RoomId,
+    UserId,
     events::{
         AnyStateEventContent, StateEventType,
         room::power_levels::{RoomPowerLevels, UserPowerLevel},
@@ -156,52 +157,103 @@ type Checked = (StatePayload, Option<OwnedDeviceId>, Option<VerificationState>);
 
 fn check(input: &ValidationInput<'_>) -> Result<Checked, RejectionReason> {
     let sender = &input.event.sender;
+    let (device, verification) = rule_session_of_sender(input.facts, sender)?;
+    let payload =
+        rule_payload_matches(input.plaintext, &input.event.packed_state_key, input.room_id)?;
+    let slot = payload.slot();
+    rule_not_critical(&slot)?;
+    rule_power(input.power_levels, sender, &slot)?;
+    rule_own_state_key(sender, &slot)?;
+    Ok((payload, device, verification))
+}
 
-    // Rule 1.
-    let (device, verification) = match &input.facts.session_owner {
+/// Rules 1 to 3 and the state-key part of rule 4, for a state event seen in an invite's stripped
+/// state: there are no power levels to check against, so callers show the result as a preview
+/// only (until the user joins and the full pipeline runs).
+///
+/// # Errors
+///
+/// The first [`RejectionReason`] that applies.
+pub fn validate_preview(
+    room_id: &RoomId,
+    sender: &UserId,
+    packed_state_key: &str,
+    plaintext: &str,
+    facts: &DecryptionFacts,
+) -> Result<StatePayload, RejectionReason> {
+    rule_session_of_sender(facts, sender)?;
+    let payload = rule_payload_matches(plaintext, packed_state_key, room_id)?;
+    let slot = payload.slot();
+    rule_not_critical(&slot)?;
+    rule_own_state_key(sender, &slot)?;
+    Ok(payload)
+}
+
+/// Rule 1: the session was created by a device of the sender.
+fn rule_session_of_sender(
+    facts: &DecryptionFacts,
+    sender: &UserId,
+) -> Result<(Option<OwnedDeviceId>, Option<VerificationState>), RejectionReason> {
+    match &facts.session_owner {
         SessionOwner::Device { user_id, device_id, verification } if user_id == sender => {
-            (device_id.clone(), Some(verification.clone()))
+            Ok((device_id.clone(), Some(verification.clone())))
         }
         SessionOwner::Device { user_id, .. } => {
-            return Err(RejectionReason::SessionNotFromSender { owner: Some(user_id.clone()) });
+            Err(RejectionReason::SessionNotFromSender { owner: Some(user_id.clone()) })
         }
         SessionOwner::OtherUser { user_id } => {
-            return Err(RejectionReason::SessionNotFromSender { owner: user_id.clone() });
+            Err(RejectionReason::SessionNotFromSender { owner: user_id.clone() })
         }
-        SessionOwner::Unknown => return Err(RejectionReason::SenderDeviceUnknown),
-    };
+        SessionOwner::Unknown => Err(RejectionReason::SenderDeviceUnknown),
+    }
+}
 
-    // Rule 2.
-    let payload = StatePayload::parse(input.plaintext)
+/// Rule 2: a state payload whose packed key and room match the outer event.
+fn rule_payload_matches(
+    plaintext: &str,
+    packed_state_key: &str,
+    room_id: &RoomId,
+) -> Result<StatePayload, RejectionReason> {
+    let payload = StatePayload::parse(plaintext)
         .map_err(|e| RejectionReason::MalformedPayload { detail: e.to_string() })?;
     let slot = payload.slot();
-    let packed_matches = PackedStateKey::parse(input.event.packed_state_key.as_str())
-        .is_ok_and(|packed| packed.matches(&slot));
+    let packed_matches =
+        PackedStateKey::parse(packed_state_key).is_ok_and(|packed| packed.matches(&slot));
     if !packed_matches {
         return Err(RejectionReason::PackedKeyMismatch {
-            packed_state_key: input.event.packed_state_key.clone(),
+            packed_state_key: packed_state_key.to_owned(),
             inner_type: slot.event_type,
             inner_state_key: slot.state_key,
         });
     }
-    if payload.room_id != input.room_id {
+    if payload.room_id != room_id {
         return Err(RejectionReason::WrongRoom {
-            expected: input.room_id.to_owned(),
+            expected: room_id.to_owned(),
             found: payload.room_id,
         });
     }
+    Ok(payload)
+}
 
-    // Rule 3.
+/// Rule 3: the inner type is not critical.
+fn rule_not_critical(slot: &StateSlot) -> Result<(), RejectionReason> {
     if is_critical(&slot.event_type) {
-        return Err(RejectionReason::CriticalType { event_type: slot.event_type });
+        return Err(RejectionReason::CriticalType { event_type: slot.event_type.clone() });
     }
+    Ok(())
+}
 
-    // Rule 4.
-    let required = input.power_levels.for_state(StateEventType::from(slot.event_type.as_str()));
-    let actual = input.power_levels.for_user(sender);
+/// Rule 4, power: the sender's level reaches the level required for the inner type.
+fn rule_power(
+    power_levels: &RoomPowerLevels,
+    sender: &UserId,
+    slot: &StateSlot,
+) -> Result<(), RejectionReason> {
+    let required = power_levels.for_state(StateEventType::from(slot.event_type.as_str()));
+    let actual = power_levels.for_user(sender);
     if actual < required {
         return Err(RejectionReason::InsufficientPower {
-            event_type: slot.event_type,
+            event_type: slot.event_type.clone(),
             required: required.into(),
             actual: match actual {
                 UserPowerLevel::Int(level) => level.into(),
@@ -210,9 +262,13 @@ fn check(input: &ValidationInput<'_>) -> Result<Checked, RejectionReason> {
             },
         });
     }
-    if slot.state_key.starts_with('@') && slot.state_key != sender.as_str() {
-        return Err(RejectionReason::StateKeyOfOtherUser { state_key: slot.state_key });
-    }
+    Ok(())
+}
 
-    Ok((payload, device, verification))
+/// Rule 4, state key: a state key starting with `@` is the sender's own user id.
+fn rule_own_state_key(sender: &UserId, slot: &StateSlot) -> Result<(), RejectionReason> {
+    if slot.state_key.starts_with('@') && slot.state_key != sender.as_str() {
+        return Err(RejectionReason::StateKeyOfOtherUser { state_key: slot.state_key.clone() });
+    }
+    Ok(())
 }
