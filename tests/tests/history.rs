@@ -171,3 +171,201 @@ async fn the_invite_preview_shows_the_encrypted_name_and_topic() -> Result<()> {
     .await?;
     Ok(())
 }
+
+/// Receiving side (matrix-sdk's bundle receiver, which our clients use): what must not be
+/// imported.
+mod receiving {
+    use anyhow::Result;
+    use crypto_ext::{bundle::BundleBuilder, testing::Crafter};
+    use integration_tests::{
+        DEFAULT_TIMEOUT, StateUser, TestUser, join, shared_room, sync_until, wait_until,
+    };
+    use matrix_sdk::{
+        deserialized_responses::TimelineEventKind,
+        room::MessagesOptions,
+        ruma::{
+            OwnedEventId, RoomId, TransactionId, UserId,
+            api::client::{
+                membership::invite_user::v3::{
+                    InvitationRecipient, InviteUserId, Request as Invite,
+                },
+                message::send_message_event::v3::Request as SendMessage,
+            },
+            events::room::message::RoomMessageEventContent,
+        },
+    };
+    use sdk_ext::RoomHistoryExt;
+    use serde_json::json;
+
+    /// Sends `plaintext` (a room message) as an `m.room.encrypted` event with `crafter`'s
+    /// session, bypassing the client's own encryption.
+    async fn send_crafted(
+        user: &StateUser,
+        room_id: &RoomId,
+        crafter: &mut Crafter,
+        body: &str,
+    ) -> Result<OwnedEventId> {
+        let plaintext = json!({
+            "type": "m.room.message",
+            "content": { "msgtype": "m.text", "body": body },
+            "room_id": room_id,
+        });
+        let content = crafter.encrypt(user.ext.own_device(), &plaintext);
+        let request = SendMessage::new_raw(
+            room_id.to_owned(),
+            TransactionId::new(),
+            "m.room.encrypted".into(),
+            content.cast_unchecked(),
+        );
+        Ok(user.client.send(request).await?.event_id)
+    }
+
+    /// Uploads a bundle holding `crafter`'s key and announces it to `recipient`'s devices over
+    /// Olm, with `tamper` applied to the `EncryptedFile` first.
+    async fn announce_bundle(
+        from: &StateUser,
+        recipient: &UserId,
+        room_id: &RoomId,
+        crafter: &Crafter,
+        tamper: impl FnOnce(&mut serde_json::Value),
+    ) -> Result<()> {
+        announce_bundle_with_key_for(from, recipient, room_id, room_id, crafter, tamper).await
+    }
+
+    /// As [`announce_bundle`], with the key inside the bundle naming `key_room`.
+    async fn announce_bundle_with_key_for(
+        from: &StateUser,
+        recipient: &UserId,
+        room_id: &RoomId,
+        key_room: &RoomId,
+        crafter: &Crafter,
+        tamper: impl FnOnce(&mut serde_json::Value),
+    ) -> Result<()> {
+        let mut builder = BundleBuilder::new(key_room, from.ext.own_device());
+        builder.add_message_session(crafter.exported_key(key_room, from.ext.own_device()));
+        let json = serde_json::to_vec(&builder.build())?;
+        let file = from.client.upload_encrypted_file(&mut json.as_slice()).await?;
+        let mut file = serde_json::to_value(&file)?;
+        tamper(&mut file);
+        let devices = from.client.encryption().get_user_devices(recipient).await?;
+        let failures = from
+            .client
+            .encryption()
+            .encrypt_and_send_raw_to_device(
+                devices.devices().collect::<Vec<_>>().iter().collect(),
+                crypto_ext::identifiers::ROOM_KEY_BUNDLE_UNSTABLE,
+                matrix_sdk::ruma::serde::Raw::new(&json!({ "room_id": room_id, "file": file }))?
+                    .cast_unchecked(),
+                Default::default(),
+            )
+            .await?;
+        anyhow::ensure!(failures.is_empty(), "{failures:?}");
+        Ok(())
+    }
+
+    async fn decrypts(user: &TestUser, room_id: &RoomId, event_id: &OwnedEventId) -> Option<bool> {
+        let room = user.client.get_room(room_id)?;
+        let messages = room.messages(MessagesOptions::backward()).await.ok()?;
+        let event = messages.chunk.into_iter().find(|e| e.event_id().as_ref() == Some(event_id))?;
+        Some(matches!(event.kind, TimelineEventKind::Decrypted(_)))
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_bundle_from_someone_other_than_the_inviter_is_not_imported() -> Result<()> {
+        integration_tests::init_tracing("warn");
+        let alice = StateUser::register("alice").await?;
+        let mallory = StateUser::register("mallory").await?;
+        let bob = StateUser::register("bob").await?;
+        let room = shared_room(&alice, &[&mallory]).await?;
+        let room_id = room.room_id().to_owned();
+
+        // Mallory posts history with her own session and announces a bundle for it to Bob.
+        let mut crafter = Crafter::new();
+        let bait = send_crafted(&mallory, &room_id, &mut crafter, "Mallory's bait").await?;
+        mallory.client.encryption().request_user_identity(bob.user_id()).await?;
+        announce_bundle(&mallory, bob.user_id(), &room_id, &crafter, |_| {}).await?;
+
+        // Alice is the inviter, with a genuine bundle.
+        let genuine = room.send(RoomMessageEventContent::text_plain("genuine history")).await?;
+        room.invite_with_history(bob.user_id()).await?;
+        join(&bob, &room_id).await?;
+        let genuine = genuine.response.event_id;
+        wait_until("Bob decrypts the inviter's history", DEFAULT_TIMEOUT, || async {
+            decrypts(&bob, &room_id, &genuine).await == Some(true)
+        })
+        .await?;
+        assert_eq!(
+            decrypts(&bob, &room_id, &bait).await,
+            Some(false),
+            "Mallory's bundle was imported"
+        );
+        Ok(())
+    }
+
+    /// Alice posts history with a session only her announced bundle carries, invites Bob with a
+    /// plain invite, Bob joins: does he decrypt the history?
+    async fn history_decrypts_after_a_bundle_with(
+        key_for_another_room: bool,
+        tamper: impl FnOnce(&mut serde_json::Value),
+    ) -> Result<bool> {
+        integration_tests::init_tracing("warn");
+        let alice = StateUser::register("alice").await?;
+        let bob = StateUser::register("bob").await?;
+        let room = shared_room(&alice, &[]).await?;
+        let room_id = room.room_id().to_owned();
+
+        let mut crafter = Crafter::new();
+        let history = send_crafted(&alice, &room_id, &mut crafter, "history in the bundle").await?;
+        alice.client.encryption().request_user_identity(bob.user_id()).await?;
+        let other_room = shared_room(&alice, &[]).await?;
+        let key_room = if key_for_another_room { other_room.room_id() } else { &room_id };
+        announce_bundle_with_key_for(&alice, bob.user_id(), &room_id, key_room, &crafter, tamper)
+            .await?;
+        // A plain invite: the announcement above is the only bundle Bob gets.
+        alice
+            .client
+            .send(Invite::new(
+                room_id.clone(),
+                InvitationRecipient::UserId(InviteUserId::new(bob.user_id().to_owned())),
+            ))
+            .await?;
+        join(&bob, &room_id).await?;
+        // Alice's next message proves Bob's client is past the join and its key handling.
+        let after = room.send(RoomMessageEventContent::text_plain("after the join")).await?;
+        let after = after.response.event_id;
+        sync_until(
+            &bob.client,
+            "Bob decrypts a message sent after he joined",
+            DEFAULT_TIMEOUT,
+            || async { decrypts(&bob, &room_id, &after).await == Some(true) },
+        )
+        .await?;
+        Ok(decrypts(&bob, &room_id, &history).await == Some(true))
+    }
+
+    /// The control for the test below: the same bundle, untampered, is imported.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_genuine_bundle_from_the_inviter_is_imported() -> Result<()> {
+        assert!(history_decrypts_after_a_bundle_with(false, |_| {}).await?);
+        Ok(())
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_bundle_that_fails_its_hash_is_not_imported() -> Result<()> {
+        let imported = history_decrypts_after_a_bundle_with(false, |file| {
+            file["hashes"]["sha256"] = json!("AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA");
+        })
+        .await?;
+        assert!(!imported, "a tampered bundle was imported");
+        Ok(())
+    }
+
+    /// A bundle for this room whose key names another room: that key never decrypts this room's
+    /// history.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn keys_of_another_room_in_a_bundle_never_decrypt_this_rooms_history() -> Result<()> {
+        let imported = history_decrypts_after_a_bundle_with(true, |_| {}).await?;
+        assert!(!imported, "a key naming another room was used");
+        Ok(())
+    }
+}

@@ -4,13 +4,18 @@
 //! payloads our pipeline must reject: critical types, packed keys that do not match, payloads for
 //! another room.
 
+use matrix_sdk_crypto::{
+    olm::ExportedRoomKey,
+    types::{EventEncryptionAlgorithm, SigningKey, SigningKeys},
+};
+use ruma::DeviceKeyAlgorithm;
 use ruma::{
     RoomId,
     events::{AnyToDeviceEventContent, room::encrypted::RoomEncryptedEventContent},
     serde::Raw,
 };
 use serde_json::{Value, json};
-use vodozemac::megolm::{GroupSession, SessionConfig};
+use vodozemac::megolm::{GroupSession, InboundGroupSession, SessionConfig};
 
 use crate::{
     identifiers::{MEGOLM_V1, SHARED_HISTORY_UNSTABLE},
@@ -21,6 +26,7 @@ use crate::{
 /// A misbehaving member's Megolm session.
 pub struct Crafter {
     session: GroupSession,
+    inbound: InboundGroupSession,
 }
 
 impl std::fmt::Debug for Crafter {
@@ -38,7 +44,27 @@ impl Default for Crafter {
 impl Crafter {
     /// A fresh session.
     pub fn new() -> Self {
-        Self { session: GroupSession::new(SessionConfig::version_1()) }
+        let session = GroupSession::new(SessionConfig::version_1());
+        let inbound = InboundGroupSession::new(&session.session_key(), SessionConfig::version_1());
+        Self { session, inbound }
+    }
+
+    /// The session in key-export format from its first index, marked shareable, as a bundle
+    /// entry would carry it.
+    pub fn exported_key(&self, room_id: &RoomId, sender: &OwnDevice) -> ExportedRoomKey {
+        let mut sender_claimed_keys = SigningKeys::new();
+        sender_claimed_keys
+            .insert(DeviceKeyAlgorithm::Ed25519, SigningKey::Ed25519(sender.ed25519));
+        ExportedRoomKey {
+            algorithm: EventEncryptionAlgorithm::MegolmV1AesSha2,
+            room_id: room_id.to_owned(),
+            sender_key: sender.curve25519,
+            session_id: self.session.session_id(),
+            session_key: self.inbound.export_at_first_known_index(),
+            sender_claimed_keys,
+            forwarding_curve25519_key_chain: Vec::new(),
+            shared_history: true,
+        }
     }
 
     /// The session id.
