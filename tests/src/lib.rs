@@ -12,7 +12,9 @@ mod sync;
 mod user;
 
 pub use room::{is_joined, join, set_power_levels, shared_room};
-pub use state::{StateUser, server_state, stores_encrypted_state};
+pub use state::{
+    StateUser, alice_and_bob_with_encrypted_state, server_state, stores_encrypted_state,
+};
 pub use stock::{STOCK_CLIENT_ENV, StockClient};
 pub use sync::{DEFAULT_TIMEOUT, sync_until, wait_until};
 pub use user::{TestUser, homeserver_url, unique_name};

@@ -63,3 +63,14 @@ pub async fn stores_encrypted_state(client: &matrix_sdk::Client, room_id: &RoomI
         .await
         .is_ok_and(|events| !events.is_empty())
 }
+
+/// Alice and Bob, each with the extension, in a fresh end-to-end encrypted room that Alice
+/// created and switched to encrypted state.
+pub async fn alice_and_bob_with_encrypted_state() -> Result<(StateUser, StateUser, Room)> {
+    use sdk_ext::RoomStateExt;
+    let alice = StateUser::register("alice").await?;
+    let bob = StateUser::register("bob").await?;
+    let room = crate::shared_room(&alice, &[&bob]).await?;
+    room.enable_state_encryption().await?;
+    Ok((alice, bob, room))
+}

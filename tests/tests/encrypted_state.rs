@@ -5,7 +5,8 @@ use std::time::Duration;
 use anyhow::Result;
 use crypto_ext::testing::Crafter;
 use integration_tests::{
-    DEFAULT_TIMEOUT, StateUser, server_state, set_power_levels, shared_room, sync_until,
+    DEFAULT_TIMEOUT, StateUser, alice_and_bob_with_encrypted_state, server_state, set_power_levels,
+    shared_room, sync_until,
 };
 use matrix_sdk::{
     deserialized_responses::TimelineEventKind,
@@ -307,11 +308,8 @@ async fn state_the_client_stored_is_processed_after_a_restart() -> Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pending_event_becomes_readable_when_its_key_arrives() -> Result<()> {
     init();
-    let alice = StateUser::register("alice").await?;
-    let bob = StateUser::register("bob").await?;
-    let room = shared_room(&alice, &[&bob]).await?;
+    let (alice, bob, room) = alice_and_bob_with_encrypted_state().await?;
     let room_id = room.room_id().to_owned();
-    room.enable_state_encryption().await?;
     let mut updates = bob.ext.subscribe();
 
     // Alice's client plays a slow network: the event goes out before its key.
@@ -410,11 +408,8 @@ async fn an_existing_room_migrates_its_name_and_topic() -> Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_encrypted_avatar_round_trips() -> Result<()> {
     init();
-    let alice = StateUser::register("alice").await?;
-    let bob = StateUser::register("bob").await?;
-    let room = shared_room(&alice, &[&bob]).await?;
+    let (_alice, bob, room) = alice_and_bob_with_encrypted_state().await?;
     let room_id = room.room_id().to_owned();
-    room.enable_state_encryption().await?;
     let image: Vec<u8> = (0..4096u32).map(|i| (i * 7 % 251) as u8).collect();
     room.set_encrypted_avatar("image/png", &image).await?;
 
@@ -461,11 +456,8 @@ async fn an_encrypted_avatar_round_trips() -> Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_stops_processing_and_a_new_install_catches_up() -> Result<()> {
     init();
-    let alice = StateUser::register("alice").await?;
-    let bob = StateUser::register("bob").await?;
-    let room = shared_room(&alice, &[&bob]).await?;
+    let (_alice, bob, room) = alice_and_bob_with_encrypted_state().await?;
     let room_id = room.room_id().to_owned();
-    room.enable_state_encryption().await?;
 
     assert!(bob.ext.is_running());
     bob.ext.shutdown();

@@ -74,12 +74,7 @@ pub(crate) fn encrypted(
     ms: u64,
     name: &str,
 ) -> StateRecord {
-    StateRecord {
-        room_id: room_id.to_owned(),
-        slot: slot.clone(),
-        content: Raw::new(&json!({ "name": name })).unwrap().cast_unchecked(),
-        origin: StateOrigin::Encrypted(provenance(event_id, ms)),
-    }
+    record(room_id, slot, name, StateOrigin::Encrypted(provenance(event_id, ms)))
 }
 
 pub(crate) fn plaintext(
@@ -89,16 +84,16 @@ pub(crate) fn plaintext(
     ms: u64,
     name: &str,
 ) -> StateRecord {
-    StateRecord {
-        room_id: room_id.to_owned(),
-        slot: slot.clone(),
-        content: Raw::new(&json!({ "name": name })).unwrap().cast_unchecked(),
-        origin: StateOrigin::Plaintext {
-            event_id: event_id.try_into().unwrap(),
-            sender: user_id!("@alice:example.org").to_owned(),
-            origin_server_ts: ts(ms),
-        },
-    }
+    let origin = StateOrigin::Plaintext {
+        event_id: event_id.try_into().unwrap(),
+        sender: user_id!("@alice:example.org").to_owned(),
+        origin_server_ts: ts(ms),
+    };
+    record(room_id, slot, name, origin)
+}
+
+fn record(room_id: &RoomId, slot: &StateSlot, name: &str, origin: StateOrigin) -> StateRecord {
+    StateRecord { room_id: room_id.to_owned(), slot: slot.clone(), content: content(name), origin }
 }
 
 pub(crate) fn rejected(room_id: &RoomId, event_id: &str) -> RejectedState {
