@@ -5,6 +5,7 @@ use crypto_ext::{
     BundleError, InboundStateSession, KeyOrigin, OutboundStateSession,
     bundle::{BundleBuilder, BundleLimits, HistoricRoomKey, RoomKeyBundle, open, seal},
 };
+use matrix_sdk_common::deserialized_responses::ProcessedToDeviceEvent;
 use matrix_sdk_crypto::{
     AttachmentEncryptor, CollectStrategy, EncryptionSettings, olm::ExportedRoomKey,
 };
@@ -245,4 +246,95 @@ async fn the_bundle_wire_shape_is_what_stock_clients_parse() {
     "###);
     // And it parses back with matrix-sdk-crypto's own type.
     let _: RoomKeyBundle = serde_json::from_value(value).unwrap();
+}
+
+/// MSC4268: a bundle announcement must carry the sender's device keys. matrix-sdk-crypto (whose
+/// receiver our clients use) refuses one that does not; the very same message with the sender's
+/// signed device keys is the control that the refusal is about them.
+#[tokio::test]
+async fn an_announcement_without_sender_device_keys_is_refused() {
+    let mut bob = peer("@bob:example.org", "BOBDEVICE").await;
+    let announcement = json!({
+        "room_id": "!room:example.org",
+        "file": {
+            "v": "v2",
+            "url": "mxc://example.org/bundle",
+            "key": { "kty": "oct", "key_ops": ["encrypt", "decrypt"], "alg": "A256CTR",
+                     "k": "qcHVMSgYg-71CauWBezXI5qkaRb0LuIy-Wx5kIaHMIA", "ext": true },
+            "iv": "X85+XgHN+HEAAAAAAAAAAA",
+            "hashes": { "sha256": "5qG4fFnbbVdlAB1Q72JDKwCagV6Dbkx9uds4rSak37c" }
+        }
+    });
+
+    let with_keys = mallory_announces(&mut bob, &announcement, true).await;
+    assert!(
+        matches!(with_keys.as_slice(), [ProcessedToDeviceEvent::Decrypted { .. }]),
+        "{with_keys:?}"
+    );
+
+    let without_keys = mallory_announces(&mut bob, &announcement, false).await;
+    assert!(
+        matches!(without_keys.as_slice(), [ProcessedToDeviceEvent::UnableToDecrypt { .. }]),
+        "an announcement without sender device keys was accepted: {without_keys:?}"
+    );
+}
+
+/// An Olm-encrypted bundle announcement from a fresh device of Mallory's to Bob, built with
+/// vodozemac directly, with or without `sender_device_keys`.
+async fn mallory_announces(
+    bob: &mut Peer,
+    announcement: &Value,
+    with_device_keys: bool,
+) -> Vec<ProcessedToDeviceEvent> {
+    let mallory = vodozemac::olm::Account::new();
+    let (user, device) = ("@mallory:example.org", "MALLORYDEV");
+    let bob_keys = bob.machine.identity_keys();
+    let mut session = mallory
+        .create_outbound_session(
+            vodozemac::olm::SessionConfig::version_1(),
+            bob_keys.curve25519,
+            bob.take_one_time_key(),
+        )
+        .unwrap();
+    let mut plaintext = json!({
+        "type": "io.element.msc4268.room_key_bundle",
+        "content": announcement,
+        "sender": user,
+        "sender_device": device,
+        "keys": { "ed25519": mallory.ed25519_key().to_base64() },
+        "recipient": bob.user_id(),
+        "recipient_keys": { "ed25519": bob_keys.ed25519.to_base64() },
+    });
+    if with_device_keys {
+        let mut device_keys = json!({
+            "user_id": user,
+            "device_id": device,
+            "algorithms": ["m.olm.v1.curve25519-aes-sha2", "m.megolm.v1.aes-sha2"],
+            "keys": {
+                format!("curve25519:{device}"): mallory.curve25519_key().to_base64(),
+                format!("ed25519:{device}"): mallory.ed25519_key().to_base64(),
+            },
+        });
+        // serde_json's map is ordered and compact output has no spaces: canonical JSON here.
+        let signature = mallory.sign(device_keys.to_string());
+        device_keys["signatures"] =
+            json!({ user: { format!("ed25519:{device}"): signature.to_base64() } });
+        plaintext["sender_device_keys"] = device_keys;
+    }
+    let (message_type, body) = session.encrypt(plaintext.to_string()).unwrap().to_parts();
+    let event = json!({
+        "sender": user,
+        "type": "m.room.encrypted",
+        "content": {
+            "algorithm": "m.olm.v1.curve25519-aes-sha2",
+            "sender_key": mallory.curve25519_key().to_base64(),
+            "ciphertext": {
+                bob_keys.curve25519.to_base64(): {
+                    "type": message_type,
+                    "body": vodozemac::base64_encode(body),
+                }
+            }
+        }
+    });
+    receive_to_device(bob, vec![ruma::serde::Raw::new(&event).unwrap().cast_unchecked()]).await
 }

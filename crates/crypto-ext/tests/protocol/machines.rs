@@ -123,6 +123,31 @@ pub fn settings() -> DecryptionSettings {
     DecryptionSettings { sender_device_trust_requirement: TrustRequirement::Untrusted }
 }
 
+/// Hands `recipient` raw to-device events as a sync would, returning how its machine processed
+/// them.
+pub async fn receive_to_device(
+    recipient: &Peer,
+    events: Vec<Raw<AnyToDeviceEvent>>,
+) -> Vec<matrix_sdk_common::deserialized_responses::ProcessedToDeviceEvent> {
+    let changes = EncryptionSyncChanges {
+        to_device_events: events,
+        changed_devices: &DeviceLists::new(),
+        one_time_keys_counts: &BTreeMap::new(),
+        unused_fallback_keys: None,
+        next_batch_token: None,
+    };
+    recipient.machine.receive_sync_changes(changes, &settings()).await.unwrap().0
+}
+
+impl Peer {
+    /// One of this device's uploaded one-time keys, taken (as a claim would).
+    pub fn take_one_time_key(&mut self) -> vodozemac::Curve25519PublicKey {
+        let (_, key) = self.one_time_keys.pop().expect("enough one-time keys");
+        let key: Value = key.deserialize_as_unchecked().unwrap();
+        vodozemac::Curve25519PublicKey::from_base64(key["key"].as_str().unwrap()).unwrap()
+    }
+}
+
 /// Delivers to-device requests to the recipients among `peers`.
 pub async fn deliver(sender: &Peer, requests: &[ToDeviceRequest], peers: &[&Peer]) {
     for request in requests {
