@@ -206,3 +206,19 @@ impl StateExtension {
         warn!("encrypted-state extension shut down: syncs are no longer processed");
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use matrix_sdk::Client;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn a_client_that_is_not_logged_in_cannot_install_it() {
+        // Nothing listens there: building the client must not need the network.
+        let client = Client::builder().homeserver_url("http://127.0.0.1:9").build().await.unwrap();
+        let error = StateExtension::install(&client, StateExtConfig::memory()).await.unwrap_err();
+        assert!(matches!(error, Error::NotReady), "{error}");
+        assert!(StateExtension::of(&client).is_none());
+    }
+}
