@@ -89,8 +89,17 @@ async fn critical_state_is_refused_before_anything_is_sent() -> Result<()> {
     Ok(())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_departed_member_cannot_read_later_state() -> Result<()> {
+/// How Bob stops being a member.
+#[derive(Clone, Copy, Debug)]
+enum Departure {
+    Leave,
+    Kick,
+    Ban,
+}
+
+/// Bob departs; the next update of the slot uses a new session that his devices never get, while
+/// Carol, still a member, reads it.
+async fn a_departed_member_cannot_read_later_state(departure: Departure) -> Result<()> {
     init();
     let alice = StateUser::register("alice").await?;
     let bob = StateUser::register("bob").await?;
@@ -100,13 +109,17 @@ async fn a_departed_member_cannot_read_later_state() -> Result<()> {
     room.enable_state_encryption().await?;
     let before = room.set_encrypted_topic("before Bob left").await?;
 
-    bob.room(&room_id).leave().await?;
+    match departure {
+        Departure::Leave => bob.room(&room_id).leave().await?,
+        Departure::Kick => room.kick_user(bob.user_id(), Some("testing")).await?,
+        Departure::Ban => room.ban_user(bob.user_id(), Some("testing")).await?,
+    }
     sync_until(&alice.client, "Alice sees Bob gone", DEFAULT_TIMEOUT, || async {
         !integration_tests::is_joined(&room, bob.user_id()).await
     })
     .await?;
     let after = room.set_encrypted_topic("after Bob left").await?;
-    assert_ne!(after.session_id, before.session_id, "the slot session rotated");
+    assert_ne!(after.session_id, before.session_id, "the slot session rotated ({departure:?})");
 
     // Carol reads the new topic, Bob's devices never got the key.
     let carol_room = carol.room(&room_id);
@@ -118,9 +131,24 @@ async fn a_departed_member_cannot_read_later_state() -> Result<()> {
     let attempt = bob.room(&room_id).decrypt_event(&raw, None).await?;
     assert!(
         matches!(attempt.kind, TimelineEventKind::UnableToDecrypt { .. }),
-        "Bob decrypted state sent after he left"
+        "Bob decrypted state sent after he departed ({departure:?})"
     );
     Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_who_left_cannot_read_later_state() -> Result<()> {
+    a_departed_member_cannot_read_later_state(Departure::Leave).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kicked_member_cannot_read_later_state() -> Result<()> {
+    a_departed_member_cannot_read_later_state(Departure::Kick).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_banned_member_cannot_read_later_state() -> Result<()> {
+    a_departed_member_cannot_read_later_state(Departure::Ban).await
 }
 
 async fn encrypted_event_from(
