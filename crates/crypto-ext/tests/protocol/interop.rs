@@ -37,15 +37,7 @@ async fn stock_machine_decrypts_our_state_event_after_our_room_key() {
     assert_eq!(decrypted.encryption_info.session_id(), Some(session.session_id().as_str()));
 
     // What the stock machine decrypted passes our pipeline too.
-    let facts = DecryptionFacts::from_encryption_info(&decrypted.encryption_info);
-    let pl = power_levels(&[(alice.user_id(), 100)], &[]);
-    let verdict = validate(ValidationInput {
-        room_id: room,
-        event: &parse(&raw),
-        plaintext: decrypted.event.json().get(),
-        facts: &facts,
-        power_levels: &pl,
-    });
+    let verdict = validate_stock_decryption(&alice, room, &raw, &decrypted);
     assert_matches!(verdict, Verdict::Accepted(accepted) => {
         assert_eq!(accepted.slot, name);
         assert_eq!(accepted.provenance.sender_device.as_deref(), Some(device_id(&alice)));
@@ -82,19 +74,29 @@ async fn our_pipeline_accepts_a_state_event_encrypted_by_a_stock_machine() {
 
     let decrypted =
         bob.machine.decrypt_room_event(raw.cast_ref_unchecked(), room, &settings()).await.unwrap();
-    let facts = DecryptionFacts::from_encryption_info(&decrypted.encryption_info);
-    let pl = power_levels(&[(alice.user_id(), 100)], &[]);
-    let verdict = validate(ValidationInput {
-        room_id: room,
-        event: &parse(&raw),
-        plaintext: decrypted.event.json().get(),
-        facts: &facts,
-        power_levels: &pl,
-    });
+    let verdict = validate_stock_decryption(&alice, room, &raw, &decrypted);
     assert_matches!(verdict, Verdict::Accepted(accepted) => {
         assert_eq!(accepted.slot, slot("m.room.topic", ""));
         let content: Value = accepted.content.deserialize_as_unchecked().unwrap();
         assert_eq!(content["topic"], "Quarterly numbers");
         assert_eq!(accepted.provenance.event_id, event_id(&raw));
     });
+}
+
+/// Runs our pipeline on what a stock machine decrypted, with `sender` as the room's admin.
+fn validate_stock_decryption(
+    sender: &Peer,
+    room: &ruma::RoomId,
+    raw: &Raw<Value>,
+    decrypted: &matrix_sdk_common::deserialized_responses::DecryptedRoomEvent,
+) -> Verdict {
+    let facts = DecryptionFacts::from_encryption_info(&decrypted.encryption_info);
+    let pl = power_levels(&[(sender.user_id(), 100)], &[]);
+    validate(ValidationInput {
+        room_id: room,
+        event: &parse(raw),
+        plaintext: decrypted.event.json().get(),
+        facts: &facts,
+        power_levels: &pl,
+    })
 }

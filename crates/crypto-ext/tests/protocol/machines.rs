@@ -165,14 +165,7 @@ pub async fn deliver(sender: &Peer, requests: &[ToDeviceRequest], peers: &[&Peer
                     .cast_unchecked()
                 })
                 .collect();
-            let changes = EncryptionSyncChanges {
-                to_device_events: events,
-                changed_devices: &DeviceLists::new(),
-                one_time_keys_counts: &BTreeMap::new(),
-                unused_fallback_keys: None,
-                next_batch_token: None,
-            };
-            recipient.machine.receive_sync_changes(changes, &settings()).await.unwrap();
+            receive_to_device(recipient, events).await;
         }
     }
 }
