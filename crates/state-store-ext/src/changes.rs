@@ -6,7 +6,9 @@ use crypto_ext::{
 };
 use ruma::{OwnedEventId, OwnedRoomId, OwnedUserId};
 
-use crate::records::{KeyRequest, PendingBundle, PendingEvent, SessionEventRef, StateRecord};
+use crate::records::{
+    KeyRequest, PendingBundle, PendingEvent, SessionEventRef, StateRecord, WithheldSession,
+};
 
 /// Everything one sync batch (or one user action) changes; the store saves it atomically.
 #[derive(Debug, Default)]
@@ -30,6 +32,8 @@ pub struct StateChanges {
     pub pending_bundles: Vec<PendingBundle>,
     /// Bundle announcements handled: `(room_id, sender)`.
     pub removed_bundles: Vec<(OwnedRoomId, OwnedUserId)>,
+    /// Sessions a bundle withheld.
+    pub withheld_sessions: Vec<WithheldSession>,
     /// Key requests to keep.
     pub key_requests: Vec<KeyRequest>,
     /// Key requests answered or abandoned: `(room_id, session_id)`.
@@ -48,6 +52,7 @@ impl StateChanges {
             && self.inbound_sessions.is_empty()
             && self.pending_bundles.is_empty()
             && self.removed_bundles.is_empty()
+            && self.withheld_sessions.is_empty()
             && self.key_requests.is_empty()
             && self.removed_key_requests.is_empty()
     }

@@ -141,7 +141,7 @@ macro_rules! state_store_integration_tests {
             use ruma::{event_id, user_id};
 
             use crate::{
-                KeyRequest, PendingBundle, PendingEvent, SessionEventRef, StateChanges,
+                KeyRequest, PendingBundle, PendingEvent, SessionEventRef, StateChanges, WithheldSession,
                 integration_tests::*,
             };
             #[allow(unused_imports)]
@@ -361,6 +361,27 @@ macro_rules! state_store_integration_tests {
                     .unwrap();
                 assert!(store.pending_bundles(&r).await.unwrap().is_empty());
                 assert!(store.key_requests(&r).await.unwrap().is_empty());
+            }
+
+            #[tokio::test]
+            async fn withheld_sessions_are_found_by_session() {
+                let backend = backend();
+                let store = backend.open().await;
+                let withheld = WithheldSession {
+                    room_id: room(1),
+                    session_id: "withheld-session".to_owned(),
+                    code: "m.history_not_shared".to_owned(),
+                    withheld_by: user_id!("@alice:example.org").to_owned(),
+                };
+                store
+                    .save_changes(StateChanges {
+                        withheld_sessions: vec![withheld.clone()],
+                        ..Default::default()
+                    })
+                    .await
+                    .unwrap();
+                assert_eq!(store.withheld_session("withheld-session").await.unwrap(), Some(withheld));
+                assert_eq!(store.withheld_session("another-session").await.unwrap(), None);
             }
         }
     };

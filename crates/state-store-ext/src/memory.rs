@@ -15,7 +15,9 @@ use ruma::{OwnedEventId, OwnedRoomId, OwnedUserId, RoomId};
 use crate::{
     Result, StateChanges, StateStore,
     changes::RoomSlot,
-    records::{KeyRequest, PendingBundle, PendingEvent, SessionEventRef, StateRecord},
+    records::{
+        KeyRequest, PendingBundle, PendingEvent, SessionEventRef, StateRecord, WithheldSession,
+    },
 };
 
 #[derive(Debug, Default)]
@@ -30,6 +32,7 @@ struct Inner {
     inbound: BTreeMap<String, String>,
     bundles: BTreeMap<(OwnedRoomId, OwnedUserId), PendingBundle>,
     key_requests: BTreeMap<(OwnedRoomId, String), KeyRequest>,
+    withheld: BTreeMap<String, WithheldSession>,
 }
 
 /// A [`StateStore`] in memory: nothing survives the process.
@@ -114,6 +117,9 @@ impl StateStore for MemoryStateStore {
         }
         for key in changes.removed_bundles {
             inner.bundles.remove(&key);
+        }
+        for withheld in changes.withheld_sessions {
+            inner.withheld.insert(withheld.session_id.clone(), withheld);
         }
         for request in changes.key_requests {
             inner
@@ -216,6 +222,10 @@ impl StateStore for MemoryStateStore {
 
     async fn pending_bundles(&self, room_id: &RoomId) -> Result<Vec<PendingBundle>> {
         Ok(self.read().bundles.values().filter(|b| b.room_id == room_id).cloned().collect())
+    }
+
+    async fn withheld_session(&self, session_id: &str) -> Result<Option<WithheldSession>> {
+        Ok(self.read().withheld.get(session_id).cloned())
     }
 
     async fn key_requests(&self, room_id: &RoomId) -> Result<Vec<KeyRequest>> {

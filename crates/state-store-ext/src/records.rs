@@ -143,6 +143,20 @@ pub struct PendingBundle {
     pub received_at: MilliSecondsSinceUnixEpoch,
 }
 
+/// A session whose key a bundle withheld (code `m.history_not_shared`, or another withheld
+/// code), kept so the app can tell the user why a past message stays unreadable.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WithheldSession {
+    /// The room.
+    pub room_id: OwnedRoomId,
+    /// The session.
+    pub session_id: String,
+    /// The withheld code, as sent (e.g. `m.history_not_shared`).
+    pub code: String,
+    /// Who withheld it (the bundle's sender).
+    pub withheld_by: OwnedUserId,
+}
+
 /// An outstanding request for state keys.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct KeyRequest {

@@ -11,7 +11,9 @@ use ruma::RoomId;
 
 use crate::{
     Result, StateChanges,
-    records::{KeyRequest, PendingBundle, PendingEvent, SessionEventRef, StateRecord},
+    records::{
+        KeyRequest, PendingBundle, PendingEvent, SessionEventRef, StateRecord, WithheldSession,
+    },
 };
 
 /// Persistence of decrypted room state and everything around it.
@@ -67,6 +69,9 @@ pub trait StateStore: Debug + Send + Sync {
 
     /// The bundle announcements kept for a room.
     async fn pending_bundles(&self, room_id: &RoomId) -> Result<Vec<PendingBundle>>;
+
+    /// Why a session's key was withheld from us, if a bundle said so.
+    async fn withheld_session(&self, session_id: &str) -> Result<Option<WithheldSession>>;
 
     /// The outstanding key requests of a room.
     async fn key_requests(&self, room_id: &RoomId) -> Result<Vec<KeyRequest>>;

@@ -7,6 +7,7 @@ use crate::{Result, StoreError};
 const MIGRATIONS: &[&str] = &[
     include_str!("migrations/001_initial.sql"),
     include_str!("migrations/002_pending_room_index.sql"),
+    include_str!("migrations/003_withheld_session.sql"),
 ];
 
 /// The schema version this build writes.

@@ -21,7 +21,9 @@ use self::codec::{Codec, exactly, starting_with};
 pub use self::migrations::SCHEMA_VERSION;
 use crate::{
     Result, StateChanges, StateStore, StoreError,
-    records::{KeyRequest, PendingBundle, PendingEvent, SessionEventRef, StateRecord},
+    records::{
+        KeyRequest, PendingBundle, PendingEvent, SessionEventRef, StateRecord, WithheldSession,
+    },
 };
 
 /// The database file's name inside the store directory.
@@ -278,6 +280,13 @@ fn save(tx: &Transaction<'_>, codec: &Codec, changes: StateChanges) -> Result<()
             params![codec.key("state.room", &parts[..1]), codec.key("bundle.sender", &parts)],
         )?;
     }
+    for withheld in changes.withheld_sessions {
+        let parts = [withheld.session_id.as_str()];
+        tx.execute(
+            "INSERT OR REPLACE INTO withheld_session (session, value) VALUES (?1, ?2)",
+            params![codec.key("withheld.session", &parts), codec.seal(&parts, &withheld)?],
+        )?;
+    }
     for request in changes.key_requests {
         let parts = [request.room_id.as_str(), request.session_id.as_str()];
         tx.execute(
@@ -514,6 +523,18 @@ impl StateStore for SqliteStateStore {
                 .key("state.room", &parts)
                 .expect(&parts);
         self.lookup(lookup).await
+    }
+
+    async fn withheld_session(&self, session_id: &str) -> Result<Option<WithheldSession>> {
+        let parts = [session_id];
+        let lookup = Lookup::new(
+            "withheld_session",
+            "SELECT value FROM withheld_session WHERE session = ?1",
+        )
+        .key("withheld.session", &parts)
+        .expect(&parts);
+        let mut found: Vec<WithheldSession> = self.lookup(lookup).await?;
+        Ok(found.pop())
     }
 
     async fn key_requests(&self, room_id: &RoomId) -> Result<Vec<KeyRequest>> {
