@@ -7,7 +7,7 @@ use matrix_sdk::{
     deserialized_responses::EncryptionInfo,
     ruma::events::room::message::{OriginalSyncRoomMessageEvent, RoomMessageEventContent},
 };
-use sdk_ext::{EventKeyOrigin, RoomHistoryExt, RoomStateExt};
+use sdk_ext::{RoomHistoryExt, RoomStateExt};
 
 use crate::{DEFAULT_TIMEOUT, StateUser, join, server_state, shared_room, sync_until, wait_until};
 
@@ -54,11 +54,16 @@ async fn carol_history(
     body: &str,
 ) -> Option<(String, Option<matrix_sdk::ruma::OwnedUserId>)> {
     let messages = room.messages(matrix_sdk::room::MessagesOptions::backward()).await.ok()?;
-    messages.chunk.into_iter().find_map(|event| {
-        let content: serde_json::Value = event.raw().get_field("content").ok()??;
-        let found = content["body"].as_str()? == body;
-        found.then(|| (body.to_owned(), event.shared_by()))
-    })
+    for event in messages.chunk {
+        let Ok(Some(content)) = event.raw().get_field::<serde_json::Value>("content") else {
+            continue;
+        };
+        if content["body"].as_str() == Some(body) {
+            let origin = room.key_origin(&event).await.ok().flatten();
+            return Some((body.to_owned(), origin.and_then(|o| o.shared_by().cloned())));
+        }
+    }
+    None
 }
 
 /// A message body and how it was encrypted, as an event handler saw it.

@@ -86,7 +86,9 @@ impl TestUser {
         Ok(Client::builder()
             .homeserver_url(homeserver_url()?)
             .sqlite_store(dir.path(), None)
-            .with_encryption_settings(EncryptionSettings::default()))
+            .with_encryption_settings(EncryptionSettings::default())
+            // The extension receives shared history itself.
+            .with_enable_share_history_on_invite(false))
     }
 
     /// Uploads cross-signing keys (if the account has none yet) and checks they are in place.

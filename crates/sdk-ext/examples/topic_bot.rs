@@ -28,6 +28,9 @@ async fn main() -> Result<()> {
     let client = Client::builder()
         .homeserver_url(homeserver)
         .sqlite_store(format!("{data}/matrix"), Some(&password))
+        // Bundles of shared history are received by the extension (capped download, strict
+        // checks); matrix-sdk's own receiver must stay off.
+        .with_enable_share_history_on_invite(false)
         .build()
         .await?;
     client.matrix_auth().login_username(&user, &password).send().await?;

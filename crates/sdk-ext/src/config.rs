@@ -2,6 +2,7 @@
 
 use std::path::PathBuf;
 
+use crypto_ext::bundle::BundleLimits;
 use matrix_sdk_crypto::CollectStrategy;
 
 /// Where the extension keeps its state.
@@ -41,19 +42,36 @@ pub struct StateExtConfig {
     /// `ClientBuilder::with_room_key_recipient_strategy` so that state and messages reach the
     /// same devices.
     pub sharing_strategy: CollectStrategy,
+    /// What a received room-key bundle may weigh (64 MiB by default); a bigger one is refused
+    /// without being downloaded in full.
+    pub bundle_limits: BundleLimits,
+    /// The HTTP client that downloads bundles (matrix-sdk's media API reads a whole file into
+    /// memory, so the capped download is ours). `None`: a default `reqwest` client. Pass the
+    /// one given to `ClientBuilder::http_client` to share its proxy and TLS settings.
+    pub http_client: Option<matrix_sdk::reqwest::Client>,
 }
 
 impl StateExtConfig {
     /// SQLite in `path`, encrypted with `passphrase`; the default strategy.
     pub fn sqlite(path: impl Into<PathBuf>, passphrase: impl Into<String>) -> Self {
-        Self {
-            store: StoreConfig::Sqlite { path: path.into(), passphrase: Some(passphrase.into()) },
-            sharing_strategy: CollectStrategy::default(),
-        }
+        Self::with_store(StoreConfig::Sqlite {
+            path: path.into(),
+            passphrase: Some(passphrase.into()),
+        })
     }
 
     /// An in-memory store; the default strategy.
     pub fn memory() -> Self {
-        Self { store: StoreConfig::Memory, sharing_strategy: CollectStrategy::default() }
+        Self::with_store(StoreConfig::Memory)
+    }
+
+    /// `store` with the default strategy, bundle limits and HTTP client.
+    pub fn with_store(store: StoreConfig) -> Self {
+        Self {
+            store,
+            sharing_strategy: CollectStrategy::default(),
+            bundle_limits: BundleLimits::default(),
+            http_client: None,
+        }
     }
 }

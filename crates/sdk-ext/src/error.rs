@@ -30,6 +30,9 @@ pub enum Error {
     /// The homeserver or matrix-sdk failed.
     #[error(transparent)]
     Sdk(#[from] Box<matrix_sdk::Error>),
+    /// Importing keys into the client's key store failed.
+    #[error(transparent)]
+    KeyImport(#[from] matrix_sdk::encryption::RoomKeyImportError),
     /// The state store failed.
     #[error(transparent)]
     Store(#[from] state_store_ext::StoreError),

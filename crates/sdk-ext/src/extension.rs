@@ -6,8 +6,14 @@ use std::{
 };
 
 use crypto_ext::OwnDevice;
-use matrix_sdk::{Client, Room, event_handler::EventHandlerHandle};
-use ruma::{OwnedDeviceId, OwnedRoomId, OwnedUserId, RoomId};
+use crypto_ext::identifiers;
+use matrix_sdk::{
+    Client, Room,
+    deserialized_responses::EncryptionInfo,
+    event_handler::{EventHandlerHandle, RawEvent},
+};
+use ruma::{OwnedDeviceId, OwnedRoomId, OwnedUserId, RoomId, events::AnyToDeviceEvent};
+use serde_json::Value;
 use state_store_ext::{MemoryStateStore, SqliteStateStore, StateStore};
 use tokio::{
     sync::{Mutex, broadcast},
@@ -19,6 +25,7 @@ use crate::{
     Error, Result, StateExtConfig, StateUpdate,
     config::StoreConfig,
     processing::{self, Processor},
+    receive,
 };
 
 /// Extensions installed in this process, by the client's user and device, so that `Room`
@@ -39,6 +46,10 @@ pub(crate) struct Inner {
     pub(crate) enabled_rooms: StdMutex<BTreeSet<OwnedRoomId>>,
     /// Serialises processing (sync batches, key arrivals, imports).
     pub(crate) processing: Mutex<()>,
+    /// Serialises bundle imports.
+    pub(crate) imports: Mutex<()>,
+    /// Downloads bundles.
+    pub(crate) http: matrix_sdk::reqwest::Client,
     task: StdMutex<Option<AbortHandle>>,
     /// The to-device handler for state keys sent with invites.
     handler: StdMutex<Option<EventHandlerHandle>>,
@@ -83,6 +94,51 @@ impl Inner {
     }
 }
 
+/// Registers the handler for our to-device messages: state keys sent with invites and
+/// room-key bundle announcements.
+fn register_to_device_handler(client: &Client, inner: Weak<Inner>) -> EventHandlerHandle {
+    client.add_event_handler(
+        move |_: AnyToDeviceEvent, raw: RawEvent, info: Option<EncryptionInfo>| {
+            let inner = inner.clone();
+            async move {
+                let Some(inner) = inner.upgrade() else { return };
+                if let Err(error) = on_to_device(&inner, &raw, info.as_ref()).await {
+                    warn!(%error, "could not handle a to-device message");
+                }
+            }
+        },
+    )
+}
+
+async fn on_to_device(
+    inner: &Arc<Inner>,
+    raw: &RawEvent,
+    info: Option<&EncryptionInfo>,
+) -> Result<()> {
+    let event: Value = serde_json::from_str(raw.get())?;
+    let event_type = event.get("type").and_then(Value::as_str).unwrap_or_default();
+    if event_type == identifiers::INVITE_STATE_KEYS {
+        return crate::invite::receive_preview_keys(inner, &event, info).await;
+    }
+    if !identifiers::is_room_key_bundle(event_type) {
+        return Ok(());
+    }
+    let Some(room_id) = receive::receive_announcement(inner, &event, info).await? else {
+        return Ok(());
+    };
+    // The invite may already be accepted (an announcement can trail the join). Imports take
+    // a while: not in the sync's event handler.
+    let inner = Arc::downgrade(inner);
+    tokio::spawn(async move {
+        let Some(inner) = inner.upgrade() else { return };
+        let Some(room) = inner.client.get_room(&room_id) else { return };
+        if let Err(error) = receive::import_pending(&inner, &room).await {
+            warn!(%error, "importing a room-key bundle failed");
+        }
+    });
+    Ok(())
+}
+
 /// Encrypted room state for one logged-in `matrix_sdk::Client`.
 ///
 /// Installing it opens the store, processes the encrypted state the client already holds, and
@@ -119,6 +175,7 @@ impl StateExtension {
             StoreConfig::Memory => Arc::new(MemoryStateStore::new()),
         };
         let (updates, _) = broadcast::channel(1024);
+        let http = config.http_client.clone().unwrap_or_default();
         let inner = Arc::new(Inner {
             client: client.clone(),
             store,
@@ -128,6 +185,8 @@ impl StateExtension {
             room_locks: Default::default(),
             enabled_rooms: Default::default(),
             processing: Mutex::new(()),
+            imports: Mutex::new(()),
+            http,
             task: StdMutex::new(None),
             handler: StdMutex::new(None),
         });
@@ -135,10 +194,16 @@ impl StateExtension {
         // Subscribe before the first scan so nothing that arrives in between is missed.
         let room_updates = client.subscribe_to_all_room_updates();
         let room_keys = client.encryption().room_keys_received_stream().await;
+        let room_info = client.room_info_notable_update_receiver();
         Processor::new(&inner).scan_all().await?;
-        let task = tokio::spawn(processing::run(Arc::downgrade(&inner), room_updates, room_keys));
+        let task = tokio::spawn(processing::run(
+            Arc::downgrade(&inner),
+            room_updates,
+            room_keys,
+            room_info,
+        ));
         *inner.task.lock().unwrap_or_else(|e| e.into_inner()) = Some(task.abort_handle());
-        let handler = crate::invite::register_handler(client, Arc::downgrade(&inner));
+        let handler = register_to_device_handler(client, Arc::downgrade(&inner));
         *inner.handler.lock().unwrap_or_else(|e| e.into_inner()) = Some(handler);
 
         REGISTRY

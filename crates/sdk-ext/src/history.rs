@@ -21,7 +21,7 @@ use ruma::{
 use serde_json::json;
 use tracing::{info, instrument, warn};
 
-use crate::{Error, Result, StateExtension, keys};
+use crate::{BundleOutcome, Error, Result, StateExtension, keys};
 
 /// Why a device of the invitee did not get the bundle announcement.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -76,6 +76,41 @@ pub trait RoomHistoryExt {
         &self,
         user_id: &UserId,
     ) -> impl Future<Output = Result<InviteReport>> + Send;
+
+    /// Imports now the room-key bundles kept for this room, when we joined it by accepting an
+    /// invite from their sender (the background task does the same after the sync that shows
+    /// the join; this returns what happened, with the typed error of a refused bundle).
+    /// Bundles from anyone but the inviter are dropped unread.
+    ///
+    /// # Errors
+    ///
+    /// Store errors, and failures to import keys into the client's key store. A bad bundle is
+    /// not an error of this call: it is a [`BundleOutcome::Refused`].
+    fn import_history(&self) -> impl Future<Output = Result<Vec<BundleOutcome>>> + Send;
+
+    /// Where the key of a timeline event of this room came from, for labels such as "shared
+    /// by Alice": from a bundle, a key share or the invite (recorded by us), or as matrix-sdk
+    /// reports it. `None` for an event that is not encrypted or was never decrypted.
+    ///
+    /// # Errors
+    ///
+    /// Store errors.
+    fn key_origin(
+        &self,
+        event: &TimelineEvent,
+    ) -> impl Future<Output = Result<Option<KeyOrigin>>> + Send;
+
+    /// Why the key of an undecryptable event of this room was withheld from us, as a bundle
+    /// said (e.g. `m.history_not_shared`: the room's history visibility did not let the inviter
+    /// share it). `None` when no bundle withheld it.
+    ///
+    /// # Errors
+    ///
+    /// Store errors.
+    fn withheld_code(
+        &self,
+        event: &TimelineEvent,
+    ) -> impl Future<Output = Result<Option<String>>> + Send;
 }
 
 impl RoomHistoryExt for Room {
@@ -190,6 +225,46 @@ impl RoomHistoryExt for Room {
             devices_skipped,
         })
     }
+
+    async fn import_history(&self) -> Result<Vec<BundleOutcome>> {
+        let ext = StateExtension::of_room(self)?;
+        crate::receive::import_pending(&ext.inner, self).await
+    }
+
+    async fn key_origin(&self, event: &TimelineEvent) -> Result<Option<KeyOrigin>> {
+        let ext = StateExtension::of_room(self)?;
+        let Some(session_id) = megolm_session_id(event) else { return Ok(None) };
+        if let Some(pickle) = ext.inner.store.inbound_session(&session_id).await?
+            && pickle.room_id() == self.room_id()
+            && event.encryption_info().is_some()
+        {
+            return Ok(Some(pickle.key_origin().clone()));
+        }
+        Ok(event
+            .encryption_info()
+            .map(|info| DecryptionFacts::from_encryption_info(info).key_origin))
+    }
+
+    async fn withheld_code(&self, event: &TimelineEvent) -> Result<Option<String>> {
+        let ext = StateExtension::of_room(self)?;
+        let Some(session_id) = megolm_session_id(event) else { return Ok(None) };
+        Ok(ext
+            .inner
+            .store
+            .withheld_session(&session_id)
+            .await?
+            .filter(|withheld| withheld.room_id == self.room_id())
+            .map(|withheld| withheld.code))
+    }
+}
+
+/// The Megolm session of an event: from its decryption info, or from its encrypted content.
+fn megolm_session_id(event: &TimelineEvent) -> Option<String> {
+    if let Some(session_id) = event.encryption_info().and_then(|info| info.session_id()) {
+        return Some(session_id.to_owned());
+    }
+    let content: serde_json::Value = event.raw().get_field("content").ok()??;
+    content.get("session_id")?.as_str().map(str::to_owned)
 }
 
 /// The room's history visibility as the homeserver has it now: the local copy may be a sync
@@ -217,24 +292,5 @@ async fn current_history_visibility(room: &Room) -> Result<HistoryVisibility> {
             Ok(HistoryVisibility::Shared)
         }
         Err(error) => Err(error.into()),
-    }
-}
-
-/// Where the key of a decrypted event came from, for labels such as "shared by Alice".
-pub trait EventKeyOrigin {
-    /// How the key was obtained: from its creator, from a bundle (with who shared it), ...
-    /// `None` for an event that was not decrypted.
-    fn key_origin(&self) -> Option<KeyOrigin>;
-
-    /// Who shared the key, when it did not come from its creator.
-    fn shared_by(&self) -> Option<OwnedUserId> {
-        self.key_origin()?.shared_by().cloned()
-    }
-}
-
-impl EventKeyOrigin for TimelineEvent {
-    fn key_origin(&self) -> Option<KeyOrigin> {
-        let info = self.encryption_info()?;
-        Some(DecryptionFacts::from_encryption_info(info).key_origin)
     }
 }

@@ -2,21 +2,18 @@
 //! with the invite, so the invite preview shows the real name and topic (MSC3414), read from the
 //! encrypted state the homeserver puts in the invite's stripped state.
 
-use std::sync::Weak;
-
 use crypto_ext::{
     InboundStateSession, KeyOrigin, OutboundStateSession, identifiers, validate_preview,
 };
 use matrix_sdk::{
-    Client, Room,
+    Room,
     deserialized_responses::{EncryptionInfo, RawAnySyncOrStrippedState},
     encryption::identities::Device,
-    event_handler::{EventHandlerHandle, RawEvent},
 };
 use matrix_sdk_crypto::olm::ExportedRoomKey;
 use ruma::{
     OwnedRoomId, OwnedUserId, RoomId,
-    events::{AnyToDeviceEvent, AnyToDeviceEventContent, StateEventType},
+    events::{AnyToDeviceEventContent, StateEventType},
     serde::Raw,
 };
 use serde::Deserialize;
@@ -85,30 +82,12 @@ struct InviteStateKeys {
     keys: Vec<ExportedRoomKey>,
 }
 
-/// Registers the handler that stores state keys sent with invites.
-pub(crate) fn register_handler(client: &Client, inner: Weak<Inner>) -> EventHandlerHandle {
-    client.add_event_handler(
-        move |_: AnyToDeviceEvent, raw: RawEvent, info: Option<EncryptionInfo>| {
-            let inner = inner.clone();
-            async move {
-                let Some(inner) = inner.upgrade() else { return };
-                if let Err(error) = receive_preview_keys(&inner, &raw, info.as_ref()).await {
-                    warn!(%error, "could not store the state keys sent with an invite");
-                }
-            }
-        },
-    )
-}
-
-async fn receive_preview_keys(
+/// Stores the state keys of an invite (an [`identifiers::INVITE_STATE_KEYS`] to-device event).
+pub(crate) async fn receive_preview_keys(
     inner: &Inner,
-    raw: &RawEvent,
+    event: &Value,
     info: Option<&EncryptionInfo>,
 ) -> Result<()> {
-    let event: Value = serde_json::from_str(raw.get())?;
-    if event.get("type").and_then(Value::as_str) != Some(identifiers::INVITE_STATE_KEYS) {
-        return Ok(());
-    }
     // Only over Olm: the sender is then authenticated by its device keys.
     let Some(info) = info else {
         warn!("ignoring invite state keys that were not Olm-encrypted");
@@ -127,17 +106,10 @@ async fn receive_preview_keys(
     for key in &content.keys {
         // Bound to the room the message names; a key for another room is refused.
         match InboundStateSession::import(&content.room_id, key, origin.clone()) {
-            Ok(mut session) => {
-                if let Some(existing) = inner.store.inbound_session(&key.session_id).await? {
-                    let existing = InboundStateSession::from_pickle(existing);
-                    if existing.room_id() == content.room_id {
-                        // Keep whichever reaches further back (e.g. our own copy).
-                        let mut kept = existing;
-                        kept.merge(session);
-                        session = kept;
-                    }
-                }
-                changes.inbound_sessions.push(session.pickle());
+            Ok(session) => {
+                // Our own copy, say, may reach further back.
+                let kept = crate::receive::keep_further_reaching(inner, session).await?;
+                changes.inbound_sessions.push(kept.pickle());
             }
             Err(error) => warn!(sender = %info.sender, %error, "refused an invite state key"),
         }

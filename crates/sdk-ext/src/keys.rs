@@ -105,7 +105,8 @@ pub(crate) async fn export_sessions(
     Ok(matrix_sdk_crypto::decrypt_room_key_export(file, &passphrase).unwrap_or_default())
 }
 
-fn random_passphrase() -> String {
+/// A random passphrase for a key file that lives only for one call.
+pub(crate) fn random_passphrase() -> String {
     // Transaction ids are random alphanumeric strings from the OS generator.
     format!("{}{}", ruma::TransactionId::new(), ruma::TransactionId::new())
 }

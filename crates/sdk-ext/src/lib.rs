@@ -7,6 +7,7 @@ mod history;
 mod invite;
 mod keys;
 mod processing;
+mod receive;
 mod room;
 mod updates;
 
@@ -18,8 +19,9 @@ pub use crypto_ext::KeyOrigin;
 pub use crypto_ext::{RejectedState, RejectionReason, StateSlot};
 pub use error::{Error, Result};
 pub use extension::StateExtension;
-pub use history::{EventKeyOrigin, InviteReport, RoomHistoryExt, SkippedDevice};
+pub use history::{InviteReport, RoomHistoryExt, SkippedDevice};
 pub use invite::InvitePreview;
+pub use receive::{BundleImportError, BundleOutcome, ImportedBundle};
 pub use room::{EncryptedAvatar, RoomStateExt, RoomStateView, SentState};
 pub use state_store_ext::{PendingEvent, StateOrigin, StateRecord};
 pub use updates::StateUpdate;

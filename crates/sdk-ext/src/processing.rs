@@ -17,6 +17,7 @@ use matrix_sdk::{
     },
     sync::RoomUpdates,
 };
+use matrix_sdk_base::{RoomInfoNotableUpdate, RoomInfoNotableUpdateReasons};
 use matrix_sdk_crypto::store::types::RoomKeyInfo;
 use ruma::{
     MilliSecondsSinceUnixEpoch, OwnedEventId, OwnedUserId, RoomId, UserId,
@@ -41,8 +42,15 @@ pub(crate) async fn run<E>(
     inner: Weak<Inner>,
     mut room_updates: Receiver<RoomUpdates>,
     room_keys: Option<impl Stream<Item = Result<Vec<RoomKeyInfo>, E>>>,
+    mut room_info: Receiver<RoomInfoNotableUpdate>,
 ) {
     let mut room_keys = room_keys.map(Box::pin);
+    // An import cut short (a crash, a failed download) resumes now.
+    if let Some(inner) = inner.upgrade()
+        && let Err(error) = crate::receive::import_all_pending(&inner).await
+    {
+        warn!(%error, "resuming room-key bundle imports failed");
+    }
     loop {
         let next_keys = async {
             match room_keys.as_mut() {
@@ -55,7 +63,14 @@ pub(crate) async fn run<E>(
                 let Some(inner) = inner.upgrade() else { return };
                 let processor = Processor::new(&inner);
                 let result = match update {
-                    Ok(updates) => processor.scan_updated(&updates).await,
+                    Ok(updates) => {
+                        let scanned = processor.scan_updated(&updates).await;
+                        // Bundles whose download failed are retried with the room's next sync.
+                        for room_id in updates.joined.keys() {
+                            import_bundles(&inner, room_id).await;
+                        }
+                        scanned
+                    }
                     // We missed batches: everything may have changed.
                     Err(RecvError::Lagged(missed)) => {
                         warn!(missed, "missed sync batches, rescanning every room");
@@ -65,6 +80,23 @@ pub(crate) async fn run<E>(
                 };
                 if let Err(error) = result {
                     warn!(%error, "processing a sync batch failed");
+                }
+            }
+            update = room_info.recv() => {
+                let Some(inner) = inner.upgrade() else { return };
+                match update {
+                    // Our membership changed (we joined after accepting an invite, say): the
+                    // inviter's bundle can be imported now, without waiting for a sync.
+                    Ok(update) if update.reasons.contains(RoomInfoNotableUpdateReasons::MEMBERSHIP) => {
+                        import_bundles(&inner, &update.room_id).await;
+                    }
+                    Ok(_) => {}
+                    Err(RecvError::Lagged(_)) => {
+                        if let Err(error) = crate::receive::import_all_pending(&inner).await {
+                            warn!(%error, "importing room-key bundles failed");
+                        }
+                    }
+                    Err(RecvError::Closed) => return,
                 }
             }
             keys = next_keys => {
@@ -87,6 +119,16 @@ pub(crate) async fn run<E>(
                 }
             }
         }
+    }
+}
+
+/// Imports the bundles kept for a room we joined, logging failures (the background task goes
+/// on).
+async fn import_bundles(inner: &Inner, room_id: &RoomId) {
+    if let Some(room) = inner.client.get_room(room_id)
+        && let Err(error) = crate::receive::import_pending(inner, &room).await
+    {
+        warn!(%room_id, %error, "importing a room-key bundle failed");
     }
 }
 

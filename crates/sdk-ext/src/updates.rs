@@ -1,7 +1,9 @@
 //! What the update stream reports.
 
 use crypto_ext::{RejectionReason, StateSlot};
-use ruma::{OwnedEventId, OwnedRoomId};
+use ruma::{OwnedEventId, OwnedRoomId, OwnedUserId};
+
+use crate::ImportedBundle;
 
 /// A change to the decrypted state of a room, sent to subscribers after it is stored.
 #[derive(Clone, Debug, PartialEq)]
@@ -36,5 +38,17 @@ pub enum StateUpdate {
         event_id: OwnedEventId,
         /// The session whose key is missing.
         session_id: String,
+    },
+    /// A room-key bundle from the inviter was imported: past messages and state it covers are
+    /// readable now.
+    HistoryImported(ImportedBundle),
+    /// A room-key bundle was refused (too large, hash mismatch, malformed, gone).
+    BundleRefused {
+        /// The room.
+        room_id: OwnedRoomId,
+        /// Who announced it.
+        sender: OwnedUserId,
+        /// Why, for display.
+        reason: String,
     },
 }

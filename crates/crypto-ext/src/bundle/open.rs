@@ -4,6 +4,7 @@ use std::{collections::BTreeSet, io::Read};
 
 use matrix_sdk_crypto::{
     AttachmentDecryptor, MediaEncryptionInfo,
+    olm::ExportedRoomKey,
     types::{
         events::room_key_withheld::RoomKeyWithheldContent,
         room_history::{HistoricRoomKey, RoomKeyBundle},
@@ -104,4 +105,29 @@ pub fn open(
         foreign_entries,
         conflicting_sessions: conflicting.into_iter().collect(),
     })
+}
+
+/// A bundle entry in the key-export format, marked shareable (it was shared as history, and its
+/// holder may hand it on when inviting in turn), ready for `Encryption::import_room_keys` and
+/// for [`crate::InboundStateSession::import`].
+pub fn exported_room_key(key: HistoricRoomKey) -> ExportedRoomKey {
+    let HistoricRoomKey {
+        algorithm,
+        room_id,
+        sender_key,
+        session_id,
+        session_key,
+        sender_claimed_keys,
+        ..
+    } = key;
+    ExportedRoomKey {
+        algorithm,
+        room_id,
+        sender_key,
+        session_id,
+        session_key,
+        sender_claimed_keys,
+        forwarding_curve25519_key_chain: Vec::new(),
+        shared_history: true,
+    }
 }

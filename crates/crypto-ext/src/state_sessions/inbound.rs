@@ -282,6 +282,11 @@ impl InboundStateSessionPickle {
         &self.room_id
     }
 
+    /// How the key of the pickled session was obtained.
+    pub fn key_origin(&self) -> &KeyOrigin {
+        &self.key_origin
+    }
+
     /// Serialises the pickle to JSON.
     pub fn to_json(&self) -> String {
         serde_json::to_string(self).unwrap_or_default()
