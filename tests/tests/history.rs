@@ -179,11 +179,14 @@ async fn the_invite_preview_shows_the_encrypted_name_and_topic() -> Result<()> {
     Ok(())
 }
 
-/// Receiving side (matrix-sdk's bundle receiver, which our clients use): what must not be
-/// imported.
+/// Receiving side (our receiver): what is imported, what is refused and why.
 mod receiving {
     use anyhow::Result;
-    use crypto_ext::{bundle::BundleBuilder, testing::Crafter};
+    use crypto_ext::{
+        BundleError,
+        bundle::{BundleBuilder, BundleLimits},
+        testing::Crafter,
+    };
     use integration_tests::{
         DEFAULT_TIMEOUT, StateUser, TestUser, join, shared_room, sync_until, wait_until,
     };
@@ -201,8 +204,8 @@ mod receiving {
             events::room::message::RoomMessageEventContent,
         },
     };
-    use sdk_ext::RoomHistoryExt;
-    use serde_json::json;
+    use sdk_ext::{BundleImportError, BundleOutcome, RoomHistoryExt, StateExtConfig};
+    use serde_json::{Value, json};
 
     /// Sends `plaintext` (a room message) as an `m.room.encrypted` event with `crafter`'s
     /// session, bypassing the client's own encryption.
@@ -227,37 +230,30 @@ mod receiving {
         Ok(user.client.send(request).await?.event_id)
     }
 
-    /// Uploads a bundle holding `crafter`'s key and announces it to `recipient`'s devices over
-    /// Olm, with `tamper` applied to the `EncryptedFile` first.
-    async fn announce_bundle(
-        from: &StateUser,
-        recipient: &UserId,
-        room_id: &RoomId,
-        crafter: &Crafter,
-        tamper: impl FnOnce(&mut serde_json::Value),
-    ) -> Result<()> {
-        announce_bundle_with_key_for(from, recipient, room_id, room_id, crafter, tamper).await
-    }
-
-    /// As [`announce_bundle`], with the key inside the bundle naming `key_room`.
-    async fn announce_bundle_with_key_for(
-        from: &StateUser,
-        recipient: &UserId,
-        room_id: &RoomId,
-        key_room: &RoomId,
-        crafter: &Crafter,
-        tamper: impl FnOnce(&mut serde_json::Value),
-    ) -> Result<()> {
+    /// A bundle holding `crafter`'s key (for `key_room`), as JSON.
+    fn bundle_json(from: &StateUser, key_room: &RoomId, crafter: &Crafter) -> Result<Value> {
         let mut builder = BundleBuilder::new(key_room, from.ext.own_device());
         builder.add_message_session(crafter.exported_key(key_room, from.ext.own_device()));
-        let json = serde_json::to_vec(&builder.build())?;
-        let file = from.client.upload_encrypted_file(&mut json.as_slice()).await?;
-        let mut file = serde_json::to_value(&file)?;
-        tamper(&mut file);
-        let devices = from.client.encryption().get_user_devices(recipient).await?;
-        let failures = from
-            .client
-            .encryption()
+        Ok(serde_json::to_value(builder.build())?)
+    }
+
+    /// Uploads `plaintext` as an encrypted file; returns its `EncryptedFile`.
+    async fn upload(from: &StateUser, plaintext: &[u8]) -> Result<Value> {
+        let file = from.client.upload_encrypted_file(&mut &*plaintext).await?;
+        Ok(serde_json::to_value(&file)?)
+    }
+
+    /// Announces the bundle in `file` for `room_id` to `recipient`'s devices over Olm.
+    async fn announce(
+        from: &StateUser,
+        recipient: &UserId,
+        room_id: &RoomId,
+        file: &Value,
+    ) -> Result<()> {
+        let encryption = from.client.encryption();
+        encryption.request_user_identity(recipient).await?;
+        let devices = encryption.get_user_devices(recipient).await?;
+        let failures = encryption
             .encrypt_and_send_raw_to_device(
                 devices.devices().collect::<Vec<_>>().iter().collect(),
                 crypto_ext::identifiers::ROOM_KEY_BUNDLE_UNSTABLE,
@@ -289,8 +285,10 @@ mod receiving {
         // Mallory posts history with her own session and announces a bundle for it to Bob.
         let mut crafter = Crafter::new();
         let bait = send_crafted(&mallory, &room_id, &mut crafter, "Mallory's bait").await?;
-        mallory.client.encryption().request_user_identity(bob.user_id()).await?;
-        announce_bundle(&mallory, bob.user_id(), &room_id, &crafter, |_| {}).await?;
+        let file =
+            upload(&mallory, &serde_json::to_vec(&bundle_json(&mallory, &room_id, &crafter)?)?)
+                .await?;
+        announce(&mallory, bob.user_id(), &room_id, &file).await?;
 
         // Alice is the inviter, with a genuine bundle.
         let genuine = room.send(RoomMessageEventContent::text_plain("genuine history")).await?;
@@ -306,28 +304,66 @@ mod receiving {
             Some(false),
             "Mallory's bundle was imported"
         );
+        assert!(bob.ext.store().pending_bundles(&room_id).await?.is_empty(), "dropped unread");
         Ok(())
     }
 
-    /// Alice posts history with a session only her announced bundle carries, invites Bob with a
-    /// plain invite, Bob joins: does he decrypt the history?
-    async fn history_decrypts_after_a_bundle_with(
-        key_for_another_room: bool,
-        tamper: impl FnOnce(&mut serde_json::Value),
-    ) -> Result<bool> {
+    /// What Bob received after joining a room of Alice's whose history only the announced
+    /// bundle can decrypt.
+    struct Received {
+        bob: StateUser,
+        room_id: matrix_sdk::ruma::OwnedRoomId,
+        outcomes: Vec<BundleOutcome>,
+        history: OwnedEventId,
+        file: Value,
+        alice: StateUser,
+    }
+
+    impl Received {
+        /// Whether Bob decrypts the pre-invite message, once his client is past the join.
+        async fn history_decrypts(&self) -> Result<bool> {
+            let room = self.alice.client.get_room(&self.room_id).expect("Alice's room");
+            let after = room.send(RoomMessageEventContent::text_plain("after the join")).await?;
+            let after = after.response.event_id;
+            sync_until(
+                &self.bob.client,
+                "Bob decrypts a message sent after he joined",
+                DEFAULT_TIMEOUT,
+                || async { decrypts(&self.bob, &self.room_id, &after).await == Some(true) },
+            )
+            .await?;
+            Ok(decrypts(&self.bob, &self.room_id, &self.history).await == Some(true))
+        }
+    }
+
+    /// Alice posts history with a session only her bundle carries; `make_bundle` turns the
+    /// genuine bundle JSON into the bytes she uploads; she announces it, invites Bob with a plain
+    /// invite, and Bob (whose extension has `max_bytes` as bundle cap, and imports when asked,
+    /// its background task stopped) joins and imports.
+    async fn receive(
+        max_bytes: usize,
+        make_bundle: impl FnOnce(Value, &RoomId) -> Vec<u8>,
+        tamper: impl FnOnce(&mut Value),
+    ) -> Result<Received> {
         integration_tests::init_tracing("warn");
         let alice = StateUser::register("alice").await?;
-        let bob = StateUser::register("bob").await?;
+        let bob_user = TestUser::register("bob").await?;
+        let mut config =
+            StateExtConfig::sqlite(bob_user.store_dir.path().join("state"), "integration-tests");
+        config.bundle_limits = BundleLimits { max_bytes };
+        let ext = sdk_ext::StateExtension::install(&bob_user.client, config).await?;
+        ext.shutdown();
+        let bob = StateUser { user: bob_user, ext };
         let room = shared_room(&alice, &[]).await?;
         let room_id = room.room_id().to_owned();
 
         let mut crafter = Crafter::new();
         let history = send_crafted(&alice, &room_id, &mut crafter, "history in the bundle").await?;
-        alice.client.encryption().request_user_identity(bob.user_id()).await?;
         let other_room = shared_room(&alice, &[]).await?;
-        let key_room = if key_for_another_room { other_room.room_id() } else { &room_id };
-        announce_bundle_with_key_for(&alice, bob.user_id(), &room_id, key_room, &crafter, tamper)
-            .await?;
+        let genuine = bundle_json(&alice, &room_id, &crafter)?;
+        let mut file = upload(&alice, &make_bundle(genuine, other_room.room_id())).await?;
+        tamper(&mut file);
+        announce(&alice, bob.user_id(), &room_id, &file).await?;
         // A plain invite: the announcement above is the only bundle Bob gets.
         alice
             .client
@@ -337,42 +373,134 @@ mod receiving {
             ))
             .await?;
         join(&bob, &room_id).await?;
-        // Alice's next message proves Bob's client is past the join and its key handling.
-        let after = room.send(RoomMessageEventContent::text_plain("after the join")).await?;
-        let after = after.response.event_id;
-        sync_until(
-            &bob.client,
-            "Bob decrypts a message sent after he joined",
-            DEFAULT_TIMEOUT,
-            || async { decrypts(&bob, &room_id, &after).await == Some(true) },
-        )
-        .await?;
-        Ok(decrypts(&bob, &room_id, &history).await == Some(true))
+        let outcomes = bob.room(&room_id).import_history().await?;
+        Ok(Received { bob, room_id, outcomes, history, file, alice })
     }
 
-    /// The control for the test below: the same bundle, untampered, is imported.
+    fn genuine(bundle: Value, _: &RoomId) -> Vec<u8> {
+        serde_json::to_vec(&bundle).unwrap()
+    }
+
+    /// The control for the refusals below: the same bundle, untampered, is imported, and
+    /// importing it a second time (announced again) is harmless.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_genuine_bundle_from_the_inviter_is_imported() -> Result<()> {
-        assert!(history_decrypts_after_a_bundle_with(false, |_| {}).await?);
+    async fn a_genuine_bundle_from_the_inviter_is_imported_and_importing_it_twice_is_harmless()
+    -> Result<()> {
+        let received = receive(BundleLimits::DEFAULT_MAX_BYTES, genuine, |_| {}).await?;
+        let [BundleOutcome::Imported(first)] = received.outcomes.as_slice() else {
+            panic!("{:?}", received.outcomes);
+        };
+        assert_eq!((first.keys, first.foreign_entries, first.conflicting_sessions), (1, 0, 0));
+        assert!(received.history_decrypts().await?);
+
+        let Received { bob, room_id, alice, file, .. } = &received;
+        announce(alice, bob.user_id(), room_id, file).await?;
+        sync_until(&bob.client, "the announcement arrives again", DEFAULT_TIMEOUT, || async {
+            !bob.ext.store().pending_bundles(room_id).await.unwrap_or_default().is_empty()
+        })
+        .await?;
+        let again = bob.room(room_id).import_history().await?;
+        let [BundleOutcome::Imported(second)] = again.as_slice() else { panic!("{again:?}") };
+        assert_eq!(second, first);
+        assert!(bob.ext.store().pending_bundles(room_id).await?.is_empty());
+        assert!(received.history_decrypts().await?);
+        Ok(())
+    }
+
+    fn refusal(received: &Received) -> &BundleImportError {
+        match received.outcomes.as_slice() {
+            [BundleOutcome::Refused { error, .. }] => error,
+            other => panic!("expected one refused bundle, got {other:?}"),
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_bundle_that_fails_its_hash_is_refused() -> Result<()> {
+        let received = receive(BundleLimits::DEFAULT_MAX_BYTES, genuine, |file| {
+            file["hashes"]["sha256"] = json!("AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA");
+        })
+        .await?;
+        let error = refusal(&received);
+        assert!(matches!(error, BundleImportError::Bundle(BundleError::HashMismatch)), "{error}");
+        assert!(received.bob.ext.store().pending_bundles(&received.room_id).await?.is_empty());
+        assert!(!received.history_decrypts().await?, "a tampered bundle was imported");
+        Ok(())
+    }
+
+    /// A bundle over the recipient's cap is refused on its announced length, before its body is
+    /// read.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_oversized_bundle_is_refused() -> Result<()> {
+        let received = receive(256, genuine, |_| {}).await?;
+        let error = refusal(&received);
+        assert!(
+            matches!(error, BundleImportError::Bundle(BundleError::TooLarge { size, max: 256 }) if *size > 256),
+            "{error}"
+        );
+        assert!(!received.history_decrypts().await?);
         Ok(())
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_bundle_that_fails_its_hash_is_not_imported() -> Result<()> {
-        let imported = history_decrypts_after_a_bundle_with(false, |file| {
-            file["hashes"]["sha256"] = json!("AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA");
-        })
+    async fn a_malformed_bundle_is_refused() -> Result<()> {
+        let received = receive(
+            BundleLimits::DEFAULT_MAX_BYTES,
+            |_, _| b"{\"room_keys\": 42}".to_vec(),
+            |_| {},
+        )
         .await?;
-        assert!(!imported, "a tampered bundle was imported");
+        let error = refusal(&received);
+        assert!(matches!(error, BundleImportError::Bundle(BundleError::Malformed(_))), "{error}");
         Ok(())
     }
 
     /// A bundle for this room whose key names another room: that key never decrypts this room's
     /// history.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn keys_of_another_room_in_a_bundle_never_decrypt_this_rooms_history() -> Result<()> {
-        let imported = history_decrypts_after_a_bundle_with(true, |_| {}).await?;
-        assert!(!imported, "a key naming another room was used");
+    async fn keys_of_another_room_in_a_bundle_are_dropped() -> Result<()> {
+        let received = receive(
+            BundleLimits::DEFAULT_MAX_BYTES,
+            |mut bundle, other_room| {
+                bundle["room_keys"][0]["room_id"] = json!(other_room);
+                serde_json::to_vec(&bundle).unwrap()
+            },
+            |_| {},
+        )
+        .await?;
+        let [BundleOutcome::Imported(imported)] = received.outcomes.as_slice() else {
+            panic!("{:?}", received.outcomes);
+        };
+        assert_eq!((imported.keys, imported.foreign_entries), (0, 1));
+        assert!(!received.history_decrypts().await?, "a key naming another room was used");
+        Ok(())
+    }
+
+    /// A bundle that both shares and withholds a session is ambiguous: neither is believed.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_session_both_shared_and_withheld_is_not_imported() -> Result<()> {
+        let received = receive(
+            BundleLimits::DEFAULT_MAX_BYTES,
+            |mut bundle, _| {
+                let key = &bundle["room_keys"][0];
+                let withheld = json!({
+                    "algorithm": "m.megolm.v1.aes-sha2",
+                    "code": "m.history_not_shared",
+                    "room_id": key["room_id"],
+                    "session_id": key["session_id"],
+                    "sender_key": key["sender_key"],
+                    "from_device": "ALICEDEVICE",
+                });
+                bundle["withheld"] = json!([withheld]);
+                serde_json::to_vec(&bundle).unwrap()
+            },
+            |_| {},
+        )
+        .await?;
+        let [BundleOutcome::Imported(imported)] = received.outcomes.as_slice() else {
+            panic!("{:?}", received.outcomes);
+        };
+        assert_eq!((imported.keys, imported.withheld, imported.conflicting_sessions), (0, 0, 1));
+        assert!(!received.history_decrypts().await?, "an ambiguous session was imported");
         Ok(())
     }
 }

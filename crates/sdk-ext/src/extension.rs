@@ -86,6 +86,15 @@ impl Inner {
             .clone()
     }
 
+    /// Whether the background task runs (not shut down).
+    pub(crate) fn is_running(&self) -> bool {
+        self.task
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .is_some_and(|task| !task.is_finished())
+    }
+
     pub(crate) fn notify(&self, updates: Vec<StateUpdate>) {
         for update in updates {
             // No subscriber is fine.
@@ -126,6 +135,10 @@ async fn on_to_device(
     let Some(room_id) = receive::receive_announcement(inner, &event, info).await? else {
         return Ok(());
     };
+    if !inner.is_running() {
+        // Shut down: announcements are still kept, imports wait for `import_history`.
+        return Ok(());
+    }
     // The invite may already be accepted (an announcement can trail the join). Imports take
     // a while: not in the sync's event handler.
     let inner = Arc::downgrade(inner);
@@ -255,12 +268,7 @@ impl StateExtension {
 
     /// Whether the background task that processes syncs and key arrivals is running.
     pub fn is_running(&self) -> bool {
-        self.inner
-            .task
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .as_ref()
-            .is_some_and(|task| !task.is_finished())
+        self.inner.is_running()
     }
 
     /// Stops the background task. The handle stays usable for reads.

@@ -3,7 +3,7 @@
 use assert_matches::assert_matches;
 use crypto_ext::{
     BundleError, InboundStateSession, KeyOrigin, OutboundStateSession,
-    bundle::{BundleBuilder, BundleLimits, HistoricRoomKey, RoomKeyBundle, open, seal},
+    bundle::{BundleBuilder, BundleLimits, RoomKeyBundle, open, seal},
 };
 use matrix_sdk_common::deserialized_responses::ProcessedToDeviceEvent;
 use matrix_sdk_crypto::{
@@ -27,11 +27,6 @@ async fn message_sessions(alice: &Peer, bob: &Peer, room: &RoomId) -> Vec<Export
         alice.machine.discard_room_key(room).await.unwrap();
     }
     alice.machine.store().export_room_keys(|s| s.room_id() == room).await.unwrap()
-}
-
-fn to_exported(key: &HistoricRoomKey) -> ExportedRoomKey {
-    let json = serde_json::to_value(key).unwrap();
-    serde_json::from_value(json).unwrap()
 }
 
 #[tokio::test]
@@ -72,10 +67,14 @@ async fn shareable_sessions_are_shared_the_rest_withheld_and_state_at_its_curren
     assert_eq!(withheld["from_device"], "ALICEDEVICE");
 
     // The invitee reads the current state and not the older value.
-    let state_key = bundle.room_keys.iter().find(|k| k.session_id == state.session_id()).unwrap();
+    // Through the same conversion the receiver uses: the key-export form, marked shareable.
+    let state_key =
+        bundle.room_keys.into_iter().find(|k| k.session_id == state.session_id()).unwrap();
+    let exported = crypto_ext::bundle::exported_room_key(state_key);
+    assert!(exported.shared_history);
     let mut held = InboundStateSession::import(
         room,
-        &to_exported(state_key),
+        &exported,
         KeyOrigin::Bundle { shared_by: alice.user_id().to_owned() },
     )
     .unwrap();
@@ -248,9 +247,10 @@ async fn the_bundle_wire_shape_is_what_stock_clients_parse() {
     let _: RoomKeyBundle = serde_json::from_value(value).unwrap();
 }
 
-/// MSC4268: a bundle announcement must carry the sender's device keys. matrix-sdk-crypto (whose
-/// receiver our clients use) refuses one that does not; the very same message with the sender's
-/// signed device keys is the control that the refusal is about them.
+/// MSC4268: a bundle announcement must carry the sender's device keys. The client's
+/// matrix-sdk-crypto machine refuses to decrypt one that does not, so it never reaches our
+/// receiver (which checks for them again); the very same message with the sender's signed device
+/// keys is the control that the refusal is about them.
 #[tokio::test]
 async fn an_announcement_without_sender_device_keys_is_refused() {
     let mut bob = peer("@bob:example.org", "BOBDEVICE").await;
