@@ -13,11 +13,12 @@ mod user;
 
 pub use room::{is_joined, join, set_power_levels, shared_room};
 pub use state::{
-    StateUser, alice_and_bob_with_encrypted_state, server_state, stores_encrypted_state,
+    StateUser, alice_and_bob_with_encrypted_state, server_state, state_config,
+    stores_encrypted_state,
 };
 pub use stock::{STOCK_CLIENT_ENV, StockClient};
 pub use sync::{DEFAULT_TIMEOUT, sync_until, wait_until};
-pub use user::{TestUser, homeserver_url, unique_name};
+pub use user::{TestUser, homeserver_url, restore_client, unique_name};
 
 /// Sets up `tracing` output once per process, filtered by `RUST_LOG`, else by `default_filter`.
 pub fn init_tracing(default_filter: &str) {

@@ -1,6 +1,6 @@
 //! Test users with the encrypted-state extension installed.
 
-use std::ops::Deref;
+use std::{ops::Deref, path::Path};
 
 use anyhow::Result;
 use matrix_sdk::{
@@ -29,9 +29,8 @@ impl StateUser {
 
     /// Installs the extension for an already registered user.
     pub async fn install(user: TestUser) -> Result<Self> {
-        let config =
-            StateExtConfig::sqlite(user.store_dir.path().join("state"), "integration-tests");
-        let ext = StateExtension::install(&user.client, config).await?;
+        let ext =
+            StateExtension::install(&user.client, state_config(user.store_dir.path())).await?;
         Ok(Self { user, ext })
     }
 
@@ -47,6 +46,12 @@ impl Deref for StateUser {
     fn deref(&self) -> &TestUser {
         &self.user
     }
+}
+
+/// The extension's configuration for a test user whose stores are in `store_dir`: SQLite with a
+/// passphrase, next to matrix-sdk's stores.
+pub fn state_config(store_dir: &Path) -> StateExtConfig {
+    StateExtConfig::sqlite(store_dir.join("state"), "integration-tests")
 }
 
 /// The room state as the homeserver serves it (`GET /rooms/{id}/state`).

@@ -1,6 +1,7 @@
 //! Registering uniquely named users on the test homeserver, each with a SQLite store.
 
 use std::{
+    path::Path,
     sync::atomic::{AtomicU32, Ordering},
     time::{SystemTime, UNIX_EPOCH},
 };
@@ -83,9 +84,14 @@ impl TestUser {
 
     /// A client builder for the test homeserver, with a SQLite store in `dir`.
     pub async fn client_builder(dir: &TempDir) -> Result<matrix_sdk::ClientBuilder> {
+        Self::client_builder_at(dir.path())
+    }
+
+    /// [`TestUser::client_builder`] for a store directory another process created.
+    pub fn client_builder_at(dir: &Path) -> Result<matrix_sdk::ClientBuilder> {
         Ok(Client::builder()
             .homeserver_url(homeserver_url()?)
-            .sqlite_store(dir.path(), None)
+            .sqlite_store(dir, None)
             .with_encryption_settings(EncryptionSettings::default())
             // The extension receives shared history itself.
             .with_enable_share_history_on_invite(false))
@@ -120,14 +126,24 @@ impl TestUser {
     /// Simulates an app restart: drops the client and builds a new one on the same stores,
     /// restoring the session.
     pub async fn restart(self) -> Result<Self> {
+        let (store_dir, password, session) = self.stop()?;
+        Self::restore(store_dir, password, &session).await
+    }
+
+    /// Drops the client, keeping what a new process needs to take over: the store directory,
+    /// the password, and the session as JSON.
+    pub fn stop(self) -> Result<(TempDir, String, String)> {
         let session = self.client.matrix_auth().session().context("logged in")?;
+        let session = serde_json::to_string(&session)?;
         let Self { client, password, store_dir } = self;
         drop(client);
-        let client = Self::client_builder(&store_dir).await?.build().await?;
-        client
-            .matrix_auth()
-            .restore_session(session, matrix_sdk::store::RoomLoadSettings::default())
-            .await?;
+        Ok((store_dir, password, session))
+    }
+
+    /// A client on stores left by [`TestUser::stop`] (in this or another process), with the
+    /// session restored.
+    pub async fn restore(store_dir: TempDir, password: String, session: &str) -> Result<Self> {
+        let client = restore_client(store_dir.path(), session).await?;
         Ok(Self { client, password, store_dir })
     }
 
@@ -135,4 +151,16 @@ impl TestUser {
     pub fn user_id(&self) -> &matrix_sdk::ruma::UserId {
         self.client.user_id().expect("a TestUser is always logged in")
     }
+}
+
+/// A client on the stores in `dir`, with `session` (JSON from [`TestUser::stop`]) restored.
+pub async fn restore_client(dir: &Path, session: &str) -> Result<Client> {
+    let session: matrix_sdk::authentication::matrix::MatrixSession =
+        serde_json::from_str(session).context("a session from TestUser::stop")?;
+    let client = TestUser::client_builder_at(dir)?.build().await?;
+    client
+        .matrix_auth()
+        .restore_session(session, matrix_sdk::store::RoomLoadSettings::default())
+        .await?;
+    Ok(client)
 }

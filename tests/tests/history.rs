@@ -179,6 +179,57 @@ async fn the_invite_preview_shows_the_encrypted_name_and_topic() -> Result<()> {
     Ok(())
 }
 
+/// A process killed in the middle of importing a bundle (the `interrupted-import` binary kills
+/// itself between the extension's store and the client's key store): after a restart the
+/// import resumes from the kept announcement.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_import_killed_midway_resumes_after_a_restart() -> Result<()> {
+    use std::os::unix::process::ExitStatusExt;
+    integration_tests::init_tracing("warn");
+    let alice = StateUser::register("alice").await?;
+    let bob = TestUser::register("bob").await?;
+    let bob_id = bob.user_id().to_owned();
+    let room = room_with_history(&alice, "shared").await?;
+    let room_id = room.room_id().to_owned();
+    let (store_dir, password, session) = bob.stop()?;
+    room.invite_with_history(&bob_id).await?;
+
+    let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_interrupted-import"))
+        .env("IMPORT_STORE_DIR", store_dir.path())
+        .env("IMPORT_SESSION", &session)
+        .env("IMPORT_ROOM_ID", room_id.as_str())
+        .kill_on_drop(true)
+        .status();
+    let status = tokio::time::timeout(std::time::Duration::from_secs(120), child).await??;
+    assert_eq!(status.signal(), Some(9), "the child was not killed mid-import: {status}");
+
+    // Killed mid-way: the client's key store never got the keys.
+    let bob = TestUser::restore(store_dir, password, &session).await?;
+    let before = first_message(&bob, &room_id).await.expect("the pre-invite message");
+    assert!(matches!(before.kind, TimelineEventKind::UnableToDecrypt { .. }));
+
+    // The extension, installed again, resumes the import.
+    let bob = StateUser::install(bob).await?;
+    let bob_room = bob.room(&room_id);
+    wait_until("the import resumes and the history decrypts", DEFAULT_TIMEOUT, || async {
+        first_message(&bob, &room_id)
+            .await
+            .is_some_and(|e| matches!(e.kind, TimelineEventKind::Decrypted(_)))
+    })
+    .await?;
+    let message = first_message(&bob, &room_id).await.expect("the message");
+    assert_eq!(
+        bob_room.key_origin(&message).await?,
+        Some(KeyOrigin::Bundle { shared_by: alice.user_id().to_owned() })
+    );
+    assert!(bob.ext.store().pending_bundles(&room_id).await?.is_empty());
+    sync_until(&bob.client, "Bob reads the current name", DEFAULT_TIMEOUT, || async {
+        bob_room.encrypted_name().await.ok().flatten().as_deref() == Some("Current name")
+    })
+    .await?;
+    Ok(())
+}
+
 /// Receiving side (our receiver): what is imported, what is refused and why.
 mod receiving {
     use anyhow::Result;
