@@ -3,6 +3,8 @@
 //! * `cargo xtask test`: formatting, clippy, unit tests, then the integration suite against a
 //!   freshly started local Synapse (always stopped afterwards).
 //! * `cargo xtask demo`: the end-to-end example scenario against a local Synapse.
+//! * `cargo xtask bench`: our paths against the stock matrix-sdk paths (release build), written
+//!   to `docs/benchmarks.md`.
 //! * `cargo xtask synapse start|stop|status|logs`: manage a long-lived local Synapse by hand.
 
 mod cmd;
@@ -20,6 +22,7 @@ usage: cargo xtask <command>
 commands:
   test                      fmt check, clippy, unit tests, integration suite against Synapse
   demo                      run the example scenario against a local Synapse
+  bench                     benchmarks, ours against stock matrix-sdk, into docs/benchmarks.md
   synapse start             install (if needed) and start a local Synapse in the background
   synapse stop              stop the Synapse started by `synapse start` (by its PID)
   synapse status            tell whether that Synapse is running and answering
@@ -44,6 +47,7 @@ fn run() -> Result<()> {
     match args.as_slice() {
         ["test"] => test::run(&root),
         ["demo"] => test::demo(&root),
+        ["bench"] => test::bench(&root),
         ["synapse", "start"] => synapse::cli_start(&root),
         ["synapse", "stop"] => synapse::cli_stop(&root),
         ["synapse", "status"] => synapse::cli_status(&root),

@@ -187,6 +187,9 @@ pub fn run(root: &Path) -> Result<()> {
     if built && stock_built {
         step(&mut steps, "doc tests", || cargo(&["test", "--workspace", "--doc"]));
         step(&mut steps, "unit tests", || runner.run(root, false, &[]));
+        step(&mut steps, "benchmarks, once at a tiny size", || {
+            cargo(&["run", "--quiet", "--package", "benches", "--bin", "bench", "--", "--quick"])
+        });
         step(&mut steps, "integration suite against Synapse", || {
             let stock = stock_client_bin(root);
             let stock = stock.to_str().unwrap_or_default();
@@ -234,4 +237,15 @@ pub fn demo(root: &Path) -> Result<()> {
     );
     drop(guard);
     result
+}
+
+/// `cargo xtask bench`: every workload, ours against stock, in a release build; the table goes
+/// to `docs/benchmarks.md` with the scaling plot.
+pub fn bench(root: &Path) -> Result<()> {
+    cmd::run(
+        root,
+        "cargo",
+        &["run", "--release", "--quiet", "--package", "benches", "--bin", "bench", "--", "--write"],
+        &[],
+    )
 }

@@ -1,0 +1,194 @@
+//! Medians, ratios, the markdown table and the scaling plot.
+
+use std::{fmt::Write as _, time::Duration};
+
+use anyhow::Result;
+
+/// The timed runs of one side of a workload.
+#[derive(Clone, Debug)]
+pub(crate) struct Measurement {
+    sorted: Vec<Duration>,
+}
+
+impl Measurement {
+    pub(crate) fn new(mut times: Vec<Duration>) -> Self {
+        times.sort();
+        Self { sorted: times }
+    }
+
+    pub(crate) fn median(&self) -> Duration {
+        let n = self.sorted.len();
+        match n {
+            0 => Duration::ZERO,
+            _ if n % 2 == 1 => self.sorted[n / 2],
+            _ => (self.sorted[n / 2 - 1] + self.sorted[n / 2]) / 2,
+        }
+    }
+
+    fn min(&self) -> Duration {
+        self.sorted.first().copied().unwrap_or_default()
+    }
+
+    fn max(&self) -> Duration {
+        self.sorted.last().copied().unwrap_or_default()
+    }
+}
+
+/// One workload, ours against stock.
+#[derive(Debug)]
+pub(crate) struct Comparison {
+    pub(crate) workload: String,
+    pub(crate) ours: Measurement,
+    pub(crate) stock: Measurement,
+    /// The sum of the primitives our path is made of, when measured.
+    pub(crate) primitives: Option<Measurement>,
+    /// Output sizes in bytes (ours, stock), when relevant.
+    pub(crate) size: Option<(usize, usize)>,
+}
+
+/// Every comparison of a run.
+#[derive(Debug, Default)]
+pub(crate) struct Report {
+    rows: Vec<Comparison>,
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.1}", d.as_secs_f64() * 1e3)
+}
+
+fn ratio(a: Duration, b: Duration) -> String {
+    if b.is_zero() { "-".to_owned() } else { format!("{:.2}", a.as_secs_f64() / b.as_secs_f64()) }
+}
+
+impl Report {
+    pub(crate) fn push(&mut self, comparison: Comparison) {
+        self.rows.push(comparison);
+    }
+
+    /// The table: medians (min-max) in milliseconds, ours/stock, ours/primitives, sizes.
+    pub(crate) fn markdown(&self) -> String {
+        let mut out = String::from(
+            "| workload | ours ms (min-max) | stock ms (min-max) | ours/stock | primitives ms | ours/primitives | bytes (ours / stock) |\n\
+             |---|---|---|---|---|---|---|\n",
+        );
+        for row in &self.rows {
+            let (o, s) = (&row.ours, &row.stock);
+            let primitives = row.primitives.as_ref();
+            let _ = writeln!(
+                out,
+                "| {} | {} ({}-{}) | {} ({}-{}) | {} | {} | {} | {} |",
+                row.workload,
+                ms(o.median()),
+                ms(o.min()),
+                ms(o.max()),
+                ms(s.median()),
+                ms(s.min()),
+                ms(s.max()),
+                ratio(o.median(), s.median()),
+                primitives.map_or("-".to_owned(), |p| ms(p.median())),
+                primitives.map_or("-".to_owned(), |p| ratio(o.median(), p.median())),
+                row.size.map_or("-".to_owned(), |(a, b)| format!("{a} / {b}")),
+            );
+        }
+        out
+    }
+}
+
+/// The scaling series as a table.
+pub(crate) fn scaling_markdown(series: &[(usize, Measurement)]) -> String {
+    let mut out = String::from("| N | ours ms (median) | µs per event |\n|---|---|---|\n");
+    for (n, m) in series {
+        let per_event = m.median().as_secs_f64() * 1e6 / (*n).max(1) as f64;
+        let _ = writeln!(out, "| {n} | {} | {per_event:.1} |", ms(m.median()));
+    }
+    out
+}
+
+/// A line plot of median time against N, with the straight line through the origin and the
+/// largest point for reference (linear growth lies on it).
+pub(crate) fn scaling_svg(series: &[(usize, Measurement)]) -> String {
+    let (w, h, pad) = (640.0, 400.0, 60.0);
+    let max_n = series.iter().map(|(n, _)| *n).max().unwrap_or(1).max(1) as f64;
+    let max_t = series.iter().map(|(_, m)| m.median().as_secs_f64()).fold(0.0, f64::max).max(1e-9);
+    let x = |n: f64| pad + n / max_n * (w - 2.0 * pad);
+    let y = |t: f64| h - pad - t / max_t * (h - 2.0 * pad);
+    let points: Vec<String> = series
+        .iter()
+        .map(|(n, m)| format!("{:.1},{:.1}", x(*n as f64), y(m.median().as_secs_f64())))
+        .collect();
+    let mut svg = format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" font-family=\"sans-serif\" font-size=\"12\">\n\
+         <rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n\
+         <line x1=\"{pad}\" y1=\"{y0}\" x2=\"{xe}\" y2=\"{y0}\" stroke=\"black\"/>\n\
+         <line x1=\"{pad}\" y1=\"{y0}\" x2=\"{pad}\" y2=\"{pad}\" stroke=\"black\"/>\n\
+         <line x1=\"{pad}\" y1=\"{y0}\" x2=\"{xe}\" y2=\"{pad}\" stroke=\"#bbb\" stroke-dasharray=\"4 4\"/>\n\
+         <polyline fill=\"none\" stroke=\"#1f77b4\" stroke-width=\"2\" points=\"{}\"/>\n",
+        points.join(" "),
+        y0 = h - pad,
+        xe = w - pad,
+    );
+    for ((n, m), point) in series.iter().zip(&points) {
+        let (px, py) = point.split_once(',').unwrap_or(("0", "0"));
+        let _ = writeln!(
+            svg,
+            "<circle cx=\"{px}\" cy=\"{py}\" r=\"3\" fill=\"#1f77b4\"/><text x=\"{px}\" y=\"{}\" text-anchor=\"middle\">{n}: {} ms</text>",
+            py.parse::<f64>().unwrap_or(0.0) - 8.0,
+            ms(m.median())
+        );
+    }
+    let _ = write!(
+        svg,
+        "<text x=\"{}\" y=\"{}\" text-anchor=\"middle\">N (encrypted state events)</text>\n\
+         <text x=\"15\" y=\"{}\" transform=\"rotate(-90 15 {})\" text-anchor=\"middle\">join-to-readable, ms</text>\n\
+         <text x=\"{}\" y=\"30\" text-anchor=\"middle\">Join-to-readable against N (dashed: linear through the largest N)</text>\n</svg>\n",
+        w / 2.0,
+        h - 20.0,
+        h / 2.0,
+        h / 2.0,
+        w / 2.0,
+    );
+    svg
+}
+
+/// Writes `docs/benchmarks.md` (machine, versions, command, tables) and the plot.
+pub(crate) fn write_docs(table: &str, series: &[(usize, Measurement)]) -> Result<()> {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|info| {
+            info.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split_once(':'))
+                .map(|(_, v)| v.trim().to_owned())
+        })
+        .unwrap_or_else(|| "unknown CPU".to_owned());
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let doc = format!(
+        "# Benchmarks\n\n\
+         Written by `cargo xtask bench` (release build). Each workload runs our path and the stock \
+         matrix-sdk 0.18 path in the same process, alternating, after one warm-up round; five timed \
+         rounds each; medians with min-max. What each side does is described in \
+         `benches/src/workloads.rs` and below.\n\n\
+         Machine: {cpu}, {cores} cores. Versions: matrix-sdk / matrix-sdk-crypto 0.18, vodozemac \
+         0.10, rustc {rustc}.\n\n\
+         ## Ours against stock\n\n{table}\n\
+         * join-to-readable: ours = every event parsed, decrypted with its slot session from our \
+         encrypted SQLite store (each session read once; sessions decrypted on both cores), \
+         validated, and saved in one transaction; stock = matrix-sdk-crypto's `OlmMachine` on its \
+         SQLite store decrypting each event (`decrypt_room_event`), without applying it; \
+         primitives = vodozemac Megolm decryption of every event plus one SQLite transaction of \
+         N rows.\n\
+         * bundle build: ours = sessions read through matrix-sdk's key export (the public way; \
+         PBKDF2 with 500,000 rounds each way), `BundleBuilder`, attachment encryption; stock = \
+         `build_room_key_bundle`, serialisation, attachment encryption.\n\
+         * bundle import: ours = `bundle::open` under the cap, keys into our store (one \
+         transaction) and through a key file into the client's key store; stock = attachment \
+         decryption, parsing, `receive_room_key_bundle`.\n\n\
+         ## Scaling (ours)\n\n{scaling}\n![join-to-readable against N](benchmarks-scaling.svg)\n",
+        rustc = option_env!("RUSTC_VERSION").unwrap_or("1.95"),
+        scaling = scaling_markdown(series),
+    );
+    std::fs::write(root.join("docs/benchmarks.md"), doc)?;
+    std::fs::write(root.join("docs/benchmarks-scaling.svg"), scaling_svg(series))?;
+    Ok(())
+}
