@@ -308,10 +308,12 @@ pub(crate) async fn bundle_import(k: usize, plan: Plan) -> Result<Comparison> {
         let opened = bundle::open(&sealed.ciphertext, info()?, &room_id, BundleLimits::default())?;
         let keys: Vec<_> = opened.room_keys.into_iter().map(bundle::exported_room_key).collect();
         let origin = KeyOrigin::Bundle { shared_by: alice.user_id.clone() };
+        // As `sdk-ext`'s receiver does: one batch lookup of the copies we hold (to keep whichever
+        // reaches further back), then one transaction.
+        let ids: Vec<String> = keys.iter().map(|k| k.session_id.clone()).collect();
+        let _held = store.inbound_sessions(&ids).await?;
         let mut changes = StateChanges::default();
         for key in &keys {
-            // Our receiver keeps whichever copy reaches further back: one lookup per key.
-            let _existing = store.inbound_session(&key.session_id).await?;
             changes
                 .inbound_sessions
                 .push(InboundStateSession::import(&room_id, key, origin.clone())?.pickle());

@@ -102,18 +102,20 @@ pub(crate) async fn receive_preview_keys(
         return Ok(());
     }
     let origin = KeyOrigin::Invite { shared_by: info.sender.clone() };
-    let mut changes = StateChanges::default();
+    let mut imported = Vec::new();
     for key in &content.keys {
         // Bound to the room the message names; a key for another room is refused.
         match InboundStateSession::import(&content.room_id, key, origin.clone()) {
-            Ok(session) => {
-                // Our own copy, say, may reach further back.
-                let kept = crate::receive::keep_further_reaching(inner, session).await?;
-                changes.inbound_sessions.push(kept.pickle());
-            }
+            Ok(session) => imported.push(session),
             Err(error) => warn!(sender = %info.sender, %error, "refused an invite state key"),
         }
     }
+    // Our own copy, say, may reach further back.
+    let kept = crate::receive::keep_further_reaching(inner, imported).await?;
+    let changes = StateChanges {
+        inbound_sessions: kept.iter().map(InboundStateSession::pickle).collect(),
+        ..Default::default()
+    };
     debug!(room_id = %content.room_id, count = changes.inbound_sessions.len(), "stored invite state keys");
     inner.store.save_changes(changes).await?;
     Ok(())

@@ -12,6 +12,7 @@
 //! nothing the first import did not.
 
 use std::{
+    collections::BTreeMap,
     io::Write,
     time::{Duration, SystemTime},
 };
@@ -339,15 +340,21 @@ async fn import(
     let keys: Vec<ExportedRoomKey> =
         opened.room_keys.into_iter().map(bundle::exported_room_key).collect();
 
-    let mut changes = StateChanges::default();
+    let mut imported = Vec::with_capacity(keys.len());
     for key in &keys {
         match InboundStateSession::import(room_id, key, origin.clone()) {
-            Ok(session) => {
-                changes.inbound_sessions.push(keep_further_reaching(inner, session).await?.pickle())
-            }
+            Ok(session) => imported.push(session),
             Err(error) => warn!(session_id = %key.session_id, %error, "skipped a bundle key"),
         }
     }
+    let mut changes = StateChanges {
+        inbound_sessions: keep_further_reaching(inner, imported)
+            .await?
+            .iter()
+            .map(InboundStateSession::pickle)
+            .collect(),
+        ..Default::default()
+    };
     for notice in &opened.withheld {
         let Some(session_id) = notice.megolm_session_id() else { continue };
         changes.withheld_sessions.push(WithheldSession {
@@ -384,21 +391,28 @@ async fn import(
     Ok(imported)
 }
 
-/// `session`, or the copy we already hold if that one reaches further back (an import never
-/// loses the ability to decrypt something we could read before).
+/// Each of `sessions`, or the copy we already hold if that one reaches further back (an import
+/// never loses the ability to decrypt something we could read before). One store query for the
+/// whole batch.
 pub(crate) async fn keep_further_reaching(
     inner: &Inner,
-    session: InboundStateSession,
-) -> Result<InboundStateSession> {
-    let Some(existing) = inner.store.inbound_session(&session.session_id()).await? else {
-        return Ok(session);
-    };
-    let mut kept = InboundStateSession::from_pickle(existing);
-    if kept.room_id() != session.room_id() {
-        return Ok(session);
+    sessions: Vec<InboundStateSession>,
+) -> Result<Vec<InboundStateSession>> {
+    let ids: Vec<String> = sessions.iter().map(InboundStateSession::session_id).collect();
+    let mut held: BTreeMap<String, InboundStateSession> = BTreeMap::new();
+    for pickle in inner.store.inbound_sessions(&ids).await? {
+        held.insert(pickle.session_id(), InboundStateSession::from_pickle(pickle));
     }
-    kept.merge(session);
-    Ok(kept)
+    Ok(sessions
+        .into_iter()
+        .map(|session| match held.remove(&session.session_id()) {
+            Some(mut kept) if kept.room_id() == session.room_id() => {
+                kept.merge(session);
+                kept
+            }
+            _ => session,
+        })
+        .collect())
 }
 
 /// Hands keys to the client's key store through matrix-sdk's public key import: an encrypted

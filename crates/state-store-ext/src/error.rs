@@ -39,6 +39,9 @@ pub enum StoreError {
     /// A stored session pickle could not be restored.
     #[error(transparent)]
     Pickle(#[from] crypto_ext::PickleError),
+    /// A value could not be encoded for storage.
+    #[error("could not encode a value for the store: {0}")]
+    Encoding(String),
     /// Filesystem error (creating the store's directory).
     #[error("I/O error: {0}")]
     Io(#[from] std::io::Error),

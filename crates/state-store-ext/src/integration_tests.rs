@@ -321,6 +321,14 @@ macro_rules! state_store_integration_tests {
                 let inbound = crypto_ext::InboundStateSession::from_pickle(inbound);
                 assert_eq!(inbound.key_origin(), &crypto_ext::KeyOrigin::Own);
                 assert!(store.inbound_session("unknown").await.unwrap().is_none());
+
+                // A batch lookup returns what is held and skips the rest.
+                let batch = store
+                    .inbound_sessions(&["unknown".to_owned(), session_id.clone()])
+                    .await
+                    .unwrap();
+                assert_eq!(batch.len(), 1);
+                assert_eq!(batch[0].session_id(), session_id);
             }
 
             #[tokio::test]

@@ -220,6 +220,20 @@ impl StateStore for MemoryStateStore {
         Ok(json.map(|json| InboundStateSessionPickle::from_json(&json)).transpose()?)
     }
 
+    async fn inbound_sessions(
+        &self,
+        session_ids: &[String],
+    ) -> Result<Vec<InboundStateSessionPickle>> {
+        let found: Vec<String> = {
+            let inner = self.read();
+            session_ids.iter().filter_map(|id| inner.inbound.get(id).cloned()).collect()
+        };
+        Ok(found
+            .iter()
+            .map(|json| InboundStateSessionPickle::from_json(json))
+            .collect::<Result<_, _>>()?)
+    }
+
     async fn pending_bundles(&self, room_id: &RoomId) -> Result<Vec<PendingBundle>> {
         Ok(self.read().bundles.values().filter(|b| b.room_id == room_id).cloned().collect())
     }

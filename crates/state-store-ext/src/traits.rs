@@ -67,6 +67,13 @@ pub trait StateStore: Debug + Send + Sync {
     /// A state session we can decrypt with.
     async fn inbound_session(&self, session_id: &str) -> Result<Option<InboundStateSessionPickle>>;
 
+    /// The state sessions among `session_ids` that we hold (in no particular order): one query
+    /// for a whole batch, where [`StateStore::inbound_session`] would make one each.
+    async fn inbound_sessions(
+        &self,
+        session_ids: &[String],
+    ) -> Result<Vec<InboundStateSessionPickle>>;
+
     /// The bundle announcements kept for a room.
     async fn pending_bundles(&self, room_id: &RoomId) -> Result<Vec<PendingBundle>>;
 

@@ -3,6 +3,11 @@
 //!
 //! The cipher has no associated data, so a value copied into another row would still decrypt.
 //! Every value therefore carries its logical key, checked on read.
+//!
+//! An encrypted value is `StoreCipher`'s `EncryptedValue` in MessagePack (as matrix-sdk-sqlite
+//! stores them): its JSON form, which `StoreCipher::encrypt_value` produces, spells every
+//! ciphertext byte as a decimal number, several times the size and the time. Values written in
+//! that JSON form by earlier versions (they start with `{`) are still read.
 
 use matrix_sdk_store_encryption::StoreCipher;
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
@@ -57,7 +62,11 @@ impl Codec {
     pub(crate) fn seal<T: Serialize>(&self, parts: &[&str], value: &T) -> Result<Vec<u8>> {
         let sealed = SealRef { k: parts, v: value };
         Ok(match &self.cipher {
-            Some(cipher) => cipher.encrypt_value(&sealed)?,
+            Some(cipher) => {
+                let encrypted = cipher.encrypt_value_data(serde_json::to_vec(&sealed)?)?;
+                rmp_serde::to_vec_named(&encrypted)
+                    .map_err(|e| StoreError::Encoding(e.to_string()))?
+            }
             None => serde_json::to_vec(&sealed)?,
         })
     }
@@ -70,7 +79,15 @@ impl Codec {
         expect: impl FnOnce(&[String]) -> bool,
     ) -> Result<T> {
         let sealed: Sealed<T> = match &self.cipher {
-            Some(cipher) => cipher.decrypt_value(bytes)?,
+            Some(cipher) if bytes.first() == Some(&b'{') => cipher.decrypt_value(bytes)?,
+            Some(cipher) => {
+                let encrypted =
+                    rmp_serde::from_slice(bytes).map_err(|e| StoreError::Corrupted {
+                        table,
+                        detail: format!("unreadable encrypted value: {e}"),
+                    })?;
+                serde_json::from_slice(&cipher.decrypt_value_data(encrypted)?)?
+            }
             None => serde_json::from_slice(bytes)?,
         };
         if !expect(&sealed.k) {
@@ -91,4 +108,27 @@ pub(crate) fn exactly<'a>(parts: &'a [&'a str]) -> impl FnOnce(&[String]) -> boo
 /// A key check for scans: the stored logical key must start with `prefix`.
 pub(crate) fn starting_with<'a>(prefix: &'a [&'a str]) -> impl FnOnce(&[String]) -> bool + 'a {
     move |k| k.len() >= prefix.len() && k.iter().zip(prefix).all(|(a, b)| a == b)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn values_round_trip_in_messagepack_and_earlier_json_values_still_open() {
+        let codec = Codec::new(Some(StoreCipher::new().unwrap()));
+        let parts = ["!room:example.org", "m.room.name"];
+        let sealed = codec.seal(&parts, &"Room name").unwrap();
+        assert_ne!(sealed.first(), Some(&b'{'), "MessagePack, not JSON");
+        let value: String = codec.open("t", &sealed, exactly(&parts)).unwrap();
+        assert_eq!(value, "Room name");
+
+        // A value written by an earlier version: `StoreCipher::encrypt_value`'s JSON form.
+        let cipher = codec.cipher.as_ref().unwrap();
+        let earlier = cipher.encrypt_value(&SealRef { k: &parts, v: &"Older name" }).unwrap();
+        assert_eq!(earlier.first(), Some(&b'{'));
+        let value: String = codec.open("t", &earlier, exactly(&parts)).unwrap();
+        assert_eq!(value, "Older name");
+        assert!(sealed.len() < earlier.len() / 2, "{} vs {}", sealed.len(), earlier.len());
+    }
 }

@@ -171,10 +171,8 @@ fn save(tx: &Transaction<'_>, codec: &Codec, changes: StateChanges) -> Result<()
         let room_key = codec.key("state.room", &[room]);
         let slot_key = codec.key("state.slot", &parts);
 
-        tx.execute(
-            "DELETE FROM rejected_event WHERE room = ?1 AND event = ?2",
-            params![room_key, codec.key("rejected.event", &[room, &event_id])],
-        )?;
+        tx.prepare_cached("DELETE FROM rejected_event WHERE room = ?1 AND event = ?2")?
+            .execute(params![room_key, codec.key("rejected.event", &[room, &event_id])])?;
 
         let current: Option<Vec<u8>> = tx
             .query_row(
@@ -188,120 +186,118 @@ fn save(tx: &Transaction<'_>, codec: &Codec, changes: StateChanges) -> Result<()
             .transpose()?;
         let sealed_current = codec.seal(&parts, &record)?;
         if record.replaces(current.as_ref()) {
-            tx.execute(
+            tx.prepare_cached(
                 "INSERT OR REPLACE INTO current_state (room, slot, value) VALUES (?1, ?2, ?3)",
-                params![room_key, slot_key, sealed_current],
-            )?;
+            )?
+            .execute(params![room_key, slot_key, sealed_current])?;
         }
         let event_parts = [parts[0], parts[1], parts[2], event_id.as_str()];
-        tx.execute(
+        tx.prepare_cached(
             "INSERT OR REPLACE INTO state_event (room, slot, event, value) VALUES (?1, ?2, ?3, ?4)",
-            params![
-                room_key,
-                slot_key,
-                codec.key("state.event", &[room, &event_id]),
-                codec.seal(&event_parts, &record)?
-            ],
-        )?;
+        )?
+        .execute(params![
+            room_key,
+            slot_key,
+            codec.key("state.event", &[room, &event_id]),
+            codec.seal(&event_parts, &record)?
+        ])?;
     }
     for rejected in changes.rejected {
         let parts = [rejected.room_id.as_str(), rejected.event_id.as_str()];
-        tx.execute(
+        tx.prepare_cached(
             "INSERT OR REPLACE INTO rejected_event (room, event, value) VALUES (?1, ?2, ?3)",
-            params![
-                codec.key("state.room", &parts[..1]),
-                codec.key("rejected.event", &parts),
-                codec.seal(&parts, &rejected)?
-            ],
-        )?;
+        )?
+        .execute(params![
+            codec.key("state.room", &parts[..1]),
+            codec.key("rejected.event", &parts),
+            codec.seal(&parts, &rejected)?
+        ])?;
     }
     for pending in changes.pending {
         let parts = [pending.session_id.as_str(), pending.event_id.as_str()];
-        tx.execute(
+        tx.prepare_cached(
             "INSERT OR REPLACE INTO pending_event (session, event, room, value) \
              VALUES (?1, ?2, ?3, ?4)",
-            params![
-                codec.key("pending.session", &parts[..1]),
-                codec.key("pending.event", &parts),
-                codec.key("state.room", &[pending.room_id.as_str()]),
-                codec.seal(&parts, &pending)?
-            ],
-        )?;
+        )?
+        .execute(params![
+            codec.key("pending.session", &parts[..1]),
+            codec.key("pending.event", &parts),
+            codec.key("state.room", &[pending.room_id.as_str()]),
+            codec.seal(&parts, &pending)?
+        ])?;
     }
     for (session_id, event_id) in changes.resolved_pending {
         let parts = [session_id.as_str(), event_id.as_str()];
-        tx.execute(
-            "DELETE FROM pending_event WHERE session = ?1 AND event = ?2",
+        tx.prepare_cached("DELETE FROM pending_event WHERE session = ?1 AND event = ?2")?.execute(
             params![codec.key("pending.session", &parts[..1]), codec.key("pending.event", &parts)],
         )?;
     }
     for mapping in changes.session_events {
         let index = mapping.message_index.to_string();
         let parts = [mapping.session_id.as_str(), index.as_str()];
-        tx.execute(
-            "INSERT OR REPLACE INTO session_event (key, value) VALUES (?1, ?2)",
-            params![codec.key("session_event", &parts), codec.seal(&parts, &mapping)?],
-        )?;
+        tx.prepare_cached("INSERT OR REPLACE INTO session_event (key, value) VALUES (?1, ?2)")?
+            .execute(params![codec.key("session_event", &parts), codec.seal(&parts, &mapping)?])?;
     }
     for pickle in changes.outbound_sessions {
         let parts = slot_parts(pickle.room_id().as_str(), pickle.slot());
-        tx.execute(
+        tx.prepare_cached(
             "INSERT OR REPLACE INTO outbound_session (room, slot, value) VALUES (?1, ?2, ?3)",
-            params![
-                codec.key("state.room", &parts[..1]),
-                codec.key("outbound.slot", &parts),
-                codec.seal(&parts, &pickle.to_json())?
-            ],
-        )?;
+        )?
+        .execute(params![
+            codec.key("state.room", &parts[..1]),
+            codec.key("outbound.slot", &parts),
+            codec.seal(&parts, &pickle.to_json())?
+        ])?;
     }
     for pickle in changes.inbound_sessions {
         let session_id = pickle.session_id();
         let parts = [session_id.as_str()];
-        tx.execute(
+        tx.prepare_cached(
             "INSERT OR REPLACE INTO inbound_session (session, value) VALUES (?1, ?2)",
-            params![codec.key("inbound.session", &parts), codec.seal(&parts, &pickle.to_json())?],
-        )?;
+        )?
+        .execute(params![
+            codec.key("inbound.session", &parts),
+            codec.seal(&parts, &pickle.to_json())?
+        ])?;
     }
     for bundle in changes.pending_bundles {
         let parts = [bundle.room_id.as_str(), bundle.sender.as_str()];
-        tx.execute(
+        tx.prepare_cached(
             "INSERT OR REPLACE INTO pending_bundle (room, sender, value) VALUES (?1, ?2, ?3)",
-            params![
-                codec.key("state.room", &parts[..1]),
-                codec.key("bundle.sender", &parts),
-                codec.seal(&parts, &bundle)?
-            ],
-        )?;
+        )?
+        .execute(params![
+            codec.key("state.room", &parts[..1]),
+            codec.key("bundle.sender", &parts),
+            codec.seal(&parts, &bundle)?
+        ])?;
     }
     for (room_id, sender) in changes.removed_bundles {
         let parts = [room_id.as_str(), sender.as_str()];
-        tx.execute(
-            "DELETE FROM pending_bundle WHERE room = ?1 AND sender = ?2",
+        tx.prepare_cached("DELETE FROM pending_bundle WHERE room = ?1 AND sender = ?2")?.execute(
             params![codec.key("state.room", &parts[..1]), codec.key("bundle.sender", &parts)],
         )?;
     }
     for withheld in changes.withheld_sessions {
         let parts = [withheld.session_id.as_str()];
-        tx.execute(
+        tx.prepare_cached(
             "INSERT OR REPLACE INTO withheld_session (session, value) VALUES (?1, ?2)",
-            params![codec.key("withheld.session", &parts), codec.seal(&parts, &withheld)?],
-        )?;
+        )?
+        .execute(params![codec.key("withheld.session", &parts), codec.seal(&parts, &withheld)?])?;
     }
     for request in changes.key_requests {
         let parts = [request.room_id.as_str(), request.session_id.as_str()];
-        tx.execute(
+        tx.prepare_cached(
             "INSERT OR REPLACE INTO key_request (room, session, value) VALUES (?1, ?2, ?3)",
-            params![
-                codec.key("state.room", &parts[..1]),
-                codec.key("request.session", &parts),
-                codec.seal(&parts, &request)?
-            ],
-        )?;
+        )?
+        .execute(params![
+            codec.key("state.room", &parts[..1]),
+            codec.key("request.session", &parts),
+            codec.seal(&parts, &request)?
+        ])?;
     }
     for (room_id, session_id) in changes.removed_key_requests {
         let parts = [room_id.as_str(), session_id.as_str()];
-        tx.execute(
-            "DELETE FROM key_request WHERE room = ?1 AND session = ?2",
+        tx.prepare_cached("DELETE FROM key_request WHERE room = ?1 AND session = ?2")?.execute(
             params![codec.key("state.room", &parts[..1]), codec.key("request.session", &parts)],
         )?;
     }
@@ -507,13 +503,34 @@ impl StateStore for SqliteStateStore {
     }
 
     async fn inbound_session(&self, session_id: &str) -> Result<Option<InboundStateSessionPickle>> {
-        let parts = [session_id];
-        let lookup =
-            Lookup::new("inbound_session", "SELECT value FROM inbound_session WHERE session = ?1")
-                .key("inbound.session", &parts)
-                .expect(&parts);
-        let pickles: Vec<String> = self.lookup(lookup).await?;
-        Ok(pickles.first().map(|json| InboundStateSessionPickle::from_json(json)).transpose()?)
+        Ok(self.inbound_sessions(&[session_id.to_owned()]).await?.pop())
+    }
+
+    async fn inbound_sessions(
+        &self,
+        session_ids: &[String],
+    ) -> Result<Vec<InboundStateSessionPickle>> {
+        let session_ids = session_ids.to_vec();
+        let pickles: Vec<String> = self
+            .with_conn(move |conn, codec| {
+                let mut found = Vec::new();
+                for session_id in &session_ids {
+                    let parts = [session_id.as_str()];
+                    let lookup = Lookup::new(
+                        "inbound_session",
+                        "SELECT value FROM inbound_session WHERE session = ?1",
+                    )
+                    .key("inbound.session", &parts)
+                    .expect(&parts);
+                    found.extend(lookup.run::<String>(conn, codec)?);
+                }
+                Ok(found)
+            })
+            .await?;
+        Ok(pickles
+            .iter()
+            .map(|json| InboundStateSessionPickle::from_json(json))
+            .collect::<Result<_, _>>()?)
     }
 
     async fn pending_bundles(&self, room_id: &RoomId) -> Result<Vec<PendingBundle>> {
