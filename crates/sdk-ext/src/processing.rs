@@ -1,11 +1,16 @@
 //! From what the client stores to validated, persisted state: scans after each sync, retries
 //! when keys arrive, one store transaction per batch, subscribers told after commit.
 
-use std::{collections::BTreeSet, sync::Weak};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    sync::Weak,
+};
 
 use crypto_ext::{
     DecryptionFacts, EncryptedStateEvent, InboundStateSession, KeyOrigin, RejectedState,
-    RejectionReason, SessionOwner, StateSlot, ValidationInput, Verdict, critical::is_critical,
+    RejectionReason, SessionOwner, StateSlot, ValidationInput, Verdict,
+    critical::is_critical,
+    state_sessions::batch::{SessionGroup, decrypt_batch},
     validate,
 };
 use futures_util::{Stream, StreamExt};
@@ -205,7 +210,7 @@ impl<'a> Processor<'a> {
 
         let power_levels = power_levels(room).await;
         let mut batch = Batch::default();
-        let mut slots = BTreeSet::new();
+        let mut fresh = Vec::new();
         for raw in raws {
             let RawAnySyncOrStrippedState::Sync(raw) = raw else { continue };
             let event = match EncryptedStateEvent::from_raw(&raw) {
@@ -220,11 +225,22 @@ impl<'a> Processor<'a> {
                     continue;
                 }
             };
-            if known.contains(&event.event_id) {
-                continue;
+            if !known.contains(&event.event_id) {
+                fresh.push((raw, event));
             }
+        }
+        // Events whose keys we hold are decrypted as one batch (each session read once, on
+        // every core); the others go one by one through the client's machine.
+        let events: Vec<EncryptedStateEvent> = fresh.iter().map(|(_, e)| e.clone()).collect();
+        let mut ours = self.decrypt_with_our_sessions(room_id, events).await?;
+        let mut slots = BTreeSet::new();
+        for (raw, event) in fresh {
+            let decryption = match ours.remove(&event.event_id) {
+                Some(decryption) => decryption,
+                None => self.decrypt(room, &raw, &event).await?,
+            };
             if let Some(slot) =
-                self.handle(room, &raw, event, &power_levels, &mut batch, false).await?
+                self.record(room_id, &raw, event, decryption, &power_levels, &mut batch, false)
             {
                 slots.insert(slot);
             }
@@ -260,8 +276,86 @@ impl<'a> Processor<'a> {
         batch: &mut Batch,
         was_pending: bool,
     ) -> Result<Option<StateSlot>> {
-        let room_id = room.room_id();
         let decryption = self.decrypt(room, raw, &event).await?;
+        Ok(self.record(room.room_id(), raw, event, decryption, power_levels, batch, was_pending))
+    }
+
+    /// Decrypts `events` whose sessions are in our store, as one batch. Returns the decryption
+    /// of each event it could decrypt, by event id; the sender-key facts are looked up once per
+    /// sender key.
+    async fn decrypt_with_our_sessions(
+        &self,
+        room_id: &RoomId,
+        events: Vec<EncryptedStateEvent>,
+    ) -> Result<BTreeMap<OwnedEventId, Decryption>> {
+        let ids: BTreeSet<String> = events.iter().map(|e| e.session_id.clone()).collect();
+        let ids: Vec<String> = ids.into_iter().collect();
+        let mut groups: BTreeMap<String, SessionGroup> = BTreeMap::new();
+        for pickle in self.inner.store.inbound_sessions(&ids).await? {
+            if pickle.room_id() == room_id {
+                groups.insert(
+                    pickle.session_id(),
+                    (InboundStateSession::from_pickle(pickle), Vec::new()),
+                );
+            }
+        }
+        if groups.is_empty() {
+            return Ok(BTreeMap::new());
+        }
+        for event in events {
+            if let Some((_, group)) = groups.get_mut(&event.session_id) {
+                group.push(event);
+            }
+        }
+        let groups: Vec<SessionGroup> = groups.into_values().collect();
+        // CPU-bound: off the async workers (and on every core when the batch is large).
+        let decrypted = tokio::task::spawn_blocking(move || decrypt_batch(groups))
+            .await
+            .map_err(state_store_ext::StoreError::from)?;
+        let mut facts_by_key: Vec<((OwnedUserId, String, KeyOrigin), DecryptionFacts)> = Vec::new();
+        let mut out = BTreeMap::new();
+        for (event, decrypted) in decrypted {
+            let Ok(decrypted) = decrypted else { continue };
+            let key = (
+                event.sender.clone(),
+                decrypted.sender_key.to_base64(),
+                decrypted.key_origin.clone(),
+            );
+            let facts = match facts_by_key.iter().find(|(k, _)| *k == key) {
+                Some((_, facts)) => facts.clone(),
+                None => {
+                    let facts = facts_for_sender_key(
+                        self.inner,
+                        &event.sender,
+                        decrypted.sender_key,
+                        decrypted.key_origin,
+                    )
+                    .await?;
+                    facts_by_key.push((key, facts.clone()));
+                    facts
+                }
+            };
+            out.insert(
+                event.event_id,
+                Decryption::Decrypted { plaintext: decrypted.plaintext, facts },
+            );
+        }
+        Ok(out)
+    }
+
+    /// Validates a decrypted event and records it (or records it as pending or rejected).
+    /// Returns the slot of an accepted event.
+    #[allow(clippy::too_many_arguments)]
+    fn record(
+        &self,
+        room_id: &RoomId,
+        raw: &Raw<AnySyncStateEvent>,
+        event: EncryptedStateEvent,
+        decryption: Decryption,
+        power_levels: &RoomPowerLevels,
+        batch: &mut Batch,
+        was_pending: bool,
+    ) -> Option<StateSlot> {
         if was_pending && !matches!(decryption, Decryption::Missing) {
             batch.changes.resolved_pending.push((event.session_id.clone(), event.event_id.clone()));
         }
@@ -283,12 +377,12 @@ impl<'a> Processor<'a> {
                         event: raw.clone(),
                     });
                 }
-                return Ok(None);
+                return None;
             }
             Decryption::Refused(reason) => {
                 warn!(event_id = %event.event_id, %reason, "the decryptor refused encrypted state");
                 push_rejected(batch, rejected_from(room_id, &event, reason));
-                return Ok(None);
+                return None;
             }
         };
         let verdict = validate(ValidationInput {
@@ -316,12 +410,12 @@ impl<'a> Processor<'a> {
                     was_pending,
                 });
                 batch.changes.state.push(accepted.into());
-                Ok(Some(slot))
+                Some(slot)
             }
             Verdict::Rejected(rejected) => {
                 warn!(event_id = %rejected.event_id, sender = %rejected.sender, reason = %rejected.reason, "rejected encrypted state");
                 push_rejected(batch, rejected);
-                Ok(None)
+                None
             }
         }
     }

@@ -5,6 +5,7 @@
 //! covers. With one session per slot, a newcomer gets each slot's key at the index of that slot's
 //! current event, and so reads the current value and later updates of that slot only.
 
+pub mod batch;
 mod encrypted_event;
 mod inbound;
 mod outbound;

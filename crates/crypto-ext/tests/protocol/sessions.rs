@@ -240,3 +240,56 @@ fn room_key_content_shape() {
     }
     "###);
 }
+
+/// A batch big enough to be split across threads decrypts every event once, with its own
+/// session, to the same plaintext as one-by-one decryption; an event its session cannot decrypt
+/// (an index before the key's first) comes back as an error, not dropped.
+#[tokio::test]
+async fn a_batch_decrypts_every_event_once_with_its_own_session() {
+    use crypto_ext::state_sessions::batch::decrypt_batch;
+    let alice = peer("@alice:example.org", "ALICEDEVICE").await;
+    let own = alice.own_device();
+    let room = room_id!("!room:example.org");
+    let mut groups = Vec::new();
+    let mut expected = std::collections::BTreeMap::new();
+    for s in 0..12 {
+        let name = slot(&format!("org.example.slot{s}"), "");
+        let mut session = OutboundStateSession::new(room, name.clone()).unwrap();
+        let mut events = Vec::new();
+        let mut from_start = None;
+        for update in 0..10 {
+            let encrypted =
+                session.encrypt(&own, room, &name, content(json!({ "v": [s, update] }))).unwrap();
+            let event = parse(&state_event(
+                room,
+                alice.user_id(),
+                encrypted.packed_state_key.as_str(),
+                &encrypted.content,
+            ));
+            expected.insert(event.event_id.clone(), (s, update));
+            events.push(event);
+            if update == 0 {
+                from_start = session.export_current(&own);
+            }
+        }
+        // Slot 0's key is exported at index 9: its events 0 to 8 cannot be decrypted.
+        let key = if s == 0 { session.export_current(&own) } else { from_start }.unwrap();
+        let inbound = InboundStateSession::import(room, &key, KeyOrigin::Direct).unwrap();
+        groups.push((inbound, events));
+    }
+    let results = decrypt_batch(groups);
+    assert_eq!(results.len(), 120, "every event once");
+    let mut seen = std::collections::BTreeSet::new();
+    for (event, decrypted) in results {
+        assert!(seen.insert(event.event_id.clone()), "decrypted twice");
+        let (s, update) = expected[&event.event_id];
+        match decrypted {
+            Ok(decrypted) => {
+                let plaintext: Value = serde_json::from_str(&decrypted.plaintext).unwrap();
+                assert_eq!(plaintext["content"]["v"], json!([s, update]));
+                assert_eq!(decrypted.session_id, event.session_id);
+            }
+            Err(_) => assert!(s == 0 && update < 9, "slot {s} update {update} failed"),
+        }
+    }
+}
