@@ -7,6 +7,7 @@
 
 mod fixtures;
 mod report;
+mod sync;
 mod workloads;
 
 use std::time::Duration;
@@ -28,6 +29,8 @@ pub(crate) struct Plan {
     scaling_sizes: &'static [usize],
     /// Bundle sizes (sessions).
     bundle_sizes: &'static [usize],
+    /// Syncs per sync-overhead run.
+    syncs: usize,
 }
 
 const FULL: Plan = Plan {
@@ -36,6 +39,7 @@ const FULL: Plan = Plan {
     join_sizes: &[1_000, 5_000],
     scaling_sizes: &[100, 1_000, 5_000, 20_000],
     bundle_sizes: &[1_000, 10_000],
+    syncs: 50,
 };
 
 const QUICK: Plan = Plan {
@@ -44,6 +48,7 @@ const QUICK: Plan = Plan {
     join_sizes: &[10],
     scaling_sizes: &[5, 10],
     bundle_sizes: &[10],
+    syncs: 2,
 };
 
 #[tokio::main]
@@ -62,6 +67,9 @@ async fn main() -> Result<()> {
         report.push(workloads::bundle_build(k, plan).await?);
         report.push(workloads::bundle_import(k, plan).await?);
     }
+    let (wall, cpu) = sync::sync_overhead(plan.syncs, plan).await?;
+    report.push(wall);
+    report.push(cpu);
     let mut scaling = Vec::new();
     for &n in plan.scaling_sizes {
         scaling.push((n, workloads::join_to_readable_ours(n, plan).await?));

@@ -183,7 +183,12 @@ pub(crate) fn write_docs(table: &str, series: &[(usize, Measurement)]) -> Result
          `build_room_key_bundle`, serialisation, attachment encryption.\n\
          * bundle import: ours = `bundle::open` under the cap, keys into our store (one \
          transaction) and through a key file into the client's key store; stock = attachment \
-         decryption, parsing, `receive_room_key_bundle`.\n\n\
+         decryption, parsing, `receive_room_key_bundle`.\n\
+         * sync overhead: a matrix-sdk client (SQLite stores) syncing batches of 100 plain \
+         timeline messages from an in-process homeserver (wiremock), with our extension \
+         installed (ours) and without (stock); wall time until the extension has handled the \
+         last batch, and the process's CPU time (10 ms resolution), since the extension works \
+         on another core.\n\n\
          ## Scaling (ours)\n\n{scaling}\n![join-to-readable against N](benchmarks-scaling.svg)\n",
         rustc = option_env!("RUSTC_VERSION").unwrap_or("1.95"),
         scaling = scaling_markdown(series),
