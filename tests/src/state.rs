@@ -27,6 +27,18 @@ impl StateUser {
         Self::install(TestUser::register(prefix).await?).await
     }
 
+    /// Installs the extension for an already registered user, with `config` applied to the
+    /// usual configuration.
+    pub async fn install_with(
+        user: TestUser,
+        config: impl FnOnce(&mut StateExtConfig),
+    ) -> Result<Self> {
+        let mut settings = state_config(user.store_dir.path());
+        config(&mut settings);
+        let ext = StateExtension::install(&user.client, settings).await?;
+        Ok(Self { user, ext })
+    }
+
     /// Installs the extension for an already registered user.
     pub async fn install(user: TestUser) -> Result<Self> {
         let ext =

@@ -53,3 +53,27 @@ where
         tick.tick().await;
     }
 }
+
+/// A client syncing in the background (an "online" user whose extension answers requests)
+/// until this is dropped.
+#[derive(Debug)]
+pub struct Syncing(tokio::task::JoinHandle<()>);
+
+impl Drop for Syncing {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Starts syncing `client` in the background.
+pub fn keep_syncing(client: &Client) -> Syncing {
+    let client = client.clone();
+    Syncing(tokio::spawn(async move {
+        let settings = SyncSettings::default().timeout(Duration::from_secs(1));
+        loop {
+            if let Err(error) = client.sync_once(settings.clone()).await {
+                tracing::warn!(%error, "background sync failed");
+            }
+        }
+    }))
+}

@@ -38,6 +38,18 @@ pub const INVITE_STATE_KEYS: &str = "org.matrix.msc3414.invite_state_keys";
 /// The most keys an [`INVITE_STATE_KEYS`] message may carry; a longer one is ignored.
 pub const INVITE_STATE_KEYS_MAX: usize = 16;
 
+/// The to-device request for the state keys a member lacks (our extension of MSC3414; stock
+/// clients ignore it). Content: `{"room_id": ..., "request_id": ..., "session_ids": [...]}`,
+/// sent over Olm.
+pub const STATE_KEY_REQUEST: &str = "org.matrix.msc3414.state_key_request";
+/// The answer to a [`STATE_KEY_REQUEST`]: `{"room_id": ..., "request_id": ..., "keys": [exported
+/// room keys, each at the index of its slot's current event]}`, sent over Olm to the requesting
+/// device only.
+pub const STATE_KEY_SHARE: &str = "org.matrix.msc3414.state_key_share";
+/// The most sessions one [`STATE_KEY_REQUEST`] or [`STATE_KEY_SHARE`] may name; a longer one is
+/// ignored (a requester splits its list).
+pub const STATE_KEY_REQUEST_MAX: usize = 64;
+
 /// The Megolm algorithm name used for room events and state.
 pub const MEGOLM_V1: &str = "m.megolm.v1.aes-sha2";
 /// The event type of encrypted room events, and of encrypted state.

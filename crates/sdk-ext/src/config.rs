@@ -3,6 +3,8 @@
 use std::path::PathBuf;
 
 use crypto_ext::bundle::BundleLimits;
+
+use crate::KeyRequestConfig;
 use matrix_sdk_crypto::CollectStrategy;
 
 /// Where the extension keeps its state.
@@ -49,6 +51,8 @@ pub struct StateExtConfig {
     /// memory, so the capped download is ours). `None`: a default `reqwest` client. Pass the
     /// one given to `ClientBuilder::http_client` to share its proxy and TLS settings.
     pub http_client: Option<matrix_sdk::reqwest::Client>,
+    /// Asking for the state keys we lack, and answering other members who lack them.
+    pub key_requests: KeyRequestConfig,
 }
 
 impl StateExtConfig {
@@ -72,6 +76,7 @@ impl StateExtConfig {
             sharing_strategy: CollectStrategy::default(),
             bundle_limits: BundleLimits::default(),
             http_client: None,
+            key_requests: KeyRequestConfig::default(),
         }
     }
 }

@@ -129,6 +129,12 @@ async fn on_to_device(
     if event_type == identifiers::INVITE_STATE_KEYS {
         return crate::invite::receive_preview_keys(inner, &event, info).await;
     }
+    if event_type == identifiers::STATE_KEY_REQUEST {
+        return crate::requests::receive_request(inner, &event, info).await;
+    }
+    if event_type == identifiers::STATE_KEY_SHARE {
+        return crate::requests::receive_share(inner, &event, info).await;
+    }
     if !identifiers::is_room_key_bundle(event_type) {
         return Ok(());
     }

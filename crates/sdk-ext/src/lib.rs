@@ -8,6 +8,7 @@ mod invite;
 mod keys;
 mod processing;
 mod receive;
+mod requests;
 mod room;
 mod updates;
 
@@ -22,6 +23,7 @@ pub use extension::StateExtension;
 pub use history::{InviteReport, RoomHistoryExt, SkippedDevice};
 pub use invite::InvitePreview;
 pub use receive::{BundleImportError, BundleOutcome, ImportedBundle};
+pub use requests::{KeyRequestConfig, KeyRequestRefusal};
 pub use room::{EncryptedAvatar, RoomStateExt, RoomStateView, SentState};
 pub use state_store_ext::{PendingEvent, StateOrigin, StateRecord};
 pub use updates::StateUpdate;

@@ -4,6 +4,7 @@
 use std::{
     collections::{BTreeMap, BTreeSet},
     sync::Weak,
+    time::Duration,
 };
 
 use crypto_ext::{
@@ -50,12 +51,25 @@ pub(crate) async fn run<E>(
     mut room_info: Receiver<RoomInfoNotableUpdate>,
 ) {
     let mut room_keys = room_keys.map(Box::pin);
-    // An import cut short (a crash, a failed download) resumes now.
-    if let Some(inner) = inner.upgrade()
-        && let Err(error) = crate::receive::import_all_pending(&inner).await
-    {
-        warn!(%error, "resuming room-key bundle imports failed");
+    // An import cut short (a crash, a failed download) resumes now, and keys still missing
+    // after a restart are asked for.
+    if let Some(inner) = inner.upgrade() {
+        if let Err(error) = crate::receive::import_all_pending(&inner).await {
+            warn!(%error, "resuming room-key bundle imports failed");
+        }
+        for room in inner.client.joined_rooms() {
+            request_keys(&inner, room.room_id()).await;
+        }
     }
+    // Key requests escalate on a schedule, syncs or not.
+    let tick = inner
+        .upgrade()
+        .map(|inner| {
+            (inner.config.key_requests.escalation_delay / 2).max(Duration::from_millis(500))
+        })
+        .unwrap_or(Duration::from_secs(15));
+    let mut schedule = tokio::time::interval(tick);
+    schedule.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let next_keys = async {
             match room_keys.as_mut() {
@@ -70,9 +84,11 @@ pub(crate) async fn run<E>(
                 let result = match update {
                     Ok(updates) => {
                         let scanned = processor.scan_updated(&updates).await;
-                        // Bundles whose download failed are retried with the room's next sync.
+                        // Bundles whose download failed are retried with the room's next sync;
+                        // keys still missing are asked for.
                         for room_id in updates.joined.keys() {
                             import_bundles(&inner, room_id).await;
+                            request_keys(&inner, room_id).await;
                         }
                         scanned
                     }
@@ -85,6 +101,12 @@ pub(crate) async fn run<E>(
                 };
                 if let Err(error) = result {
                     warn!(%error, "processing a sync batch failed");
+                }
+            }
+            _ = schedule.tick() => {
+                let Some(inner) = inner.upgrade() else { return };
+                for room in inner.client.joined_rooms() {
+                    request_keys(&inner, room.room_id()).await;
                 }
             }
             update = room_info.recv() => {
@@ -134,6 +156,15 @@ async fn import_bundles(inner: &Inner, room_id: &RoomId) {
         && let Err(error) = crate::receive::import_pending(inner, &room).await
     {
         warn!(%room_id, %error, "importing a room-key bundle failed");
+    }
+}
+
+/// Asks for the keys a joined room's state still waits for, logging failures.
+async fn request_keys(inner: &Inner, room_id: &RoomId) {
+    if let Some(room) = inner.client.get_room(room_id)
+        && let Err(error) = crate::requests::request_missing(inner, &room).await
+    {
+        warn!(%room_id, %error, "asking for state keys failed");
     }
 }
 

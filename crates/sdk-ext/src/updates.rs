@@ -3,7 +3,7 @@
 use crypto_ext::{RejectionReason, StateSlot};
 use ruma::{OwnedEventId, OwnedRoomId, OwnedUserId};
 
-use crate::ImportedBundle;
+use crate::{ImportedBundle, KeyRequestRefusal};
 
 /// A change to the decrypted state of a room, sent to subscribers after it is stored.
 #[derive(Clone, Debug, PartialEq)]
@@ -50,5 +50,23 @@ pub enum StateUpdate {
         sender: OwnedUserId,
         /// Why, for display.
         reason: String,
+    },
+    /// We sent a member the state keys they asked for.
+    KeyRequestAnswered {
+        /// The room.
+        room_id: OwnedRoomId,
+        /// Who asked.
+        requester: OwnedUserId,
+        /// How many keys went out.
+        keys: usize,
+    },
+    /// We refused a member's request for state keys.
+    KeyRequestRefused {
+        /// The room.
+        room_id: OwnedRoomId,
+        /// Who asked.
+        requester: OwnedUserId,
+        /// Why.
+        reason: KeyRequestRefusal,
     },
 }

@@ -149,6 +149,24 @@ impl InboundStateSession {
         self.session.session_id()
     }
 
+    /// The session exported from `index` on, for a member who lacks it: it decrypts the event at
+    /// `index` and later ones, never an earlier one. `None` when `index` is before the first
+    /// index this copy knows.
+    pub fn export_at(&mut self, index: u32) -> Option<ExportedRoomKey> {
+        let session_key = self.session.export_at(index)?;
+        Some(ExportedRoomKey {
+            algorithm: EventEncryptionAlgorithm::MegolmV1AesSha2,
+            room_id: self.room_id.clone(),
+            sender_key: self.sender_key,
+            session_id: self.session.session_id(),
+            session_key,
+            sender_claimed_keys: Default::default(),
+            forwarding_curve25519_key_chain: Vec::new(),
+            // Room state is visible to every member.
+            shared_history: true,
+        })
+    }
+
     /// The room the session is bound to.
     pub fn room_id(&self) -> &RoomId {
         &self.room_id

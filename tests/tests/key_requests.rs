@@ -1,0 +1,268 @@
+//! Key requests for state on the real homeserver: members who join without a bundle still read
+//! the room's encrypted state once a member's client answers; refusals; never an older value.
+
+use std::time::Duration;
+
+use anyhow::Result;
+use crypto_ext::{InboundStateSession, KeyOrigin, StateSlot};
+use integration_tests::{
+    DEFAULT_TIMEOUT, StateUser, TestUser, join, keep_syncing, set_power_levels, shared_room,
+    sync_until, wait_until,
+};
+use matrix_sdk::{
+    Room,
+    encryption::LocalTrust,
+    ruma::{
+        OwnedRoomId, RoomId, TransactionId,
+        api::client::room::create_room::v3::{Request as CreateRoom, RoomPreset},
+        events::{InitialStateEvent, room::encryption::RoomEncryptionEventContent},
+    },
+};
+use sdk_ext::{KeyRequestRefusal, RoomStateExt, StateUpdate};
+use serde_json::json;
+
+/// A user whose extension asks again (and escalates) after one second, not thirty.
+async fn impatient(prefix: &str) -> Result<StateUser> {
+    StateUser::install_with(TestUser::register(prefix).await?, |config| {
+        config.key_requests.escalation_delay = Duration::from_secs(1);
+    })
+    .await
+}
+
+/// Alice's `joined`-visibility room with encrypted state named `names` in turn; Carol is a
+/// second admin who has read the current name.
+async fn room_with_an_admin(alice: &StateUser, carol: &StateUser, names: &[&str]) -> Result<Room> {
+    let room = shared_room(alice, &[carol]).await?;
+    room.send_state_event_raw(
+        "m.room.history_visibility",
+        "",
+        json!({ "history_visibility": "joined" }),
+    )
+    .await?;
+    set_power_levels(&room, &[(carol.user_id(), 100)], &[]).await?;
+    room.enable_state_encryption().await?;
+    for name in names {
+        room.set_encrypted_name(*name).await?;
+    }
+    let current = names.last().copied();
+    let carol_room = carol.room(room.room_id());
+    sync_until(&carol.client, "Carol reads the current name", DEFAULT_TIMEOUT, || async {
+        carol_room.encrypted_name().await.ok().flatten().as_deref() == current
+    })
+    .await?;
+    Ok(room)
+}
+
+/// The session of the room's current encrypted name, as the homeserver has it.
+async fn name_session(room: &Room) -> Result<String> {
+    let raw = room
+        .get_state_event(matrix_sdk::ruma::events::StateEventType::RoomEncrypted, "m.room.name:")
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("no encrypted name"))?;
+    let matrix_sdk::deserialized_responses::RawAnySyncOrStrippedState::Sync(raw) = raw else {
+        anyhow::bail!("stripped state");
+    };
+    let content: serde_json::Value = raw.get_field("content")?.expect("content");
+    Ok(content["session_id"].as_str().expect("session id").to_owned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_joiner_whose_inviter_is_offline_reads_the_name_once_an_admin_answers() -> Result<()> {
+    integration_tests::init_tracing("warn");
+    let alice = StateUser::register("alice").await?;
+    let carol = StateUser::register("carol").await?;
+    let bob = impatient("bob").await?;
+    let room = room_with_an_admin(&alice, &carol, &["Older name", "Current name"]).await?;
+    let room_id = room.room_id().to_owned();
+
+    // A plain invite: no bundle, no invite keys. Alice then goes offline (she never syncs
+    // again); Carol's client stays online.
+    room.invite_user_by_id(bob.user_id()).await?;
+    let _carol_online = keep_syncing(&carol.client);
+    let mut carol_updates = carol.ext.subscribe();
+    join(&bob, &room_id).await?;
+    let bob_room = bob.room(&room_id);
+    sync_until(&bob.client, "Bob reads the name Carol shared", DEFAULT_TIMEOUT, || async {
+        bob_room.encrypted_name().await.ok().flatten().as_deref() == Some("Current name")
+    })
+    .await?;
+
+    let record = bob_room.encrypted_state("m.room.name", "").await?.expect("name");
+    let provenance = record.provenance().expect("encrypted");
+    assert_eq!(
+        provenance.key_origin,
+        KeyOrigin::KeyShare { shared_by: carol.user_id().to_owned() }
+    );
+    assert_eq!(provenance.sender, alice.user_id(), "Alice's event, Carol's key");
+    // Carol's client says it answered.
+    let answered = tokio::time::timeout(DEFAULT_TIMEOUT, async {
+        loop {
+            if let Ok(StateUpdate::KeyRequestAnswered { requester, keys, .. }) =
+                carol_updates.recv().await
+                && requester == bob.user_id()
+            {
+                return keys;
+            }
+        }
+    })
+    .await?;
+    assert_eq!(answered, 1);
+
+    // The key Bob got starts at the current event: the older name is out of his reach.
+    let session_id = name_session(&bob_room).await?;
+    let pickle = bob.ext.store().inbound_session(&session_id).await?.expect("the shared key");
+    assert_eq!(InboundStateSession::from_pickle(pickle).first_known_index(), 1);
+    let history =
+        bob.ext.store().slot_history(&room_id, &StateSlot::new("m.room.name", "")).await?;
+    assert_eq!(history.len(), 1, "only the current name");
+    // Nothing is asked for any more.
+    wait_until("Bob's request is closed", DEFAULT_TIMEOUT, || async {
+        bob.ext.store().key_requests(&room_id).await.is_ok_and(|r| r.is_empty())
+    })
+    .await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_public_room_joined_without_invite_shows_its_name() -> Result<()> {
+    integration_tests::init_tracing("warn");
+    let alice = StateUser::register("alice").await?;
+    let bob = impatient("bob").await?;
+    let mut request = CreateRoom::new();
+    request.preset = Some(RoomPreset::PublicChat);
+    request.initial_state = vec![
+        InitialStateEvent::with_empty_state_key(
+            RoomEncryptionEventContent::with_recommended_defaults(),
+        )
+        .to_raw_any(),
+    ];
+    let room = alice.client.create_room(request).await?;
+    room.enable_state_encryption().await?;
+    room.set_encrypted_name("A public room").await?;
+    let room_id: OwnedRoomId = room.room_id().to_owned();
+    let _alice_online = keep_syncing(&alice.client);
+
+    bob.client.join_room_by_id(&room_id).await?;
+    let bob_room = bob.room(&room_id);
+    sync_until(&bob.client, "Bob reads the public room's name", DEFAULT_TIMEOUT, || async {
+        bob_room.encrypted_name().await.ok().flatten().as_deref() == Some("A public room")
+    })
+    .await?;
+    Ok(())
+}
+
+/// Sends Carol's devices a request for `session_id` from `from`'s client, as our extension
+/// would.
+async fn request_from(
+    from: &StateUser,
+    to: &StateUser,
+    room_id: &RoomId,
+    session_id: &str,
+) -> Result<()> {
+    let encryption = from.client.encryption();
+    encryption.request_user_identity(to.user_id()).await?;
+    let devices = encryption.get_user_devices(to.user_id()).await?;
+    let content = json!({
+        "room_id": room_id,
+        "request_id": TransactionId::new(),
+        "session_ids": [session_id],
+    });
+    let failures = encryption
+        .encrypt_and_send_raw_to_device(
+            devices.devices().collect::<Vec<_>>().iter().collect(),
+            crypto_ext::identifiers::STATE_KEY_REQUEST,
+            matrix_sdk::ruma::serde::Raw::new(&content)?.cast_unchecked(),
+            Default::default(),
+        )
+        .await?;
+    anyhow::ensure!(failures.is_empty(), "{failures:?}");
+    Ok(())
+}
+
+/// Carol's client refuses `requester` with `reason` (her update stream says so).
+async fn refused(
+    carol: &StateUser,
+    requester: &StateUser,
+    reason: KeyRequestRefusal,
+) -> Result<()> {
+    let mut updates = carol.ext.subscribe();
+    let _carol_online = keep_syncing(&carol.client);
+    tokio::time::timeout(DEFAULT_TIMEOUT, async {
+        loop {
+            match updates.recv().await {
+                Ok(StateUpdate::KeyRequestRefused { requester: who, reason: why, .. })
+                    if who == requester.user_id() && why == reason =>
+                {
+                    return;
+                }
+                Ok(StateUpdate::KeyRequestAnswered { requester: who, .. })
+                    if who == requester.user_id() =>
+                {
+                    panic!("Carol answered a request she should refuse");
+                }
+                _ => {}
+            }
+        }
+    })
+    .await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_requester_who_left_is_refused() -> Result<()> {
+    integration_tests::init_tracing("warn");
+    let alice = StateUser::register("alice").await?;
+    let carol = StateUser::register("carol").await?;
+    let bob = StateUser::register("bob").await?;
+    let room = room_with_an_admin(&alice, &carol, &["Current name"]).await?;
+    let room_id = room.room_id().to_owned();
+    room.invite_user_by_id(bob.user_id()).await?;
+    join(&bob, &room_id).await?;
+    let session_id = name_session(&carol.room(&room_id)).await?;
+    bob.room(&room_id).leave().await?;
+    let carol_room = carol.room(&room_id);
+    sync_until(&carol.client, "Carol sees Bob leave", DEFAULT_TIMEOUT, || async {
+        !integration_tests::is_joined(&carol_room, bob.user_id()).await
+    })
+    .await?;
+
+    request_from(&bob, &carol, &room_id, &session_id).await?;
+    refused(&carol, &bob, KeyRequestRefusal::RequesterNotJoined).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_the_responder_blocked_is_refused() -> Result<()> {
+    integration_tests::init_tracing("warn");
+    let alice = StateUser::register("alice").await?;
+    let carol = StateUser::register("carol").await?;
+    let bob = StateUser::register("bob").await?;
+    let room = room_with_an_admin(&alice, &carol, &["Current name"]).await?;
+    let room_id = room.room_id().to_owned();
+    room.invite_user_by_id(bob.user_id()).await?;
+    join(&bob, &room_id).await?;
+    let carol_room = carol.room(&room_id);
+    sync_until(&carol.client, "Carol sees Bob join", DEFAULT_TIMEOUT, || async {
+        integration_tests::is_joined(&carol_room, bob.user_id()).await
+    })
+    .await?;
+    let encryption = carol.client.encryption();
+    encryption.request_user_identity(bob.user_id()).await?;
+    let device = encryption
+        .get_device(bob.user_id(), bob.client.device_id().expect("device"))
+        .await?
+        .expect("Bob's device");
+    device.set_local_trust(LocalTrust::BlackListed).await?;
+
+    let session_id = name_session(&carol.room(&room_id)).await?;
+    request_from(&bob, &carol, &room_id, &session_id).await?;
+    refused(&carol, &bob, KeyRequestRefusal::DeviceNotAllowed).await?;
+    // Bob's client holds the encrypted name (and its own extension asks for the key too), but
+    // the only member online refuses him: the name stays unreadable.
+    sync_until(&bob.client, "Bob stores the encrypted name", DEFAULT_TIMEOUT, || async {
+        integration_tests::stores_encrypted_state(&bob.client, &room_id).await
+    })
+    .await?;
+    assert_eq!(bob.room(&room_id).encrypted_name().await?, None);
+    assert!(!bob.ext.store().pending_in_room(&room_id).await?.is_empty(), "waiting for its key");
+    Ok(())
+}
