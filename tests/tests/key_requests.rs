@@ -42,7 +42,7 @@ async fn room_with_an_admin(alice: &StateUser, carol: &StateUser, names: &[&str]
     set_power_levels(&room, &[(carol.user_id(), 100)], &[]).await?;
     room.enable_state_encryption().await?;
     for name in names {
-        room.set_encrypted_name(*name).await?;
+        room.set_encrypted_name(name).await?;
     }
     let current = names.last().copied();
     let carol_room = carol.room(room.room_id());
