@@ -266,3 +266,45 @@ async fn a_device_the_responder_blocked_is_refused() -> Result<()> {
     assert!(!bob.ext.store().pending_in_room(&room_id).await?.is_empty(), "waiting for its key");
     Ok(())
 }
+
+/// A restricted room (MSC3083) that admits the members of another room: Bob, a member of that
+/// room, joins without invite and reads the encrypted name once a member's client answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restricted_room_joined_through_the_allowed_room_shows_its_name() -> Result<()> {
+    integration_tests::init_tracing("warn");
+    let alice = StateUser::register("alice").await?;
+    let bob = impatient("bob").await?;
+    let space = shared_room(&alice, &[&bob]).await?;
+
+    let mut request = CreateRoom::new();
+    request.preset = Some(RoomPreset::PrivateChat);
+    let join_rule = json!({
+        "type": "m.room.join_rules",
+        "state_key": "",
+        "content": {
+            "join_rule": "restricted",
+            "allow": [{ "type": "m.room_membership", "room_id": space.room_id() }],
+        },
+    });
+    request.initial_state = vec![
+        InitialStateEvent::with_empty_state_key(
+            RoomEncryptionEventContent::with_recommended_defaults(),
+        )
+        .to_raw_any(),
+        matrix_sdk::ruma::serde::Raw::new(&join_rule)?.cast_unchecked(),
+    ];
+    let room = alice.client.create_room(request).await?;
+    room.enable_state_encryption().await?;
+    room.set_encrypted_name("Members of the space only").await?;
+    let room_id: OwnedRoomId = room.room_id().to_owned();
+    let _alice_online = keep_syncing(&alice.client);
+
+    bob.client.join_room_by_id(&room_id).await?;
+    let bob_room = bob.room(&room_id);
+    sync_until(&bob.client, "Bob reads the restricted room's name", DEFAULT_TIMEOUT, || async {
+        bob_room.encrypted_name().await.ok().flatten().as_deref()
+            == Some("Members of the space only")
+    })
+    .await?;
+    Ok(())
+}
