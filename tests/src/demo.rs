@@ -46,6 +46,8 @@ pub struct DemoOutcome {
     pub invitee_read_name: Option<String>,
     /// Whether Carol decrypted the pre-invite message with a key Alice shared.
     pub invitee_read_history: bool,
+    /// The name Dave read after joining a public room without invite, and the name Alice set.
+    pub joiner_read_name: (Option<String>, String),
 }
 
 /// The decrypted body of the message with `body` in `room`'s history, and who shared its key.
@@ -73,7 +75,8 @@ type ReceivedMessage = (String, Option<EncryptionInfo>);
 /// Alice sends an encrypted message and Bob decrypts it; then Alice switches the room to
 /// encrypted state and sets its name and topic, which Bob reads while the homeserver only holds
 /// ciphertext; finally Alice invites Carol with history, and Carol reads the earlier message and
-/// the current name after joining.
+/// the current name after joining; last, Dave joins a public room with an encrypted name without
+/// an invite and reads the name once Alice's client answers his key request.
 pub async fn run(narrator: &mut Narrator) -> Result<DemoOutcome> {
     let alice = StateUser::register("alice").await?;
     narrator
@@ -231,7 +234,42 @@ pub async fn run(narrator: &mut Narrator) -> Result<DemoOutcome> {
         carol_shared_by.as_ref().map(|u| u.as_str()).unwrap_or("nobody")
     ));
 
+    // A public room: anyone may join without an invite, so no bundle reaches them.
+    let mut request = matrix_sdk::ruma::api::client::room::create_room::v3::Request::new();
+    request.preset =
+        Some(matrix_sdk::ruma::api::client::room::create_room::v3::RoomPreset::PublicChat);
+    request.initial_state = vec![
+        matrix_sdk::ruma::events::InitialStateEvent::with_empty_state_key(
+            matrix_sdk::ruma::events::room::encryption::RoomEncryptionEventContent::with_recommended_defaults(),
+        )
+        .to_raw_any(),
+    ];
+    let square = alice.client.create_room(request).await.context("creating the public room")?;
+    square.enable_state_encryption().await?;
+    let square_name = "Town square".to_owned();
+    square.set_encrypted_name(&square_name).await?;
+    narrator.say(format!(
+        "Alice opened the public room {} and named it {square_name:?}, encrypted",
+        square.room_id()
+    ));
+    let dave = StateUser::register("dave").await?;
+    let _alice_online = crate::keep_syncing(&alice.client);
+    dave.client.join_room_by_id(square.room_id()).await.context("Dave joining")?;
+    let dave_room = dave.room(square.room_id());
+    sync_until(&dave.client, "Dave reads the public room's name", DEFAULT_TIMEOUT, || async {
+        dave_room.encrypted_name().await.ok().flatten().is_some()
+    })
+    .await?;
+    let joiner_read_name = dave_room.encrypted_name().await?;
+    narrator.say(format!(
+        "{} joined without an invite (no bundle) and still reads the name {:?}: his client asked \
+         for the key and Alice's client answered",
+        dave.user_id(),
+        joiner_read_name.as_deref().unwrap_or("-"),
+    ));
+
     Ok(DemoOutcome {
+        joiner_read_name: (joiner_read_name, square_name),
         invitee_preview_name: preview.name,
         invitee_read_history: carol_shared_by.as_deref() == Some(alice.user_id()),
         invitee_read_name: carol_name,

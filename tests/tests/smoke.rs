@@ -16,5 +16,7 @@ async fn demo_flow_decrypts_the_message_the_state_and_the_shared_history() -> an
     assert_eq!(outcome.invitee_preview_name.as_ref(), Some(&name));
     assert_eq!(outcome.invitee_read_name, Some(name));
     assert!(outcome.invitee_read_history, "the invitee reads the history Alice shared");
+    let (read, set) = &outcome.joiner_read_name;
+    assert_eq!(read.as_ref(), Some(set), "a joiner without invite reads the name");
     Ok(())
 }
