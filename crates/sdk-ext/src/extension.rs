@@ -50,6 +50,10 @@ pub(crate) struct Inner {
     pub(crate) imports: Mutex<()>,
     /// Downloads bundles.
     pub(crate) http: matrix_sdk::reqwest::Client,
+    /// Rooms with kept bundle announcements (so a sync of any other room costs no store query).
+    pub(crate) bundle_rooms: StdMutex<BTreeSet<OwnedRoomId>>,
+    /// Rooms whose encrypted state waits for keys (the ones key requests are about).
+    pub(crate) waiting_rooms: StdMutex<BTreeSet<OwnedRoomId>>,
     task: StdMutex<Option<AbortHandle>>,
     /// The to-device handler for state keys sent with invites.
     handler: StdMutex<Option<EventHandlerHandle>>,
@@ -95,11 +99,40 @@ impl Inner {
             .is_some_and(|task| !task.is_finished())
     }
 
+    /// Marks whether `room_id` has kept bundle announcements.
+    pub(crate) fn set_bundle_room(&self, room_id: &RoomId, has_bundles: bool) {
+        set_member(&self.bundle_rooms, room_id, has_bundles);
+    }
+
+    /// Whether `room_id` has kept bundle announcements.
+    pub(crate) fn is_bundle_room(&self, room_id: &RoomId) -> bool {
+        self.bundle_rooms.lock().unwrap_or_else(|e| e.into_inner()).contains(room_id)
+    }
+
+    /// Marks whether `room_id`'s encrypted state waits for keys.
+    pub(crate) fn set_waiting_room(&self, room_id: &RoomId, waiting: bool) {
+        set_member(&self.waiting_rooms, room_id, waiting);
+    }
+
+    /// The rooms whose encrypted state waits for keys.
+    pub(crate) fn waiting_rooms(&self) -> Vec<OwnedRoomId> {
+        self.waiting_rooms.lock().unwrap_or_else(|e| e.into_inner()).iter().cloned().collect()
+    }
+
     pub(crate) fn notify(&self, updates: Vec<StateUpdate>) {
         for update in updates {
             // No subscriber is fine.
             let _ = self.updates.send(update);
         }
+    }
+}
+
+fn set_member(set: &StdMutex<BTreeSet<OwnedRoomId>>, room_id: &RoomId, member: bool) {
+    let mut set = set.lock().unwrap_or_else(|e| e.into_inner());
+    if member {
+        set.insert(room_id.to_owned());
+    } else {
+        set.remove(room_id);
     }
 }
 
@@ -195,6 +228,7 @@ impl StateExtension {
         };
         let (updates, _) = broadcast::channel(1024);
         let http = config.http_client.clone().unwrap_or_default();
+        let bundle_rooms = store.rooms_with_pending_bundles().await?.into_iter().collect();
         let inner = Arc::new(Inner {
             client: client.clone(),
             store,
@@ -206,6 +240,8 @@ impl StateExtension {
             processing: Mutex::new(()),
             imports: Mutex::new(()),
             http,
+            bundle_rooms: StdMutex::new(bundle_rooms),
+            waiting_rooms: Default::default(),
             task: StdMutex::new(None),
             handler: StdMutex::new(None),
         });

@@ -57,8 +57,8 @@ pub(crate) async fn run<E>(
         if let Err(error) = crate::receive::import_all_pending(&inner).await {
             warn!(%error, "resuming room-key bundle imports failed");
         }
-        for room in inner.client.joined_rooms() {
-            request_keys(&inner, room.room_id()).await;
+        for room_id in inner.waiting_rooms() {
+            request_keys(&inner, &room_id).await;
         }
     }
     // Key requests escalate on a schedule, syncs or not.
@@ -88,7 +88,11 @@ pub(crate) async fn run<E>(
                         // keys still missing are asked for.
                         for room_id in updates.joined.keys() {
                             import_bundles(&inner, room_id).await;
-                            request_keys(&inner, room_id).await;
+                        }
+                        for room_id in inner.waiting_rooms() {
+                            if updates.joined.contains_key(&room_id) {
+                                request_keys(&inner, &room_id).await;
+                            }
                         }
                         scanned
                     }
@@ -105,8 +109,8 @@ pub(crate) async fn run<E>(
             }
             _ = schedule.tick() => {
                 let Some(inner) = inner.upgrade() else { return };
-                for room in inner.client.joined_rooms() {
-                    request_keys(&inner, room.room_id()).await;
+                for room_id in inner.waiting_rooms() {
+                    request_keys(&inner, &room_id).await;
                 }
             }
             update = room_info.recv() => {
@@ -220,6 +224,7 @@ impl<'a> Processor<'a> {
         let raws = room.get_state_events(StateEventType::RoomEncrypted).await?;
         let enabled = crate::room::state_encryption_enabled(self.inner, room).await;
         if raws.is_empty() && !enabled {
+            self.inner.set_waiting_room(room.room_id(), false);
             return Ok(());
         }
         let room_id = room.room_id();
@@ -279,7 +284,10 @@ impl<'a> Processor<'a> {
         if enabled {
             self.plaintext_copies(room, slots, &known, &mut batch).await?;
         }
-        self.commit(batch).await
+        self.commit(batch).await?;
+        let waiting = !self.inner.store.pending_in_room(room_id).await?.is_empty();
+        self.inner.set_waiting_room(room_id, waiting);
+        Ok(())
     }
 
     /// Retries the pending events of `sessions` (their keys just arrived).

@@ -157,6 +157,7 @@ pub(crate) async fn receive_announcement(
         .store
         .save_changes(StateChanges { pending_bundles: vec![pending], ..Default::default() })
         .await?;
+    inner.set_bundle_room(&announcement.room_id, true);
     Ok(Some(announcement.room_id))
 }
 
@@ -164,8 +165,11 @@ pub(crate) async fn receive_announcement(
 /// sender. Bundles from anyone else are dropped; a room we have not joined keeps them.
 #[instrument(skip_all, fields(room_id = %room.room_id()))]
 pub(crate) async fn import_pending(inner: &Inner, room: &Room) -> Result<Vec<BundleOutcome>> {
-    let _serial = inner.imports.lock().await;
     let room_id = room.room_id();
+    if !inner.is_bundle_room(room_id) {
+        return Ok(Vec::new());
+    }
+    let _serial = inner.imports.lock().await;
     if room.state() != RoomState::Joined {
         return Ok(Vec::new());
     }
@@ -211,6 +215,8 @@ pub(crate) async fn import_pending(inner: &Inner, room: &Room) -> Result<Vec<Bun
         inner.notify(update_for(room_id, &outcome).into_iter().collect());
         outcomes.push(outcome);
     }
+    let kept = outcomes.iter().any(|o| matches!(o, BundleOutcome::Deferred { .. }));
+    inner.set_bundle_room(room_id, kept);
     Ok(outcomes)
 }
 

@@ -109,6 +109,9 @@ pub(crate) async fn request_missing(inner: &Inner, room: &Room) -> Result<()> {
         .into_iter()
         .map(|r| (r.session_id.clone(), r))
         .collect();
+    if waiting.is_empty() {
+        inner.set_waiting_room(room_id, false);
+    }
     if waiting.is_empty() && asked.is_empty() {
         return Ok(());
     }

@@ -358,6 +358,7 @@ macro_rules! state_store_integration_tests {
                     .await
                     .unwrap();
                 assert_eq!(store.pending_bundles(&r).await.unwrap(), vec![bundle.clone()]);
+                assert_eq!(store.rooms_with_pending_bundles().await.unwrap(), vec![r.clone()]);
                 assert_eq!(store.key_requests(&r).await.unwrap(), vec![request]);
                 store
                     .save_changes(StateChanges {
@@ -368,6 +369,7 @@ macro_rules! state_store_integration_tests {
                     .await
                     .unwrap();
                 assert!(store.pending_bundles(&r).await.unwrap().is_empty());
+                assert!(store.rooms_with_pending_bundles().await.unwrap().is_empty());
                 assert!(store.key_requests(&r).await.unwrap().is_empty());
             }
 

@@ -234,6 +234,13 @@ impl StateStore for MemoryStateStore {
             .collect::<Result<_, _>>()?)
     }
 
+    async fn rooms_with_pending_bundles(&self) -> Result<Vec<OwnedRoomId>> {
+        let mut rooms: Vec<OwnedRoomId> =
+            self.read().bundles.keys().map(|(room, _)| room.clone()).collect();
+        rooms.dedup();
+        Ok(rooms)
+    }
+
     async fn pending_bundles(&self, room_id: &RoomId) -> Result<Vec<PendingBundle>> {
         Ok(self.read().bundles.values().filter(|b| b.room_id == room_id).cloned().collect())
     }

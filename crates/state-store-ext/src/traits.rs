@@ -7,7 +7,7 @@ use crypto_ext::{
     RejectedState, StateSlot,
     state_sessions::{InboundStateSessionPickle, OutboundStateSessionPickle},
 };
-use ruma::RoomId;
+use ruma::{OwnedRoomId, RoomId};
 
 use crate::{
     Result, StateChanges,
@@ -73,6 +73,9 @@ pub trait StateStore: Debug + Send + Sync {
         &self,
         session_ids: &[String],
     ) -> Result<Vec<InboundStateSessionPickle>>;
+
+    /// The rooms for which bundle announcements are kept.
+    async fn rooms_with_pending_bundles(&self) -> Result<Vec<OwnedRoomId>>;
 
     /// The bundle announcements kept for a room.
     async fn pending_bundles(&self, room_id: &RoomId) -> Result<Vec<PendingBundle>>;

@@ -14,7 +14,7 @@ use crypto_ext::{
     state_sessions::{InboundStateSessionPickle, OutboundStateSessionPickle},
 };
 use matrix_sdk_store_encryption::StoreCipher;
-use ruma::RoomId;
+use ruma::{OwnedRoomId, RoomId};
 use rusqlite::{Connection, OptionalExtension, Transaction, params};
 
 use self::codec::{Codec, exactly, starting_with};
@@ -531,6 +531,26 @@ impl StateStore for SqliteStateStore {
             .iter()
             .map(|json| InboundStateSessionPickle::from_json(json))
             .collect::<Result<_, _>>()?)
+    }
+
+    async fn rooms_with_pending_bundles(&self) -> Result<Vec<OwnedRoomId>> {
+        // Room ids are hashed in the key column: read them from the (few) sealed values.
+        let bundles: Vec<PendingBundle> = self
+            .with_conn(|conn, codec| {
+                query_values(
+                    conn,
+                    codec,
+                    "pending_bundle",
+                    "SELECT value FROM pending_bundle",
+                    [],
+                    &[],
+                )
+            })
+            .await?;
+        let mut rooms: Vec<OwnedRoomId> = bundles.into_iter().map(|b| b.room_id).collect();
+        rooms.sort();
+        rooms.dedup();
+        Ok(rooms)
     }
 
     async fn pending_bundles(&self, room_id: &RoomId) -> Result<Vec<PendingBundle>> {
