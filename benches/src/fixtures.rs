@@ -4,20 +4,15 @@
 use std::sync::Arc;
 
 use anyhow::Result;
-use crypto_ext::{OutboundStateSession, OwnDevice, StateSlot};
-use matrix_sdk_crypto::{
-    OlmMachine,
-    olm::ExportedRoomKey,
-    types::{EventEncryptionAlgorithm, SigningKey, SigningKeys},
-};
+use crypto_ext::{OutboundStateSession, OwnDevice, StateSlot, testing::Crafter};
+use matrix_sdk_crypto::{OlmMachine, olm::ExportedRoomKey};
 use matrix_sdk_sqlite::SqliteCryptoStore;
 use ruma::{
-    DeviceKeyAlgorithm, Int, OwnedRoomId, OwnedUserId, device_id,
-    events::room::power_levels::RoomPowerLevels, owned_room_id, owned_user_id, serde::Raw,
+    Int, OwnedRoomId, OwnedUserId, device_id, events::room::power_levels::RoomPowerLevels,
+    owned_room_id, owned_user_id, serde::Raw,
 };
 use serde_json::{Value, json};
 use tempfile::TempDir;
-use vodozemac::megolm::{GroupSession, InboundGroupSession, SessionConfig};
 
 /// Updates per slot in the join-to-readable room: state spread over many slots, each updated a
 /// few times.
@@ -93,26 +88,7 @@ pub(crate) fn message_sessions(
     room_id: &OwnedRoomId,
     sender: &OwnDevice,
 ) -> Vec<ExportedRoomKey> {
-    (0..k)
-        .map(|_| {
-            let session = GroupSession::new(SessionConfig::version_1());
-            let inbound =
-                InboundGroupSession::new(&session.session_key(), SessionConfig::version_1());
-            let mut sender_claimed_keys = SigningKeys::new();
-            sender_claimed_keys
-                .insert(DeviceKeyAlgorithm::Ed25519, SigningKey::Ed25519(sender.ed25519));
-            ExportedRoomKey {
-                algorithm: EventEncryptionAlgorithm::MegolmV1AesSha2,
-                room_id: room_id.clone(),
-                sender_key: sender.curve25519,
-                session_id: session.session_id(),
-                session_key: inbound.export_at_first_known_index(),
-                sender_claimed_keys,
-                forwarding_curve25519_key_chain: Vec::new(),
-                shared_history: true,
-            }
-        })
-        .collect()
+    (0..k).map(|_| Crafter::new().exported_key(room_id, sender)).collect()
 }
 
 /// A stock `OlmMachine` on matrix-sdk's SQLite crypto store (as a matrix-sdk app has it), with

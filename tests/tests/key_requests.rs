@@ -208,8 +208,8 @@ async fn refused(
     Ok(())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_requester_who_left_is_refused() -> Result<()> {
+/// Alice's room with Carol as second admin, which Bob joined by invite; Alice stays offline.
+async fn bob_joined() -> Result<(StateUser, StateUser, OwnedRoomId)> {
     integration_tests::init_tracing("warn");
     let alice = StateUser::register("alice").await?;
     let carol = StateUser::register("carol").await?;
@@ -218,6 +218,12 @@ async fn a_requester_who_left_is_refused() -> Result<()> {
     let room_id = room.room_id().to_owned();
     room.invite_user_by_id(bob.user_id()).await?;
     join(&bob, &room_id).await?;
+    Ok((carol, bob, room_id))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_requester_who_left_is_refused() -> Result<()> {
+    let (carol, bob, room_id) = bob_joined().await?;
     let session_id = name_session(&carol.room(&room_id)).await?;
     bob.room(&room_id).leave().await?;
     let carol_room = carol.room(&room_id);
@@ -232,14 +238,7 @@ async fn a_requester_who_left_is_refused() -> Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_device_the_responder_blocked_is_refused() -> Result<()> {
-    integration_tests::init_tracing("warn");
-    let alice = StateUser::register("alice").await?;
-    let carol = StateUser::register("carol").await?;
-    let bob = StateUser::register("bob").await?;
-    let room = room_with_an_admin(&alice, &carol, &["Current name"]).await?;
-    let room_id = room.room_id().to_owned();
-    room.invite_user_by_id(bob.user_id()).await?;
-    join(&bob, &room_id).await?;
+    let (carol, bob, room_id) = bob_joined().await?;
     let carol_room = carol.room(&room_id);
     sync_until(&carol.client, "Carol sees Bob join", DEFAULT_TIMEOUT, || async {
         integration_tests::is_joined(&carol_room, bob.user_id()).await
