@@ -160,7 +160,8 @@ the only way to read the sessions of the client's key store is `Encryption::expo
 whose key file costs two PBKDF2 runs of 500,000 rounds (export, then our read), about 600 ms\n\
 whatever the number of sessions. Bundle import also writes every key to our own store (state\n\
 decryption and \"shared by\" attribution), next to matrix-sdk's import. The CPU-time row has a\n\
-10 ms resolution; differences of a few percent there are within its noise.\n\
+10 ms resolution; differences of a few percent there are within its noise. Peak memory is not reported: measured as the process's resident high-water mark, it mostly\n\
+showed memory the allocator kept from earlier runs; it needs one process per run.\n\
 \n\
 ";
 
