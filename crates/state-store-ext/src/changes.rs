@@ -7,7 +7,8 @@ use crypto_ext::{
 use ruma::{OwnedEventId, OwnedRoomId, OwnedUserId};
 
 use crate::records::{
-    KeyRequest, PendingBundle, PendingEvent, SessionEventRef, StateRecord, WithheldSession,
+    KeyRequest, PendingBundle, PendingEvent, ReceivedPreview, SentPreview, SessionEventRef,
+    StateRecord, WithheldSession,
 };
 
 /// Everything one sync batch (or one user action) changes; the store saves it atomically.
@@ -38,6 +39,12 @@ pub struct StateChanges {
     pub key_requests: Vec<KeyRequest>,
     /// Key requests answered or abandoned: `(room_id, session_id)`.
     pub removed_key_requests: Vec<(OwnedRoomId, String)>,
+    /// Previews of restricted rooms we were sent (one per room, replacing the previous one).
+    pub received_previews: Vec<ReceivedPreview>,
+    /// Previews no longer needed (we joined the room): room ids.
+    pub removed_previews: Vec<OwnedRoomId>,
+    /// What we pushed of our restricted rooms' previews (one per room).
+    pub sent_previews: Vec<SentPreview>,
 }
 
 impl StateChanges {
@@ -55,6 +62,9 @@ impl StateChanges {
             && self.withheld_sessions.is_empty()
             && self.key_requests.is_empty()
             && self.removed_key_requests.is_empty()
+            && self.received_previews.is_empty()
+            && self.removed_previews.is_empty()
+            && self.sent_previews.is_empty()
     }
 }
 

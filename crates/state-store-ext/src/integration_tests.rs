@@ -393,6 +393,71 @@ macro_rules! state_store_integration_tests {
                 assert_eq!(store.withheld_session("withheld-session").await.unwrap(), Some(withheld));
                 assert_eq!(store.withheld_session("another-session").await.unwrap(), None);
             }
+
+            #[tokio::test]
+            async fn previews_replace_per_room_and_survive_reopening() {
+                let backend = backend();
+                let store = backend.open().await;
+                let (restricted, allowed) = (room(1), room(2));
+                let event: ruma::serde::Raw<ruma::events::AnySyncStateEvent> = ruma::serde::Raw::new(&serde_json::json!({
+                    "type": "m.room.encrypted",
+                    "state_key": "m.room.name:",
+                    "event_id": "$name",
+                    "sender": "@alice:example.org",
+                    "origin_server_ts": 1,
+                    "content": {"algorithm": "m.megolm.v1.aes-sha2", "ciphertext": "c"},
+                }))
+                .unwrap()
+                .cast_unchecked();
+                let received = |n: u64| crate::ReceivedPreview {
+                    room_id: restricted.clone(),
+                    via: allowed.clone(),
+                    shared_by: user_id!("@alice:example.org").to_owned(),
+                    events: vec![event.clone()],
+                    received_at: ts(n),
+                };
+                let sent = crate::SentPreview {
+                    room_id: restricted.clone(),
+                    events: vec!["$name".try_into().unwrap()],
+                    devices: vec![(
+                        user_id!("@bob:example.org").to_owned(),
+                        ruma::device_id!("BOBDEVICE").to_owned(),
+                    )],
+                };
+                for n in [1, 2] {
+                    store
+                        .save_changes(StateChanges {
+                            received_previews: vec![received(n)],
+                            sent_previews: vec![sent.clone()],
+                            ..Default::default()
+                        })
+                        .await
+                        .unwrap();
+                }
+                let store = match backend.path() {
+                    Some(_) => {
+                        drop(store);
+                        backend.open().await
+                    }
+                    None => store,
+                };
+                let kept = store.received_preview(&restricted).await.unwrap().unwrap();
+                assert_eq!(kept.received_at, ts(2), "the newer preview replaces the older");
+                assert_eq!(kept.via, allowed);
+                assert_eq!(kept.events.len(), 1);
+                assert_eq!(kept.events[0].json().get(), event.json().get());
+                assert_eq!(store.sent_preview(&restricted).await.unwrap(), Some(sent));
+                assert!(store.received_preview(&allowed).await.unwrap().is_none());
+                assert!(store.sent_preview(&allowed).await.unwrap().is_none());
+                store
+                    .save_changes(StateChanges {
+                        removed_previews: vec![restricted.clone()],
+                        ..Default::default()
+                    })
+                    .await
+                    .unwrap();
+                assert!(store.received_preview(&restricted).await.unwrap().is_none());
+            }
         }
     };
 }

@@ -16,7 +16,8 @@ use crate::{
     Result, StateChanges, StateStore,
     changes::RoomSlot,
     records::{
-        KeyRequest, PendingBundle, PendingEvent, SessionEventRef, StateRecord, WithheldSession,
+        KeyRequest, PendingBundle, PendingEvent, ReceivedPreview, SentPreview, SessionEventRef,
+        StateRecord, WithheldSession,
     },
 };
 
@@ -33,6 +34,8 @@ struct Inner {
     bundles: BTreeMap<(OwnedRoomId, OwnedUserId), PendingBundle>,
     key_requests: BTreeMap<(OwnedRoomId, String), KeyRequest>,
     withheld: BTreeMap<String, WithheldSession>,
+    received_previews: BTreeMap<OwnedRoomId, ReceivedPreview>,
+    sent_previews: BTreeMap<OwnedRoomId, SentPreview>,
 }
 
 /// A [`StateStore`] in memory: nothing survives the process.
@@ -128,6 +131,15 @@ impl StateStore for MemoryStateStore {
         }
         for key in changes.removed_key_requests {
             inner.key_requests.remove(&key);
+        }
+        for preview in changes.received_previews {
+            inner.received_previews.insert(preview.room_id.clone(), preview);
+        }
+        for room_id in changes.removed_previews {
+            inner.received_previews.remove(&room_id);
+        }
+        for sent in changes.sent_previews {
+            inner.sent_previews.insert(sent.room_id.clone(), sent);
         }
         Ok(())
     }
@@ -251,6 +263,14 @@ impl StateStore for MemoryStateStore {
 
     async fn key_requests(&self, room_id: &RoomId) -> Result<Vec<KeyRequest>> {
         Ok(self.read().key_requests.values().filter(|r| r.room_id == room_id).cloned().collect())
+    }
+
+    async fn received_preview(&self, room_id: &RoomId) -> Result<Option<ReceivedPreview>> {
+        Ok(self.read().received_previews.get(room_id).cloned())
+    }
+
+    async fn sent_preview(&self, room_id: &RoomId) -> Result<Option<SentPreview>> {
+        Ok(self.read().sent_previews.get(room_id).cloned())
     }
 }
 

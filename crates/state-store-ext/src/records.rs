@@ -169,3 +169,33 @@ pub struct KeyRequest {
     /// How many times it was asked for.
     pub attempts: u32,
 }
+
+/// The encrypted preview of a restricted room we are not in, pushed to us by a member of a room
+/// its allow-list names (MSC3414): the room's aesthetic encrypted state events as the sharer saw
+/// them. Their keys are kept with the other state sessions; the events are decrypted and checked
+/// each time the preview is read.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ReceivedPreview {
+    /// The restricted room.
+    pub room_id: OwnedRoomId,
+    /// The allowed room through which we were sent it (one we are joined to).
+    pub via: OwnedRoomId,
+    /// Who sent it.
+    pub shared_by: OwnedUserId,
+    /// The encrypted state events, as the sharer received them.
+    pub events: Vec<Raw<AnySyncStateEvent>>,
+    /// When it arrived.
+    pub received_at: MilliSecondsSinceUnixEpoch,
+}
+
+/// What we pushed of a restricted room's preview, so that each device of an allowed room's
+/// members is sent each version of it once.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SentPreview {
+    /// The restricted room.
+    pub room_id: OwnedRoomId,
+    /// The encrypted state events of the version last sent, sorted.
+    pub events: Vec<OwnedEventId>,
+    /// The devices that were sent that version.
+    pub devices: Vec<(OwnedUserId, OwnedDeviceId)>,
+}

@@ -12,7 +12,8 @@ use ruma::{OwnedRoomId, RoomId};
 use crate::{
     Result, StateChanges,
     records::{
-        KeyRequest, PendingBundle, PendingEvent, SessionEventRef, StateRecord, WithheldSession,
+        KeyRequest, PendingBundle, PendingEvent, ReceivedPreview, SentPreview, SessionEventRef,
+        StateRecord, WithheldSession,
     },
 };
 
@@ -85,4 +86,10 @@ pub trait StateStore: Debug + Send + Sync {
 
     /// The outstanding key requests of a room.
     async fn key_requests(&self, room_id: &RoomId) -> Result<Vec<KeyRequest>>;
+
+    /// The preview we were sent of a restricted room we are not in.
+    async fn received_preview(&self, room_id: &RoomId) -> Result<Option<ReceivedPreview>>;
+
+    /// What we pushed of a restricted room's preview.
+    async fn sent_preview(&self, room_id: &RoomId) -> Result<Option<SentPreview>>;
 }

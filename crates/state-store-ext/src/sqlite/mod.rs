@@ -22,7 +22,8 @@ pub use self::migrations::SCHEMA_VERSION;
 use crate::{
     Result, StateChanges, StateStore, StoreError,
     records::{
-        KeyRequest, PendingBundle, PendingEvent, SessionEventRef, StateRecord, WithheldSession,
+        KeyRequest, PendingBundle, PendingEvent, ReceivedPreview, SentPreview, SessionEventRef,
+        StateRecord, WithheldSession,
     },
 };
 
@@ -300,6 +301,21 @@ fn save(tx: &Transaction<'_>, codec: &Codec, changes: StateChanges) -> Result<()
         tx.prepare_cached("DELETE FROM key_request WHERE room = ?1 AND session = ?2")?.execute(
             params![codec.key("state.room", &parts[..1]), codec.key("request.session", &parts)],
         )?;
+    }
+    for preview in changes.received_previews {
+        let parts = [preview.room_id.as_str()];
+        tx.prepare_cached("INSERT OR REPLACE INTO received_preview (room, value) VALUES (?1, ?2)")?
+            .execute(params![codec.key("preview.room", &parts), codec.seal(&parts, &preview)?])?;
+    }
+    for room_id in changes.removed_previews {
+        let parts = [room_id.as_str()];
+        tx.prepare_cached("DELETE FROM received_preview WHERE room = ?1")?
+            .execute(params![codec.key("preview.room", &parts)])?;
+    }
+    for sent in changes.sent_previews {
+        let parts = [sent.room_id.as_str()];
+        tx.prepare_cached("INSERT OR REPLACE INTO sent_preview (room, value) VALUES (?1, ?2)")?
+            .execute(params![codec.key("sent.room", &parts), codec.seal(&parts, &sent)?])?;
     }
     Ok(())
 }
@@ -580,6 +596,25 @@ impl StateStore for SqliteStateStore {
             .key("state.room", &parts)
             .expect(&parts);
         self.lookup(lookup).await
+    }
+
+    async fn received_preview(&self, room_id: &RoomId) -> Result<Option<ReceivedPreview>> {
+        let parts = [room_id.as_str()];
+        let lookup =
+            Lookup::new("received_preview", "SELECT value FROM received_preview WHERE room = ?1")
+                .key("preview.room", &parts)
+                .expect(&parts);
+        let mut found: Vec<ReceivedPreview> = self.lookup(lookup).await?;
+        Ok(found.pop())
+    }
+
+    async fn sent_preview(&self, room_id: &RoomId) -> Result<Option<SentPreview>> {
+        let parts = [room_id.as_str()];
+        let lookup = Lookup::new("sent_preview", "SELECT value FROM sent_preview WHERE room = ?1")
+            .key("sent.room", &parts)
+            .expect(&parts);
+        let mut found: Vec<SentPreview> = self.lookup(lookup).await?;
+        Ok(found.pop())
     }
 }
 
