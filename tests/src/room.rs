@@ -4,12 +4,13 @@ use anyhow::{Context, Result};
 use matrix_sdk::{
     Room,
     ruma::{
-        OwnedRoomId, UserId,
+        OwnedRoomId, RoomId, UserId,
         api::client::room::create_room::v3::{Request as CreateRoomRequest, RoomPreset},
         events::{
             InitialStateEvent,
             room::{encryption::RoomEncryptionEventContent, member::MembershipState},
         },
+        serde::Raw,
     },
 };
 
@@ -47,6 +48,29 @@ pub async fn shared_room(creator: &TestUser, members: &[&TestUser]) -> Result<Ro
     )
     .await?;
     Ok(room)
+}
+
+/// `creator` creates an end-to-end encrypted room that admits, without invite, the members of
+/// `allowed` (join rule `restricted`, MSC3083).
+pub async fn restricted_room(creator: &TestUser, allowed: &RoomId) -> Result<Room> {
+    let mut request = CreateRoomRequest::new();
+    request.preset = Some(RoomPreset::PrivateChat);
+    let join_rule = serde_json::json!({
+        "type": "m.room.join_rules",
+        "state_key": "",
+        "content": {
+            "join_rule": "restricted",
+            "allow": [{ "type": "m.room_membership", "room_id": allowed }],
+        },
+    });
+    request.initial_state = vec![
+        InitialStateEvent::with_empty_state_key(
+            RoomEncryptionEventContent::with_recommended_defaults(),
+        )
+        .to_raw_any(),
+        Raw::new(&join_rule)?.cast_unchecked(),
+    ];
+    creator.client.create_room(request).await.context("creating the restricted room")
 }
 
 /// `user` waits for the invite to `room_id` and joins.

@@ -6,8 +6,8 @@ use std::time::Duration;
 use anyhow::Result;
 use crypto_ext::{InboundStateSession, KeyOrigin, StateSlot};
 use integration_tests::{
-    DEFAULT_TIMEOUT, StateUser, TestUser, join, keep_syncing, set_power_levels, shared_room,
-    sync_until, wait_until,
+    DEFAULT_TIMEOUT, StateUser, TestUser, join, keep_syncing, restricted_room, set_power_levels,
+    shared_room, sync_until, wait_until,
 };
 use matrix_sdk::{
     Room,
@@ -275,24 +275,7 @@ async fn a_restricted_room_joined_through_the_allowed_room_shows_its_name() -> R
     let bob = impatient("bob").await?;
     let space = shared_room(&alice, &[&bob]).await?;
 
-    let mut request = CreateRoom::new();
-    request.preset = Some(RoomPreset::PrivateChat);
-    let join_rule = json!({
-        "type": "m.room.join_rules",
-        "state_key": "",
-        "content": {
-            "join_rule": "restricted",
-            "allow": [{ "type": "m.room_membership", "room_id": space.room_id() }],
-        },
-    });
-    request.initial_state = vec![
-        InitialStateEvent::with_empty_state_key(
-            RoomEncryptionEventContent::with_recommended_defaults(),
-        )
-        .to_raw_any(),
-        matrix_sdk::ruma::serde::Raw::new(&join_rule)?.cast_unchecked(),
-    ];
-    let room = alice.client.create_room(request).await?;
+    let room = restricted_room(&alice, space.room_id()).await?;
     room.enable_state_encryption().await?;
     room.set_encrypted_name("Members of the space only").await?;
     let room_id: OwnedRoomId = room.room_id().to_owned();

@@ -50,6 +50,16 @@ pub const STATE_KEY_SHARE: &str = "org.matrix.msc3414.state_key_share";
 /// ignored (a requester splits its list).
 pub const STATE_KEY_REQUEST_MAX: usize = 64;
 
+/// The to-device event that hands a member of an allowed room the preview of a restricted room
+/// it has not joined (MSC3414's restricted rooms; our wire format, stock clients ignore it):
+/// `{"room_id": ..., "via": <the allowed room>, "events": [the room's aesthetic encrypted state
+/// events, as the sender's homeserver served them], "keys": [exported room keys, each at the
+/// index of its event]}`, sent over Olm.
+pub const RESTRICTED_PREVIEW: &str = "org.matrix.msc3414.restricted_preview";
+/// The most events, and the most keys, one [`RESTRICTED_PREVIEW`] may carry; a longer one is
+/// ignored.
+pub const RESTRICTED_PREVIEW_MAX: usize = 16;
+
 /// The Megolm algorithm name used for room events and state.
 pub const MEGOLM_V1: &str = "m.megolm.v1.aes-sha2";
 /// The event type of encrypted room events, and of encrypted state.

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use crypto_ext::bundle::BundleLimits;
 
-use crate::KeyRequestConfig;
+use crate::{KeyRequestConfig, RestrictedPreviewConfig};
 use matrix_sdk_crypto::CollectStrategy;
 
 /// Where the extension keeps its state.
@@ -53,6 +53,9 @@ pub struct StateExtConfig {
     pub http_client: Option<matrix_sdk::reqwest::Client>,
     /// Asking for the state keys we lack, and answering other members who lack them.
     pub key_requests: KeyRequestConfig,
+    /// Pushing our restricted rooms' previews to the members of their allowed rooms, and taking
+    /// such previews.
+    pub restricted_previews: RestrictedPreviewConfig,
 }
 
 impl StateExtConfig {
@@ -77,6 +80,7 @@ impl StateExtConfig {
             bundle_limits: BundleLimits::default(),
             http_client: None,
             key_requests: KeyRequestConfig::default(),
+            restricted_previews: RestrictedPreviewConfig::default(),
         }
     }
 }

@@ -22,7 +22,7 @@ use tokio::{
 use tracing::{info, warn};
 
 use crate::{
-    Error, Result, StateExtConfig, StateUpdate,
+    Error, Result, RoomPreview, StateExtConfig, StateUpdate,
     config::StoreConfig,
     processing::{self, Processor},
     receive,
@@ -168,6 +168,9 @@ async fn on_to_device(
     if event_type == identifiers::STATE_KEY_SHARE {
         return crate::requests::receive_share(inner, &event, info).await;
     }
+    if event_type == identifiers::RESTRICTED_PREVIEW {
+        return crate::restricted::receive_preview(inner, &event, info).await;
+    }
     if !identifiers::is_room_key_bundle(event_type) {
         return Ok(());
     }
@@ -306,6 +309,18 @@ impl StateExtension {
     /// Store or homeserver errors.
     pub async fn refresh(&self) -> Result<()> {
         Processor::new(&self.inner).scan_all().await
+    }
+
+    /// The preview of a restricted room we have not joined (its name, topic, avatar and alias),
+    /// pushed to us by a moderator of a room its allow-list names, so that a space can show
+    /// it; `None` if nobody sent one, or once we joined (read the room's state then). Decrypted
+    /// and checked at each call, as an invite preview is.
+    ///
+    /// # Errors
+    ///
+    /// Store or homeserver errors.
+    pub async fn restricted_preview(&self, room_id: &RoomId) -> Result<Option<RoomPreview>> {
+        crate::restricted::preview(&self.inner, room_id).await
     }
 
     /// Whether the background task that processes syncs and key arrivals is running.

@@ -1,11 +1,12 @@
 //! Key distribution through matrix-sdk's public API.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
-use crypto_ext::OutboundStateSession;
+use crypto_ext::{InboundStateSession, KeyOrigin, OutboundStateSession};
 use matrix_sdk::{Client, Room, RoomMemberships, encryption::identities::Device};
 use matrix_sdk_crypto::olm::ExportedRoomKey;
-use ruma::{OwnedDeviceId, OwnedUserId, events::AnyToDeviceEventContent, serde::Raw};
+use ruma::{OwnedDeviceId, OwnedUserId, RoomId, events::AnyToDeviceEventContent, serde::Raw};
+use state_store_ext::StateChanges;
 use tracing::{debug, warn};
 
 use crate::{Result, extension::Inner};
@@ -14,10 +15,16 @@ use crate::{Result, extension::Inner};
 /// member, except our own device (which keeps its keys in the state store) and blocked devices.
 pub(crate) async fn recipient_devices(inner: &Inner, room: &Room) -> Result<Vec<Device>> {
     let members = room.members(RoomMemberships::JOIN | RoomMemberships::INVITE).await?;
+    let users: Vec<OwnedUserId> = members.iter().map(|m| m.user_id().to_owned()).collect();
+    user_devices(inner, &users).await
+}
+
+/// Every device of `users`, except our own device and blocked or deleted devices. Users whose
+/// devices were never queried are queried now.
+pub(crate) async fn user_devices(inner: &Inner, users: &[OwnedUserId]) -> Result<Vec<Device>> {
     let encryption = inner.client.encryption();
     let mut devices = Vec::new();
-    for member in members {
-        let user_id = member.user_id();
+    for user_id in users {
         let mut user_devices = encryption.get_user_devices(user_id).await?;
         if user_devices.devices().next().is_none() {
             // Never queried (a brand-new member): ask the server for their keys now.
@@ -25,7 +32,7 @@ pub(crate) async fn recipient_devices(inner: &Inner, room: &Room) -> Result<Vec<
             user_devices = encryption.get_user_devices(user_id).await?;
         }
         for device in user_devices.devices() {
-            let own = user_id == inner.own_device.user_id
+            let own = *user_id == inner.own_device.user_id
                 && device.device_id() == inner.own_device.device_id;
             if !own && !device.is_blacklisted() && !device.is_deleted() {
                 devices.push(device);
@@ -33,6 +40,54 @@ pub(crate) async fn recipient_devices(inner: &Inner, room: &Room) -> Result<Vec<
         }
     }
     Ok(devices)
+}
+
+/// The keys of a room's state sessions, each exported at the index given (the index of the
+/// slot's current event, so nobody learns an earlier value). Keys sent to us by their creators
+/// live in the client's key store: they are copied into ours first (one key export), so later
+/// calls find them there. Sessions we hold nowhere are left out.
+pub(crate) async fn keys_at_index(
+    inner: &Inner,
+    room_id: &RoomId,
+    indices: &BTreeMap<String, u32>,
+) -> Result<Vec<ExportedRoomKey>> {
+    let wanted: Vec<String> = indices.keys().cloned().collect();
+    let mut sessions: Vec<InboundStateSession> = inner
+        .store
+        .inbound_sessions(&wanted)
+        .await?
+        .into_iter()
+        .filter(|pickle| pickle.room_id() == room_id)
+        .map(InboundStateSession::from_pickle)
+        .collect();
+    let held: BTreeSet<String> = sessions.iter().map(InboundStateSession::session_id).collect();
+    let missing: BTreeSet<String> = wanted.into_iter().filter(|s| !held.contains(s)).collect();
+    if !missing.is_empty() {
+        let copies =
+            export_sessions(&inner.client, move |s| missing.contains(s.session_id())).await?;
+        let mut copied = Vec::new();
+        for key in &copies {
+            if let Ok(session) = InboundStateSession::import(room_id, key, KeyOrigin::Direct) {
+                copied.push(session);
+            }
+        }
+        let copied = crate::receive::keep_further_reaching(inner, copied).await?;
+        inner
+            .store
+            .save_changes(StateChanges {
+                inbound_sessions: copied.iter().map(InboundStateSession::pickle).collect(),
+                ..Default::default()
+            })
+            .await?;
+        sessions.extend(copied);
+    }
+    Ok(sessions
+        .iter_mut()
+        .filter_map(|session| {
+            let index = indices.get(&session.session_id())?;
+            session.export_at(*index)
+        })
+        .collect())
 }
 
 /// Brings `session` up to date with the room's membership: rotates it when a device that holds

@@ -21,12 +21,12 @@ use matrix_sdk::{
         AlgorithmInfo, RawAnySyncOrStrippedState, TimelineEventKind, UnableToDecryptReason,
         VerificationLevel, VerificationState,
     },
-    sync::RoomUpdates,
+    sync::{JoinedRoomUpdate, RoomUpdates, State},
 };
 use matrix_sdk_base::{RoomInfoNotableUpdate, RoomInfoNotableUpdateReasons};
 use matrix_sdk_crypto::store::types::RoomKeyInfo;
 use ruma::{
-    MilliSecondsSinceUnixEpoch, OwnedEventId, OwnedUserId, RoomId, UserId,
+    MilliSecondsSinceUnixEpoch, OwnedEventId, OwnedRoomId, OwnedUserId, RoomId, UserId,
     events::{
         AnySyncStateEvent, StateEventType,
         room::{encrypted::OriginalSyncRoomEncryptedEvent, power_levels::RoomPowerLevels},
@@ -60,6 +60,7 @@ pub(crate) async fn run<E>(
         for room_id in inner.waiting_rooms() {
             request_keys(&inner, &room_id).await;
         }
+        share_previews(&inner, None).await;
     }
     // Key requests escalate on a schedule, syncs or not.
     let tick = inner
@@ -94,12 +95,31 @@ pub(crate) async fn run<E>(
                                 request_keys(&inner, &room_id).await;
                             }
                         }
+                        // Restricted rooms' previews follow membership and state changes.
+                        let changed: BTreeSet<OwnedRoomId> = updates
+                            .joined
+                            .iter()
+                            .filter(|(_, update)| changes_state(update))
+                            .map(|(room_id, _)| room_id.clone())
+                            .collect();
+                        if !changed.is_empty() {
+                            share_previews(&inner, Some(&changed)).await;
+                        }
+                        for room_id in &changed {
+                            if let Err(error) =
+                                crate::restricted::forget_if_joined(&inner, room_id).await
+                            {
+                                warn!(%error, "forgetting a joined room's preview failed");
+                            }
+                        }
                         scanned
                     }
                     // We missed batches: everything may have changed.
                     Err(RecvError::Lagged(missed)) => {
                         warn!(missed, "missed sync batches, rescanning every room");
-                        processor.scan_all().await
+                        let scanned = processor.scan_all().await;
+                        share_previews(&inner, None).await;
+                        scanned
                     }
                     Err(RecvError::Closed) => return,
                 };
@@ -135,9 +155,14 @@ pub(crate) async fn run<E>(
                 let processor = Processor::new(&inner);
                 let result = match keys {
                     Some(Ok(keys)) => {
+                        let rooms: BTreeSet<OwnedRoomId> =
+                            keys.iter().map(|k| k.room_id.clone()).collect();
                         let sessions: BTreeSet<String> =
                             keys.into_iter().map(|k| k.session_id).collect();
-                        processor.retry_sessions(sessions).await
+                        let retried = processor.retry_sessions(sessions).await;
+                        // State that became readable may be a restricted room's new look.
+                        share_previews(&inner, Some(&rooms)).await;
+                        retried
                     }
                     Some(Err(_lagged)) => processor.scan_all().await,
                     None => {
@@ -155,6 +180,24 @@ pub(crate) async fn run<E>(
 
 /// Imports the bundles kept for a room we joined, logging failures (the background task goes
 /// on).
+/// Pushes restricted rooms' previews (see [`crate::restricted`]), logging failures.
+async fn share_previews(inner: &Inner, updated: Option<&BTreeSet<OwnedRoomId>>) {
+    if let Err(error) = crate::restricted::share_previews(inner, updated).await {
+        warn!(%error, "pushing restricted rooms' previews failed");
+    }
+}
+
+/// Whether a sync changed a room's state (membership, join rules, encrypted state...).
+fn changes_state(update: &JoinedRoomUpdate) -> bool {
+    let state = match &update.state {
+        State::Before(events) | State::After(events) => events,
+    };
+    !state.is_empty()
+        || update.timeline.events.iter().any(|event| {
+            event.raw().get_field::<String>("state_key").is_ok_and(|key| key.is_some())
+        })
+}
+
 async fn import_bundles(inner: &Inner, room_id: &RoomId) {
     if let Some(room) = inner.client.get_room(room_id)
         && let Err(error) = crate::receive::import_pending(inner, &room).await

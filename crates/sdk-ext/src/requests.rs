@@ -255,16 +255,7 @@ pub(crate) async fn receive_request(
     if !is_joined(&room, &requester).await {
         return refuse(requester, KeyRequestRefusal::RequesterNotJoined);
     }
-    let device = match &info.sender_device {
-        Some(device_id) => inner
-            .client
-            .encryption()
-            .get_device(&requester, device_id)
-            .await
-            .map_err(matrix_sdk::Error::from)?,
-        None => None,
-    };
-    let Some(device) = device.filter(|d| !d.is_blacklisted() && !d.is_deleted()) else {
+    let Some(device) = sender_device(inner, info).await? else {
         return refuse(requester, KeyRequestRefusal::DeviceNotAllowed);
     };
 
@@ -281,47 +272,9 @@ pub(crate) async fn receive_request(
             StateOrigin::Plaintext { .. } => None,
         })
         .collect();
-    let wanted: Vec<String> =
-        request.session_ids.iter().filter(|s| current.contains_key(*s)).cloned().collect();
-    let mut sessions: Vec<InboundStateSession> = inner
-        .store
-        .inbound_sessions(&wanted)
-        .await?
-        .into_iter()
-        .filter(|pickle| pickle.room_id() == room_id)
-        .map(InboundStateSession::from_pickle)
-        .collect();
-    let held: BTreeSet<String> = sessions.iter().map(InboundStateSession::session_id).collect();
-    let missing: BTreeSet<String> = wanted.into_iter().filter(|s| !held.contains(s)).collect();
-    if !missing.is_empty() {
-        // Keys sent to us by their creators live in the client's key store: copy them into ours
-        // once (one key export), so later requests are answered from there.
-        let copies =
-            keys::export_sessions(&inner.client, move |s| missing.contains(s.session_id())).await?;
-        let mut copied = Vec::new();
-        for key in &copies {
-            if let Ok(session) = InboundStateSession::import(&room_id, key, KeyOrigin::Direct) {
-                copied.push(session);
-            }
-        }
-        let copied = crate::receive::keep_further_reaching(inner, copied).await?;
-        inner
-            .store
-            .save_changes(StateChanges {
-                inbound_sessions: copied.iter().map(InboundStateSession::pickle).collect(),
-                ..Default::default()
-            })
-            .await?;
-        sessions.extend(copied);
-    }
-    let mut keys = Vec::new();
-    for mut session in sessions {
-        if let Some(index) = current.get(&session.session_id())
-            && let Some(key) = session.export_at(*index)
-        {
-            keys.push(key);
-        }
-    }
+    let indices: BTreeMap<String, u32> =
+        request.session_ids.iter().filter_map(|s| Some((s.clone(), *current.get(s)?))).collect();
+    let keys = keys::keys_at_index(inner, &room_id, &indices).await?;
     if keys.is_empty() {
         return refuse(requester, KeyRequestRefusal::NothingToShare);
     }
@@ -343,7 +296,20 @@ pub(crate) async fn receive_request(
     Ok(())
 }
 
-async fn is_joined(room: &Room, user_id: &UserId) -> bool {
+/// The device that sent a to-device message, if we know it and have not blocked it.
+pub(crate) async fn sender_device(inner: &Inner, info: &EncryptionInfo) -> Result<Option<Device>> {
+    let Some(device_id) = &info.sender_device else { return Ok(None) };
+    let device = inner
+        .client
+        .encryption()
+        .get_device(&info.sender, device_id)
+        .await
+        .map_err(matrix_sdk::Error::from)?;
+    Ok(device.filter(|d| !d.is_blacklisted() && !d.is_deleted()))
+}
+
+/// Whether `user_id` is joined to `room` in our view of it.
+pub(crate) async fn is_joined(room: &Room, user_id: &UserId) -> bool {
     matches!(
         room.get_member_no_sync(user_id).await,
         Ok(Some(member)) if *member.membership() == MembershipState::Join

@@ -16,7 +16,7 @@ use serde_json::{Value, json};
 use state_store_ext::{SessionEventRef, StateChanges, StateRecord};
 use tracing::{info, instrument};
 
-use crate::{Error, InvitePreview, Result, StateExtension, extension::Inner, keys};
+use crate::{Error, Result, RoomPreview, StateExtension, extension::Inner, keys};
 
 /// What [`RoomStateExt::set_encrypted_state`] sent.
 #[derive(Clone, Debug)]
@@ -171,7 +171,7 @@ pub trait RoomStateExt {
     /// # Errors
     ///
     /// As [`RoomStateExt::encrypted_state`].
-    fn invite_preview(&self) -> impl Future<Output = Result<InvitePreview>> + Send;
+    fn invite_preview(&self) -> impl Future<Output = Result<RoomPreview>> + Send;
 
     /// Everything at once: current values, rejections with reasons, events waiting for keys.
     ///
@@ -293,7 +293,7 @@ impl RoomStateExt for Room {
         avatar_from_content(&record.content.deserialize_as_unchecked()?)
     }
 
-    async fn invite_preview(&self) -> Result<InvitePreview> {
+    async fn invite_preview(&self) -> Result<RoomPreview> {
         let ext = StateExtension::of_room(self)?;
         crate::invite::preview(&ext.inner, self).await
     }

@@ -3,7 +3,7 @@
 use crypto_ext::{RejectionReason, StateSlot};
 use ruma::{OwnedEventId, OwnedRoomId, OwnedUserId};
 
-use crate::{ImportedBundle, KeyRequestRefusal};
+use crate::{ImportedBundle, KeyRequestRefusal, PreviewRefusal};
 
 /// A change to the decrypted state of a room, sent to subscribers after it is stored.
 #[derive(Clone, Debug, PartialEq)]
@@ -68,5 +68,33 @@ pub enum StateUpdate {
         requester: OwnedUserId,
         /// Why.
         reason: KeyRequestRefusal,
+    },
+    /// We pushed a restricted room's preview to members of one of its allowed rooms.
+    PreviewSent {
+        /// The restricted room.
+        room_id: OwnedRoomId,
+        /// The allowed room whose members were sent it.
+        via: OwnedRoomId,
+        /// To how many devices it went.
+        devices: usize,
+    },
+    /// A member of a room we are in sent us the preview of a restricted room we have not
+    /// joined; read it with [`crate::StateExtension::restricted_preview`].
+    PreviewReceived {
+        /// The restricted room.
+        room_id: OwnedRoomId,
+        /// The allowed room, one we are in, through which it came.
+        via: OwnedRoomId,
+        /// Who sent it.
+        shared_by: OwnedUserId,
+    },
+    /// We refused the preview of a restricted room.
+    PreviewRefused {
+        /// The restricted room.
+        room_id: OwnedRoomId,
+        /// Who sent it.
+        sharer: OwnedUserId,
+        /// Why.
+        reason: PreviewRefusal,
     },
 }

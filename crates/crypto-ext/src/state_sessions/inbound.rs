@@ -39,6 +39,12 @@ pub enum KeyOrigin {
         /// Who invited us.
         shared_by: OwnedUserId,
     },
+    /// The key came before we joined a restricted room, from `shared_by`, a member of a room
+    /// the restricted room's allow-list names (MSC3414), so a space can show the room's name.
+    Preview {
+        /// Who sent the preview.
+        shared_by: OwnedUserId,
+    },
 }
 
 impl KeyOrigin {
@@ -47,7 +53,8 @@ impl KeyOrigin {
         match self {
             Self::Bundle { shared_by }
             | Self::KeyShare { shared_by }
-            | Self::Invite { shared_by } => Some(shared_by),
+            | Self::Invite { shared_by }
+            | Self::Preview { shared_by } => Some(shared_by),
             Self::Own | Self::Direct => None,
         }
     }
