@@ -17,7 +17,7 @@ pub use state::{
     stores_encrypted_state,
 };
 pub use stock::{STOCK_CLIENT_ENV, StockClient};
-pub use sync::{DEFAULT_TIMEOUT, Syncing, keep_syncing, sync_until, wait_until};
+pub use sync::{DEFAULT_TIMEOUT, Syncing, keep_syncing, next_update, sync_until, wait_until};
 pub use user::{TestUser, homeserver_url, restore_client, unique_name};
 
 /// Sets up `tracing` output once per process, filtered by `RUST_LOG`, else by `default_filter`.

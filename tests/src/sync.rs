@@ -77,3 +77,32 @@ pub fn keep_syncing(client: &Client) -> Syncing {
         }
     }))
 }
+
+/// Keeps `client` syncing until `pick` returns `Some` for an update of `ext`'s stream, and
+/// returns that value; fails after `DEFAULT_TIMEOUT`.
+pub async fn next_update<T>(
+    client: &Client,
+    ext: &sdk_ext::StateExtension,
+    mut pick: impl FnMut(&sdk_ext::StateUpdate) -> Option<T>,
+) -> Result<T> {
+    let mut updates = ext.subscribe();
+    let _online = keep_syncing(client);
+    let found = tokio::time::timeout(DEFAULT_TIMEOUT, async {
+        loop {
+            match updates.recv().await {
+                Ok(update) => {
+                    if let Some(found) = pick(&update) {
+                        return Ok(found);
+                    }
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                Err(error) => return Err(error),
+            }
+        }
+    })
+    .await;
+    match found {
+        Ok(found) => Ok(found?),
+        Err(_) => bail!("timed out after {DEFAULT_TIMEOUT:?} waiting for an update"),
+    }
+}

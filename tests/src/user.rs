@@ -151,6 +151,29 @@ impl TestUser {
     pub fn user_id(&self) -> &matrix_sdk::ruma::UserId {
         self.client.user_id().expect("a TestUser is always logged in")
     }
+
+    /// Sends `content` as an Olm-encrypted to-device event of `event_type` to every device of
+    /// `recipient` (a hand-made message, as our extension or a misbehaving client would send).
+    pub async fn send_to_devices(
+        &self,
+        recipient: &matrix_sdk::ruma::UserId,
+        event_type: &str,
+        content: &serde_json::Value,
+    ) -> Result<()> {
+        let encryption = self.client.encryption();
+        encryption.request_user_identity(recipient).await?;
+        let devices = encryption.get_user_devices(recipient).await?;
+        let failures = encryption
+            .encrypt_and_send_raw_to_device(
+                devices.devices().collect::<Vec<_>>().iter().collect(),
+                event_type,
+                matrix_sdk::ruma::serde::Raw::new(content)?.cast_unchecked(),
+                Default::default(),
+            )
+            .await?;
+        anyhow::ensure!(failures.is_empty(), "not delivered to {failures:?}");
+        Ok(())
+    }
 }
 
 /// A client on the stores in `dir`, with `session` (JSON from [`TestUser::stop`]) restored.

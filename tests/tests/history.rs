@@ -301,20 +301,9 @@ mod receiving {
         room_id: &RoomId,
         file: &Value,
     ) -> Result<()> {
-        let encryption = from.client.encryption();
-        encryption.request_user_identity(recipient).await?;
-        let devices = encryption.get_user_devices(recipient).await?;
-        let failures = encryption
-            .encrypt_and_send_raw_to_device(
-                devices.devices().collect::<Vec<_>>().iter().collect(),
-                crypto_ext::identifiers::ROOM_KEY_BUNDLE_UNSTABLE,
-                matrix_sdk::ruma::serde::Raw::new(&json!({ "room_id": room_id, "file": file }))?
-                    .cast_unchecked(),
-                Default::default(),
-            )
-            .await?;
-        anyhow::ensure!(failures.is_empty(), "{failures:?}");
-        Ok(())
+        let content = json!({ "room_id": room_id, "file": file });
+        from.send_to_devices(recipient, crypto_ext::identifiers::ROOM_KEY_BUNDLE_UNSTABLE, &content)
+            .await
     }
 
     async fn decrypts(user: &TestUser, room_id: &RoomId, event_id: &OwnedEventId) -> Option<bool> {

@@ -6,8 +6,8 @@ use std::time::Duration;
 use anyhow::Result;
 use crypto_ext::{InboundStateSession, KeyOrigin, StateSlot};
 use integration_tests::{
-    DEFAULT_TIMEOUT, StateUser, TestUser, join, keep_syncing, restricted_room, set_power_levels,
-    shared_room, sync_until, wait_until,
+    DEFAULT_TIMEOUT, StateUser, TestUser, join, keep_syncing, next_update, restricted_room,
+    set_power_levels, shared_room, sync_until, wait_until,
 };
 use matrix_sdk::{
     Room,
@@ -159,24 +159,12 @@ async fn request_from(
     room_id: &RoomId,
     session_id: &str,
 ) -> Result<()> {
-    let encryption = from.client.encryption();
-    encryption.request_user_identity(to.user_id()).await?;
-    let devices = encryption.get_user_devices(to.user_id()).await?;
     let content = json!({
         "room_id": room_id,
         "request_id": TransactionId::new(),
         "session_ids": [session_id],
     });
-    let failures = encryption
-        .encrypt_and_send_raw_to_device(
-            devices.devices().collect::<Vec<_>>().iter().collect(),
-            crypto_ext::identifiers::STATE_KEY_REQUEST,
-            matrix_sdk::ruma::serde::Raw::new(&content)?.cast_unchecked(),
-            Default::default(),
-        )
-        .await?;
-    anyhow::ensure!(failures.is_empty(), "{failures:?}");
-    Ok(())
+    from.send_to_devices(to.user_id(), crypto_ext::identifiers::STATE_KEY_REQUEST, &content).await
 }
 
 /// Carol's client refuses `requester` with `reason` (her update stream says so).
@@ -185,26 +173,19 @@ async fn refused(
     requester: &StateUser,
     reason: KeyRequestRefusal,
 ) -> Result<()> {
-    let mut updates = carol.ext.subscribe();
-    let _carol_online = keep_syncing(&carol.client);
-    tokio::time::timeout(DEFAULT_TIMEOUT, async {
-        loop {
-            match updates.recv().await {
-                Ok(StateUpdate::KeyRequestRefused { requester: who, reason: why, .. })
-                    if who == requester.user_id() && why == reason =>
-                {
-                    return;
-                }
-                Ok(StateUpdate::KeyRequestAnswered { requester: who, .. })
-                    if who == requester.user_id() =>
-                {
-                    panic!("Carol answered a request she should refuse");
-                }
-                _ => {}
-            }
+    let answered = next_update(&carol.client, &carol.ext, |update| match update {
+        StateUpdate::KeyRequestRefused { requester: who, reason: why, .. }
+            if who == requester.user_id() && *why == reason =>
+        {
+            Some(false)
         }
+        StateUpdate::KeyRequestAnswered { requester: who, .. } if who == requester.user_id() => {
+            Some(true)
+        }
+        _ => None,
     })
     .await?;
+    assert!(!answered, "Carol answered a request she should refuse");
     Ok(())
 }
 

@@ -5,10 +5,10 @@
 use anyhow::Result;
 use crypto_ext::{InboundStateSession, KeyOrigin, identifiers};
 use integration_tests::{
-    DEFAULT_TIMEOUT, StateUser, TestUser, join, keep_syncing, restricted_room, set_power_levels,
-    shared_room, sync_until,
+    DEFAULT_TIMEOUT, StateUser, TestUser, join, keep_syncing, next_update, restricted_room,
+    set_power_levels, shared_room, sync_until,
 };
-use matrix_sdk::ruma::{OwnedRoomId, RoomId, serde::Raw};
+use matrix_sdk::ruma::{OwnedRoomId, RoomId};
 use sdk_ext::{PreviewRefusal, RoomStateExt, StateUpdate};
 use serde_json::{Value, json};
 
@@ -91,45 +91,21 @@ async fn members_of_the_allowed_room_see_the_name_before_joining_and_never_an_ol
     Ok(())
 }
 
-/// Sends `to`'s devices a preview message from `from`'s client with the given content.
-async fn push_preview(from: &TestUser, to: &TestUser, content: Value) -> Result<()> {
-    let encryption = from.client.encryption();
-    encryption.request_user_identity(to.user_id()).await?;
-    let devices = encryption.get_user_devices(to.user_id()).await?;
-    let failures = encryption
-        .encrypt_and_send_raw_to_device(
-            devices.devices().collect::<Vec<_>>().iter().collect(),
-            identifiers::RESTRICTED_PREVIEW,
-            Raw::new(&content)?.cast_unchecked(),
-            Default::default(),
-        )
-        .await?;
-    anyhow::ensure!(failures.is_empty(), "{failures:?}");
-    Ok(())
-}
-
 /// Waits for `user`'s extension to refuse a preview from `sharer` with `reason`.
 async fn refused(user: &StateUser, sharer: &TestUser, reason: PreviewRefusal) -> Result<()> {
-    let mut updates = user.ext.subscribe();
-    let _online = keep_syncing(&user.client);
-    tokio::time::timeout(DEFAULT_TIMEOUT, async {
-        loop {
-            match updates.recv().await {
-                Ok(StateUpdate::PreviewRefused { sharer: who, reason: why, .. })
-                    if who == sharer.user_id() && why == reason =>
-                {
-                    return;
-                }
-                Ok(StateUpdate::PreviewReceived { shared_by, .. })
-                    if shared_by == sharer.user_id() =>
-                {
-                    panic!("a preview that should be refused was taken");
-                }
-                _ => {}
-            }
+    let taken = next_update(&user.client, &user.ext, |update| match update {
+        StateUpdate::PreviewRefused { sharer: who, reason: why, .. }
+            if who == sharer.user_id() && *why == reason =>
+        {
+            Some(false)
         }
+        StateUpdate::PreviewReceived { shared_by, .. } if shared_by == sharer.user_id() => {
+            Some(true)
+        }
+        _ => None,
     })
     .await?;
+    assert!(!taken, "a preview that should be refused was taken");
     Ok(())
 }
 
@@ -154,13 +130,13 @@ async fn previews_from_untrusted_senders_or_for_foreign_rooms_are_refused() -> R
     // Mallory, a plain member of the space, claims a name for the room.
     let forged =
         json!({ "room_id": room.room_id(), "via": space.room_id(), "events": [], "keys": [] });
-    push_preview(&mallory, &bob, forged).await?;
+    mallory.send_to_devices(bob.user_id(), identifiers::RESTRICTED_PREVIEW, &forged).await?;
     refused(&bob, &mallory, PreviewRefusal::SharerNotTrusted).await?;
 
     // Alice names a room Bob is not in as the way in.
     let foreign =
         json!({ "room_id": room.room_id(), "via": elsewhere.room_id(), "events": [], "keys": [] });
-    push_preview(&alice, &bob, foreign).await?;
+    alice.send_to_devices(bob.user_id(), identifiers::RESTRICTED_PREVIEW, &foreign).await?;
     refused(&bob, &alice, PreviewRefusal::NotInAllowedRoom).await?;
 
     // Carol, a moderator of the space, sends the room's real encrypted name without its key.
@@ -188,7 +164,7 @@ async fn previews_from_untrusted_senders_or_for_foreign_rooms_are_refused() -> R
         .expect("the encrypted name");
     let keyless =
         json!({ "room_id": room.room_id(), "via": space.room_id(), "events": [event], "keys": [] });
-    push_preview(&carol, &bob, keyless).await?;
+    carol.send_to_devices(bob.user_id(), identifiers::RESTRICTED_PREVIEW, &keyless).await?;
     refused(&bob, &carol, PreviewRefusal::NothingValid).await?;
     Ok(())
 }
