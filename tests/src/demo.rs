@@ -48,6 +48,9 @@ pub struct DemoOutcome {
     pub invitee_read_history: bool,
     /// The name Dave read after joining a public room without invite, and the name Alice set.
     pub joiner_read_name: (Option<String>, String),
+    /// The name Bob's client showed for a restricted room before he joined it, and the name
+    /// Alice set.
+    pub restricted_preview_name: (Option<String>, String),
 }
 
 /// The decrypted body of the message with `body` in `room`'s history, and who shared its key.
@@ -76,7 +79,8 @@ type ReceivedMessage = (String, Option<EncryptionInfo>);
 /// encrypted state and sets its name and topic, which Bob reads while the homeserver only holds
 /// ciphertext; finally Alice invites Carol with history, and Carol reads the earlier message and
 /// the current name after joining; last, Dave joins a public room with an encrypted name without
-/// an invite and reads the name once Alice's client answers his key request.
+/// an invite and reads the name once Alice's client answers his key request; and Bob sees the
+/// name of a room restricted to the members of the first room before joining it.
 pub async fn run(narrator: &mut Narrator) -> Result<DemoOutcome> {
     let alice = StateUser::register("alice").await?;
     narrator
@@ -268,7 +272,30 @@ pub async fn run(narrator: &mut Narrator) -> Result<DemoOutcome> {
         joiner_read_name.as_deref().unwrap_or("-"),
     ));
 
+    // A room restricted to the members of the first room: Bob may join it without an invite,
+    // and his client shows its encrypted name before he does.
+    let office = crate::restricted_room(&alice, &room_id).await?;
+    office.enable_state_encryption().await?;
+    let office_name = "Back office".to_owned();
+    office.set_encrypted_name(&office_name).await?;
+    narrator.say(format!(
+        "Alice opened {}, restricted to the members of {room_id}, and named it {office_name:?}, \
+         encrypted",
+        office.room_id()
+    ));
+    sync_until(&bob.client, "Bob previews the restricted room", DEFAULT_TIMEOUT, || async {
+        bob.ext.restricted_preview(office.room_id()).await.ok().flatten().is_some()
+    })
+    .await?;
+    let office_preview = bob.ext.restricted_preview(office.room_id()).await?.unwrap_or_default();
+    narrator.say(format!(
+        "Before joining it, Bob's client shows its name {:?} (pushed by {})",
+        office_preview.name.as_deref().unwrap_or("-"),
+        office_preview.shared_by.as_ref().map(|u| u.as_str()).unwrap_or("nobody"),
+    ));
+
     Ok(DemoOutcome {
+        restricted_preview_name: (office_preview.name, office_name),
         joiner_read_name: (joiner_read_name, square_name),
         invitee_preview_name: preview.name,
         invitee_read_history: carol_shared_by.as_deref() == Some(alice.user_id()),

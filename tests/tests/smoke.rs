@@ -18,5 +18,7 @@ async fn demo_flow_decrypts_the_message_the_state_and_the_shared_history() -> an
     assert!(outcome.invitee_read_history, "the invitee reads the history Alice shared");
     let (read, set) = &outcome.joiner_read_name;
     assert_eq!(read.as_ref(), Some(set), "a joiner without invite reads the name");
+    let (previewed, set) = &outcome.restricted_preview_name;
+    assert_eq!(previewed.as_ref(), Some(set), "a restricted room's name shows before joining");
     Ok(())
 }
