@@ -88,6 +88,29 @@ async fn members_of_the_allowed_room_see_the_name_before_joining_and_never_an_ol
         bob.ext.restricted_preview(&room_id).await.is_ok_and(|p| p.is_none())
     })
     .await?;
+
+    // Dave joins the space: Alice's client sends the unchanged preview to Dave's one device
+    // only, not again to Carol's (each device gets each version once), nor to Bob, a member now.
+    let mut alice_updates = alice.ext.subscribe();
+    let dave = StateUser::register("dave").await?;
+    space.invite_user_by_id(dave.user_id()).await?;
+    join(&dave, &space.room_id().to_owned()).await?;
+    let devices = tokio::time::timeout(DEFAULT_TIMEOUT, async {
+        loop {
+            if let Ok(StateUpdate::PreviewSent { room_id: sent_for, devices, .. }) =
+                alice_updates.recv().await
+                && sent_for == room_id
+            {
+                return devices;
+            }
+        }
+    })
+    .await?;
+    assert_eq!(devices, 1, "only Dave's device is sent the preview");
+    sync_until(&dave.client, "Dave previews the restricted room", DEFAULT_TIMEOUT, || async {
+        previewed_name(&dave, &room_id).await.as_deref() == Some("Planning, second draft")
+    })
+    .await?;
     Ok(())
 }
 

@@ -296,15 +296,21 @@ pub(crate) async fn receive_request(
     Ok(())
 }
 
-/// The device that sent a to-device message, if we know it and have not blocked it.
+/// The device that sent a to-device message, if it is known (its owner's devices are queried
+/// once if it is not: a message can arrive before the keys query of a user we just met) and not
+/// blocked.
 pub(crate) async fn sender_device(inner: &Inner, info: &EncryptionInfo) -> Result<Option<Device>> {
     let Some(device_id) = &info.sender_device else { return Ok(None) };
-    let device = inner
-        .client
-        .encryption()
-        .get_device(&info.sender, device_id)
-        .await
-        .map_err(matrix_sdk::Error::from)?;
+    let encryption = inner.client.encryption();
+    let mut device =
+        encryption.get_device(&info.sender, device_id).await.map_err(matrix_sdk::Error::from)?;
+    if device.is_none() {
+        encryption.request_user_identity(&info.sender).await?;
+        device = encryption
+            .get_device(&info.sender, device_id)
+            .await
+            .map_err(matrix_sdk::Error::from)?;
+    }
     Ok(device.filter(|d| !d.is_blacklisted() && !d.is_deleted()))
 }
 
