@@ -114,6 +114,55 @@ async fn members_of_the_allowed_room_see_the_name_before_joining_and_never_an_ol
     Ok(())
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_moderator_pushes_once_the_one_who_set_the_allow_list_left() -> Result<()> {
+    integration_tests::init_tracing("warn");
+    let alice = StateUser::register("alice").await?;
+    let bob = StateUser::register("bob").await?;
+    let carol = StateUser::register("carol").await?;
+    let space = shared_room(&alice, &[&bob, &carol]).await?;
+    set_power_levels(&space, &[(carol.user_id(), 50)], &[]).await?;
+    let room = restricted_room(&alice, space.room_id()).await?;
+    let room_id: OwnedRoomId = room.room_id().to_owned();
+    room.enable_state_encryption().await?;
+    room.set_encrypted_name("Planning").await?;
+
+    // Carol joins through the space, becomes an admin of the room, reads its name (Alice's
+    // client, online, answers her key request).
+    let alice_online = keep_syncing(&alice.client);
+    sync_until(&carol.client, "Carol is a moderator of the space", DEFAULT_TIMEOUT, || async {
+        carol
+            .room(space.room_id())
+            .power_levels()
+            .await
+            .is_ok_and(|levels| levels.for_user(carol.user_id()) > levels.users_default)
+    })
+    .await?;
+    carol.client.join_room_by_id(&room_id).await?;
+    sync_until(&alice.client, "Alice sees Carol joined", DEFAULT_TIMEOUT, || async {
+        integration_tests::is_joined(&room, carol.user_id()).await
+    })
+    .await?;
+    set_power_levels(&room, &[(carol.user_id(), 100)], &[]).await?;
+    let carol_room = carol.room(&room_id);
+    sync_until(&carol.client, "Carol reads the name", DEFAULT_TIMEOUT, || async {
+        carol_room.encrypted_name().await.ok().flatten().as_deref() == Some("Planning")
+    })
+    .await?;
+
+    // Alice, who set the allow-list, leaves: Carol's client takes over the pushing.
+    room.leave().await?;
+    drop(alice_online);
+    let _carol_online = keep_syncing(&carol.client);
+    sync_until(&bob.client, "Bob previews the room, from Carol", DEFAULT_TIMEOUT, || async {
+        bob.ext.restricted_preview(&room_id).await.ok().flatten().is_some_and(|p| {
+            p.name.as_deref() == Some("Planning") && p.shared_by.as_deref() == Some(carol.user_id())
+        })
+    })
+    .await?;
+    Ok(())
+}
+
 /// Waits for `user`'s extension to refuse a preview from `sharer` with `reason`.
 async fn refused(user: &StateUser, sharer: &TestUser, reason: PreviewRefusal) -> Result<()> {
     let taken = next_update(&user.client, &user.ext, |update| match update {

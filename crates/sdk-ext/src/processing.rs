@@ -724,7 +724,7 @@ fn plaintext_record(
 }
 
 /// The room's plaintext power levels (the spec's defaults when the room has none).
-async fn power_levels(room: &Room) -> RoomPowerLevels {
+pub(crate) async fn power_levels(room: &Room) -> RoomPowerLevels {
     match room.power_levels().await {
         Ok(power_levels) => power_levels,
         Err(error) => {

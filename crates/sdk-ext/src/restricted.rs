@@ -1,6 +1,7 @@
 //! Restricted rooms before joining (MSC3414): the members of a room a restricted room's
 //! allow-list names can join it without an invite, so a space lists it to them; with encrypted
-//! state they would see no name. The member who set the restricted room's join rules pushes the
+//! state they would see no name. One member of the restricted room (the one who set its join
+//! rules, or the most powerful moderator once that one is gone: see [`pusher`]) pushes the
 //! room's aesthetic encrypted state events and their keys to those members, so the space can
 //! show the name, topic, avatar and alias before they join, and they read them at once after.
 //!
@@ -23,7 +24,10 @@ use matrix_sdk_crypto::olm::ExportedRoomKey;
 use ruma::{
     MilliSecondsSinceUnixEpoch, OwnedDeviceId, OwnedEventId, OwnedRoomId, OwnedUserId, RoomId,
     UserId,
-    events::{AnySyncStateEvent, AnyToDeviceEventContent, StateEventType},
+    events::{
+        AnySyncStateEvent, AnyToDeviceEventContent, StateEventType,
+        room::{member::MembershipState, power_levels::RoomPowerLevels},
+    },
     room::{AllowRule, JoinRule},
     serde::Raw,
 };
@@ -37,16 +41,17 @@ use crate::{
     extension::Inner,
     invite::{PreviewEvent, decode, stored_sessions},
     keys,
-    processing::AESTHETIC_SLOTS,
+    processing::{AESTHETIC_SLOTS, power_levels},
     requests::{is_joined, sender_device},
 };
 
 /// Whether restricted rooms' previews are pushed and taken.
 #[derive(Clone, Debug)]
 pub struct RestrictedPreviewConfig {
-    /// For the restricted rooms whose join rules our user set: push the aesthetic state (name,
-    /// topic, avatar, canonical alias) and its keys to the members of the allowed rooms we are
-    /// in who are not members yet, whenever the allow-list, those members or that state change.
+    /// For the restricted rooms we push for (we set their join rules, or stepped in for the
+    /// member who did): push the aesthetic state (name, topic, avatar, canonical alias) and its
+    /// keys to the members of the allowed rooms we are in who are not members yet, whenever the
+    /// allow-list, those members or that state change.
     pub share: bool,
     /// Take such previews from moderators of rooms we are in.
     pub accept: bool,
@@ -91,9 +96,10 @@ struct RestrictedPreview {
     keys: Vec<ExportedRoomKey>,
 }
 
-/// Pushes the previews of the restricted rooms whose join rules we set to the members of their
-/// allowed rooms who lack the current version. `updated`: the rooms a sync changed, to skip the
-/// restricted rooms it cannot concern (`None`: every room).
+/// Pushes the previews of our restricted rooms to the members of their allowed rooms who lack
+/// the current version, through the allowed rooms for which we are the pusher (see [`pusher`]).
+/// `updated`: the rooms a sync changed, to skip the restricted rooms it cannot concern (`None`:
+/// every room).
 pub(crate) async fn share_previews(
     inner: &Inner,
     updated: Option<&BTreeSet<OwnedRoomId>>,
@@ -106,7 +112,7 @@ pub(crate) async fn share_previews(
         let concerned = updated.is_none_or(|updated| {
             updated.contains(room.room_id()) || allowed.iter().any(|a| updated.contains(a))
         });
-        if concerned && join_rules_set_by(&room, &inner.own_device.user_id).await? {
+        if concerned {
             share_preview(inner, &room, &allowed).await?;
         }
     }
@@ -129,20 +135,101 @@ fn allowed_rooms(room: &Room) -> Option<Vec<OwnedRoomId>> {
     }
 }
 
-/// Whether `user_id` sent the room's current join rules: one member pushes, not every one.
-async fn join_rules_set_by(room: &Room, user_id: &UserId) -> Result<bool> {
+/// Who sent the room's current join rules.
+async fn join_rules_sender(room: &Room) -> Result<Option<OwnedUserId>> {
     let Some(RawAnySyncOrStrippedState::Sync(raw)) =
         room.get_state_event(StateEventType::RoomJoinRules, "").await?
     else {
-        return Ok(false);
+        return Ok(None);
     };
-    Ok(raw.get_field::<OwnedUserId>("sender").ok().flatten().as_deref() == Some(user_id))
+    Ok(raw.get_field::<OwnedUserId>("sender").ok().flatten())
+}
+
+/// Whether `user_id` has a power level above the room's default: the sharers receivers accept.
+fn is_moderator_in(levels: &RoomPowerLevels, user_id: &UserId) -> bool {
+    levels.for_user(user_id) > levels.users_default
+}
+
+/// Who pushes a restricted room's preview through one allowed room, so that one member sends
+/// it, not every one. The candidates are the joined members of both rooms who are moderators of
+/// the allowed room (receivers take previews from them only). The sender of the restricted
+/// room's current join rules (who set the allow-list) pushes if it is a candidate; otherwise the
+/// candidate with the highest power level in the restricted room, the lowest user ID on a tie.
+/// Every member's client computes the same answer from the same state.
+fn pusher<'a>(
+    candidates: impl Iterator<Item = &'a OwnedUserId>,
+    allowed_levels: &RoomPowerLevels,
+    room_levels: &RoomPowerLevels,
+    join_rules_sender: Option<&OwnedUserId>,
+) -> Option<&'a OwnedUserId> {
+    let candidates: Vec<&OwnedUserId> =
+        candidates.filter(|user| is_moderator_in(allowed_levels, user)).collect();
+    if let Some(sender) = join_rules_sender
+        && let Some(found) = candidates.iter().find(|user| **user == sender)
+    {
+        return Some(found);
+    }
+    candidates
+        .into_iter()
+        .max_by(|a, b| room_levels.for_user(a).cmp(&room_levels.for_user(b)).then_with(|| b.cmp(a)))
 }
 
 /// Pushes one restricted room's preview to the devices of its allowed rooms' members that were
-/// not sent its current version.
+/// not sent its current version, through the allowed rooms for which we are the pusher.
 async fn share_preview(inner: &Inner, room: &Room, allowed: &[OwnedRoomId]) -> Result<()> {
     let room_id = room.room_id();
+    let own = &inner.own_device.user_id;
+    let members = room.members(RoomMemberships::JOIN | RoomMemberships::INVITE).await?;
+    let here: BTreeSet<OwnedUserId> = members.iter().map(|m| m.user_id().to_owned()).collect();
+    let joined_here: BTreeSet<OwnedUserId> = members
+        .iter()
+        .filter(|m| *m.membership() == MembershipState::Join)
+        .map(|m| m.user_id().to_owned())
+        .collect();
+    let room_levels = power_levels(room).await;
+    let set_by = join_rules_sender(room).await?;
+    // Stepping in for the member who set the join rules needs a view of the room that knows
+    // that member (a client that just joined may not have the whole member list yet).
+    let knows_setter = match &set_by {
+        Some(setter) if setter != own => room.get_member_no_sync(setter).await?.is_some(),
+        _ => true,
+    };
+    if !knows_setter {
+        return Ok(());
+    }
+
+    // Members of the allowed rooms we push through who are not in this room (members get its
+    // keys the usual way), each through the first allowed room that has them.
+    let mut seen = BTreeSet::new();
+    let mut targets: Vec<(OwnedRoomId, Vec<OwnedUserId>)> = Vec::new();
+    for via in allowed {
+        let Some(via_room) = inner.client.get_room(via).filter(|r| r.state() == RoomState::Joined)
+        else {
+            continue;
+        };
+        let joined_there: Vec<OwnedUserId> = via_room
+            .members(RoomMemberships::JOIN)
+            .await?
+            .iter()
+            .map(|m| m.user_id().to_owned())
+            .collect();
+        let via_levels = power_levels(&via_room).await;
+        let candidates = joined_there.iter().filter(|user| joined_here.contains(*user));
+        if pusher(candidates, &via_levels, &room_levels, set_by.as_ref()) != Some(own) {
+            continue;
+        }
+        let users: Vec<OwnedUserId> = joined_there
+            .into_iter()
+            .filter(|user| !here.contains(user) && seen.insert(user.clone()))
+            .collect();
+        if !users.is_empty() {
+            targets.push((via.clone(), users));
+        }
+    }
+    if targets.is_empty() {
+        return Ok(());
+    }
+
     let current: Vec<Provenance> = inner
         .store
         .room_state(room_id)
@@ -156,33 +243,6 @@ async fn share_preview(inner: &Inner, room: &Room, allowed: &[OwnedRoomId]) -> R
     }
     let mut event_ids: Vec<OwnedEventId> = current.iter().map(|p| p.event_id.clone()).collect();
     event_ids.sort();
-
-    // Members of the allowed rooms we are in who are not in this room (members get its keys
-    // the usual way), each through the first allowed room that has them.
-    let here: BTreeSet<OwnedUserId> = room
-        .members(RoomMemberships::JOIN | RoomMemberships::INVITE)
-        .await?
-        .iter()
-        .map(|m| m.user_id().to_owned())
-        .collect();
-    let mut seen = BTreeSet::new();
-    let mut targets: Vec<(OwnedRoomId, Vec<OwnedUserId>)> = Vec::new();
-    for via in allowed {
-        let Some(via_room) = inner.client.get_room(via).filter(|r| r.state() == RoomState::Joined)
-        else {
-            continue;
-        };
-        let users: Vec<OwnedUserId> = via_room
-            .members(RoomMemberships::JOIN)
-            .await?
-            .iter()
-            .map(|m| m.user_id().to_owned())
-            .filter(|user| !here.contains(user) && seen.insert(user.clone()))
-            .collect();
-        if !users.is_empty() {
-            targets.push((via.clone(), users));
-        }
-    }
 
     let previous = inner.store.sent_preview(room_id).await?;
     let same_version = previous.as_ref().is_some_and(|p| p.events == event_ids);
@@ -232,7 +292,7 @@ async fn share_preview(inner: &Inner, room: &Room, allowed: &[OwnedRoomId]) -> R
             }
         }
         delivered_any |= delivered > 0;
-        info!(%room_id, %via, devices = delivered, "pushed the restricted room's preview");
+        info!(%room_id, %via, sharer = %own, devices = delivered, users = ?users, "pushed the restricted room's preview");
         inner.notify(vec![StateUpdate::PreviewSent {
             room_id: room_id.to_owned(),
             via,
@@ -398,6 +458,8 @@ pub(crate) async fn preview(inner: &Inner, room_id: &RoomId) -> Result<Option<Ro
         record.events.iter().filter_map(PreviewEvent::from_raw).collect();
     let mut sessions = stored_sessions(inner, room_id, &events).await?;
     let (mut preview, _) = decode(inner, room_id, &events, &mut sessions).await?;
+    // Who sent this preview, whoever first gave us one of its keys.
+    preview.shared_by = Some(record.shared_by);
     preview.via = Some(record.via);
     Ok(Some(preview))
 }
@@ -411,4 +473,58 @@ pub(crate) async fn forget_if_joined(inner: &Inner, room_id: &RoomId) -> Result<
         inner.store.save_changes(changes).await?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use ruma::owned_user_id;
+
+    use super::*;
+
+    fn levels(users: &[(&OwnedUserId, i64)]) -> RoomPowerLevels {
+        let mut levels = RoomPowerLevels::new(
+            Default::default(),
+            &ruma::room_version_rules::AuthorizationRules::V1,
+            Vec::<OwnedUserId>::new(),
+        );
+        for (user, level) in users {
+            levels.users.insert((*user).clone(), (*level).try_into().unwrap());
+        }
+        levels
+    }
+
+    #[test]
+    fn the_join_rules_sender_pushes_when_it_moderates_the_allowed_room() {
+        let (alice, carol) = (owned_user_id!("@alice:x"), owned_user_id!("@carol:x"));
+        let space = levels(&[(&alice, 50), (&carol, 100)]);
+        let room = levels(&[(&alice, 50), (&carol, 100)]);
+        let members = [alice.clone(), carol.clone()];
+        assert_eq!(pusher(members.iter(), &space, &room, Some(&alice)), Some(&alice));
+    }
+
+    #[test]
+    fn otherwise_the_most_powerful_moderator_pushes_the_lowest_id_on_a_tie() {
+        let (alice, bob, carol, dave) = (
+            owned_user_id!("@alice:x"),
+            owned_user_id!("@bob:x"),
+            owned_user_id!("@carol:x"),
+            owned_user_id!("@dave:x"),
+        );
+        // Dave set the join rules but does not moderate the allowed room; Alice has the most
+        // power in the room but none in the allowed room.
+        let space = levels(&[(&bob, 50), (&carol, 50)]);
+        let room = levels(&[(&alice, 100), (&bob, 50), (&carol, 50), (&dave, 100)]);
+        let members = [alice.clone(), carol.clone(), bob.clone(), dave.clone()];
+        assert_eq!(pusher(members.iter(), &space, &room, Some(&dave)), Some(&bob));
+        let room = levels(&[(&bob, 50), (&carol, 60)]);
+        assert_eq!(pusher(members.iter(), &space, &room, Some(&dave)), Some(&carol));
+    }
+
+    #[test]
+    fn nobody_pushes_without_a_moderator_of_the_allowed_room_in_both_rooms() {
+        let alice = owned_user_id!("@alice:x");
+        let space = levels(&[]);
+        let room = levels(&[(&alice, 100)]);
+        assert_eq!(pusher([alice.clone()].iter(), &space, &room, Some(&alice)), None);
+    }
 }
