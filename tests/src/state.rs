@@ -27,6 +27,15 @@ impl StateUser {
         Self::install(TestUser::register(prefix).await?).await
     }
 
+    /// Registers a user and installs the extension with `config` applied to the usual
+    /// configuration.
+    pub async fn register_with(
+        prefix: &str,
+        config: impl FnOnce(&mut StateExtConfig),
+    ) -> Result<Self> {
+        Self::install_with(TestUser::register(prefix).await?, config).await
+    }
+
     /// Installs the extension for an already registered user, with `config` applied to the
     /// usual configuration.
     pub async fn install_with(

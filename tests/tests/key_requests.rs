@@ -6,8 +6,8 @@ use std::time::Duration;
 use anyhow::Result;
 use crypto_ext::{InboundStateSession, KeyOrigin, StateSlot};
 use integration_tests::{
-    DEFAULT_TIMEOUT, StateUser, TestUser, join, keep_syncing, next_update, restricted_room,
-    set_power_levels, shared_room, sync_until, wait_until,
+    DEFAULT_TIMEOUT, StateUser, join, keep_syncing, next_update, restricted_room, set_power_levels,
+    shared_room, sync_until, wait_until,
 };
 use matrix_sdk::{
     Room,
@@ -23,7 +23,7 @@ use serde_json::json;
 
 /// A user whose extension asks again (and escalates) after one second, not thirty.
 async fn impatient(prefix: &str) -> Result<StateUser> {
-    StateUser::install_with(TestUser::register(prefix).await?, |config| {
+    StateUser::register_with(prefix, |config| {
         config.key_requests.escalation_delay = Duration::from_secs(1);
     })
     .await
@@ -253,7 +253,7 @@ async fn a_device_the_responder_blocked_is_refused() -> Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restricted_room_joined_through_the_allowed_room_shows_its_name() -> Result<()> {
     integration_tests::init_tracing("warn");
-    let alice = StateUser::install_with(TestUser::register("alice").await?, |config| {
+    let alice = StateUser::register_with("alice", |config| {
         config.restricted_previews.share = false;
     })
     .await?;

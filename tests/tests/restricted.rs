@@ -185,7 +185,7 @@ async fn refused(user: &StateUser, sharer: &TestUser, reason: PreviewRefusal) ->
 async fn previews_from_untrusted_senders_or_for_foreign_rooms_are_refused() -> Result<()> {
     integration_tests::init_tracing("warn");
     // Alice's own client pushes nothing here: only the hand-made previews reach Bob.
-    let alice = StateUser::install_with(TestUser::register("alice").await?, |config| {
+    let alice = StateUser::register_with("alice", |config| {
         config.restricted_previews.share = false;
     })
     .await?;
