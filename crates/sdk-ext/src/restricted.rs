@@ -292,7 +292,7 @@ async fn share_preview(inner: &Inner, room: &Room, allowed: &[OwnedRoomId]) -> R
             }
         }
         delivered_any |= delivered > 0;
-        info!(%room_id, %via, sharer = %own, devices = delivered, users = ?users, "pushed the restricted room's preview");
+        info!(%room_id, %via, devices = delivered, users = users.len(), "pushed the restricted room's preview");
         inner.notify(vec![StateUpdate::PreviewSent {
             room_id: room_id.to_owned(),
             via,
