@@ -54,6 +54,8 @@ pub(crate) struct Inner {
     pub(crate) bundle_rooms: StdMutex<BTreeSet<OwnedRoomId>>,
     /// Rooms whose encrypted state waits for keys (the ones key requests are about).
     pub(crate) waiting_rooms: StdMutex<BTreeSet<OwnedRoomId>>,
+    /// Device lookups that asked the homeserver lately (so they do not ask again at once).
+    pub(crate) asked_lookups: crate::devices::AskedLookups,
     task: StdMutex<Option<AbortHandle>>,
     /// The to-device handler for state keys sent with invites.
     handler: StdMutex<Option<EventHandlerHandle>>,
@@ -245,6 +247,7 @@ impl StateExtension {
             http,
             bundle_rooms: StdMutex::new(bundle_rooms),
             waiting_rooms: Default::default(),
+            asked_lookups: Default::default(),
             task: StdMutex::new(None),
             handler: StdMutex::new(None),
         });

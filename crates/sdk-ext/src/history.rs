@@ -21,7 +21,7 @@ use ruma::{
 use serde_json::json;
 use tracing::{info, instrument, warn};
 
-use crate::{BundleOutcome, Error, Result, StateExtension, keys};
+use crate::{BundleOutcome, Error, Result, StateExtension, devices::Ask, keys};
 
 /// Why a device of the invitee did not get the bundle announcement.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -169,12 +169,7 @@ impl RoomHistoryExt for Room {
         let content: Raw<AnyToDeviceEventContent> =
             Raw::new(&json!({ "room_id": room_id, "file": file }))?.cast_unchecked();
 
-        let encryption = client.encryption();
-        let mut devices = encryption.get_user_devices(user_id).await?;
-        if devices.devices().next().is_none() {
-            encryption.request_user_identity(user_id).await?;
-            devices = encryption.get_user_devices(user_id).await?;
-        }
+        let devices = crate::devices::user_devices(inner, user_id, Ask::Always).await?;
         let mut devices_skipped = Vec::new();
         let mut recipients = Vec::new();
         for device in devices.devices() {
@@ -189,7 +184,8 @@ impl RoomHistoryExt for Room {
         let failures = if recipients.is_empty() {
             Vec::new()
         } else {
-            encryption
+            client
+                .encryption()
                 .encrypt_and_send_raw_to_device(
                     recipients.iter().collect(),
                     identifiers::ROOM_KEY_BUNDLE_UNSTABLE,

@@ -9,7 +9,7 @@ use ruma::{OwnedDeviceId, OwnedUserId, RoomId, events::AnyToDeviceEventContent, 
 use state_store_ext::StateChanges;
 use tracing::{debug, warn};
 
-use crate::{Result, extension::Inner};
+use crate::{Result, devices::Ask, extension::Inner};
 
 /// The devices that should hold a room's state keys: every device of every joined or invited
 /// member, except our own device (which keeps its keys in the state store) and blocked devices.
@@ -19,18 +19,12 @@ pub(crate) async fn recipient_devices(inner: &Inner, room: &Room) -> Result<Vec<
     user_devices(inner, &users).await
 }
 
-/// Every device of `users`, except our own device and blocked or deleted devices. Users whose
-/// devices were never queried are queried now.
+/// Every device of `users`, except our own device and blocked or deleted devices. Users we know
+/// no device of are asked for (throttled: see [`crate::devices`]).
 pub(crate) async fn user_devices(inner: &Inner, users: &[OwnedUserId]) -> Result<Vec<Device>> {
-    let encryption = inner.client.encryption();
     let mut devices = Vec::new();
     for user_id in users {
-        let mut user_devices = encryption.get_user_devices(user_id).await?;
-        if user_devices.devices().next().is_none() {
-            // Never queried (a brand-new member): ask the server for their keys now.
-            encryption.request_user_identity(user_id).await?;
-            user_devices = encryption.get_user_devices(user_id).await?;
-        }
+        let user_devices = crate::devices::user_devices(inner, user_id, Ask::Throttled).await?;
         for device in user_devices.devices() {
             let own = *user_id == inner.own_device.user_id
                 && device.device_id() == inner.own_device.device_id;

@@ -1,6 +1,7 @@
 #![doc = include_str!("../README.md")]
 
 mod config;
+mod devices;
 mod error;
 mod extension;
 mod history;

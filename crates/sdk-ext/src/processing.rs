@@ -37,7 +37,7 @@ use state_store_ext::{PendingEvent, SessionEventRef, StateChanges, StateOrigin, 
 use tokio::sync::broadcast::{Receiver, error::RecvError};
 use tracing::{debug, instrument, warn};
 
-use crate::{Result, StateUpdate, extension::Inner};
+use crate::{Result, StateUpdate, devices::Ask, extension::Inner};
 
 /// The slots whose plaintext copies we track next to the encrypted ones: the room's "look".
 pub(crate) const AESTHETIC_SLOTS: &[&str] =
@@ -756,13 +756,8 @@ pub(crate) async fn facts_for_sender_key(
             key_origin,
         });
     }
-    let encryption = inner.client.encryption();
-    let mut devices = encryption.get_user_devices(sender).await?;
-    if devices.devices().next().is_none() {
-        // A user we never queried (we just joined their room): ask the server now.
-        encryption.request_user_identity(sender).await?;
-        devices = encryption.get_user_devices(sender).await?;
-    }
+    // A user we know no device of (we just joined their room) is asked for.
+    let devices = crate::devices::user_devices(inner, sender, Ask::Throttled).await?;
     let device = devices.devices().find(|device| device.curve25519_key() == Some(sender_key));
     let session_owner = match device {
         Some(device) => SessionOwner::Device {

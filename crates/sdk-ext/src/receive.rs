@@ -253,18 +253,10 @@ async fn forget(inner: &Inner, announcement: &PendingBundle) -> Result<()> {
 /// with the owner's keys fetched from the homeserver if we never had them.
 async fn sender_device_is_trusted(inner: &Inner, announcement: &PendingBundle) -> Result<bool> {
     let Some(device_id) = &announcement.sender_device else { return Ok(false) };
-    let encryption = inner.client.encryption();
-    let mut device = encryption
-        .get_device(&announcement.sender, device_id)
-        .await
-        .map_err(matrix_sdk::Error::from)?;
-    if !device.as_ref().is_some_and(|d| d.is_cross_signed_by_owner()) {
-        encryption.request_user_identity(&announcement.sender).await?;
-        device = encryption
-            .get_device(&announcement.sender, device_id)
-            .await
-            .map_err(matrix_sdk::Error::from)?;
-    }
+    let device = crate::devices::device(inner, &announcement.sender, device_id, |d| {
+        d.is_cross_signed_by_owner()
+    })
+    .await?;
     Ok(device.is_some_and(|d| d.is_cross_signed_by_owner() && !d.is_blacklisted()))
 }
 

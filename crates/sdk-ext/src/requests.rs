@@ -301,16 +301,7 @@ pub(crate) async fn receive_request(
 /// blocked.
 pub(crate) async fn sender_device(inner: &Inner, info: &EncryptionInfo) -> Result<Option<Device>> {
     let Some(device_id) = &info.sender_device else { return Ok(None) };
-    let encryption = inner.client.encryption();
-    let mut device =
-        encryption.get_device(&info.sender, device_id).await.map_err(matrix_sdk::Error::from)?;
-    if device.is_none() {
-        encryption.request_user_identity(&info.sender).await?;
-        device = encryption
-            .get_device(&info.sender, device_id)
-            .await
-            .map_err(matrix_sdk::Error::from)?;
-    }
+    let device = crate::devices::device(inner, &info.sender, device_id, |_| true).await?;
     Ok(device.filter(|d| !d.is_blacklisted() && !d.is_deleted()))
 }
 
