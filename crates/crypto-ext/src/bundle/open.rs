@@ -70,23 +70,11 @@ pub fn open(
     decryptor.read_to_end(&mut json).map_err(|_| BundleError::HashMismatch)?;
     let bundle: RoomKeyBundle = serde_json::from_slice(&json).map_err(BundleError::Malformed)?;
 
-    let mut foreign_entries = 0;
-    let mut room_keys: Vec<HistoricRoomKey> = Vec::new();
-    for key in bundle.room_keys {
-        if key.room_id == room_id {
-            room_keys.push(key);
-        } else {
-            foreign_entries += 1;
-        }
-    }
-    let mut withheld: Vec<RoomKeyWithheldContent> = Vec::new();
-    for notice in bundle.withheld {
-        if notice.room_id() == Some(room_id) {
-            withheld.push(notice);
-        } else {
-            foreign_entries += 1;
-        }
-    }
+    let (mut room_keys, foreign_keys): (Vec<HistoricRoomKey>, Vec<_>) =
+        bundle.room_keys.into_iter().partition(|key| key.room_id == room_id);
+    let (mut withheld, foreign_notices): (Vec<RoomKeyWithheldContent>, Vec<_>) =
+        bundle.withheld.into_iter().partition(|notice| notice.room_id() == Some(room_id));
+    let foreign_entries = foreign_keys.len() + foreign_notices.len();
     let shared: BTreeSet<&str> = room_keys.iter().map(|k| k.session_id.as_str()).collect();
     let conflicting: BTreeSet<String> = withheld
         .iter()
