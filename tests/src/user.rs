@@ -147,6 +147,20 @@ impl TestUser {
         Ok(Self { client, password, store_dir })
     }
 
+    /// Logs the same account in again: a new device, with its own stores, whose keys the
+    /// homeserver has once it synced.
+    pub async fn login_new_device(&self) -> Result<Self> {
+        let store_dir = tempfile::tempdir()?;
+        let client = Self::client_builder(&store_dir).await?.build().await?;
+        client
+            .matrix_auth()
+            .login_username(self.user_id(), &self.password)
+            .send()
+            .await
+            .with_context(|| format!("logging {} in again", self.user_id()))?;
+        Ok(Self { client, password: self.password.clone(), store_dir })
+    }
+
     /// The user's Matrix ID.
     pub fn user_id(&self) -> &matrix_sdk::ruma::UserId {
         self.client.user_id().expect("a TestUser is always logged in")

@@ -2,11 +2,11 @@
 
 use std::time::Duration;
 
-use anyhow::Result;
-use crypto_ext::testing::Crafter;
+use anyhow::{Context, Result};
+use crypto_ext::{identifiers, testing::Crafter};
 use integration_tests::{
-    DEFAULT_TIMEOUT, StateUser, alice_and_bob_with_encrypted_state, server_state, set_power_levels,
-    shared_room, sync_until,
+    DEFAULT_TIMEOUT, StateUser, alice_and_bob_with_encrypted_state, keep_syncing, next_update,
+    server_state, set_power_levels, shared_room, sync_until,
 };
 use matrix_sdk::{
     deserialized_responses::TimelineEventKind,
@@ -14,7 +14,7 @@ use matrix_sdk::{
         OwnedEventId, RoomId, events::room::encrypted::OriginalSyncRoomEncryptedEvent, serde::Raw,
     },
 };
-use sdk_ext::{RejectionReason, RoomStateExt, StateOrigin};
+use sdk_ext::{OwnDevice, RejectionReason, RoomStateExt, StateOrigin, StateUpdate};
 use serde_json::{Value, json};
 
 fn init() {
@@ -382,7 +382,7 @@ async fn a_pending_event_becomes_readable_when_its_key_arrives() -> Result<()> {
 
     let mut announced = false;
     while let Ok(update) = updates.try_recv() {
-        if let sdk_ext::StateUpdate::Accepted { event_id, was_pending, current, .. } = update
+        if let StateUpdate::Accepted { event_id, was_pending, current, .. } = update
             && event_id == response.event_id
         {
             assert!(was_pending && current);
@@ -390,6 +390,76 @@ async fn a_pending_event_becomes_readable_when_its_key_arrives() -> Result<()> {
         }
     }
     assert!(announced, "the update stream announced the event");
+    Ok(())
+}
+
+/// State whose session comes from a device the reader cannot know yet (a device of the sender
+/// whose keys are not on the homeserver) is rejected as transient, and accepted as soon as the
+/// device's keys reach the reader, without a rescan or a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn state_from_a_device_that_appears_later_is_accepted_when_it_does() -> Result<()> {
+    init();
+    let (alice, bob, room) = alice_and_bob_with_encrypted_state().await?;
+    let room_id = room.room_id().to_owned();
+
+    // A second device of Alice's, logged in but not synced yet: it has uploaded no keys.
+    let alice2 = alice.login_new_device().await?;
+    let device = alice2.client.encryption().get_own_device().await?.context("own device")?;
+    let new_device = OwnDevice {
+        user_id: alice.user_id().to_owned(),
+        device_id: device.device_id().to_owned(),
+        curve25519: device.curve25519_key().context("curve25519 key")?,
+        ed25519: device.ed25519_key().context("ed25519 key")?,
+    };
+
+    // A session of the new device's encrypts the topic; Alice's first device sends the event,
+    // and, when Bob waits for its key, answers him with it (as a key share).
+    let mut crafter = Crafter::new();
+    let key = crafter.exported_key(&room_id, &new_device);
+    let content = crafter.encrypt(
+        &new_device,
+        &payload("m.room.topic", "", json!({"topic": "From a new device"}), &room_id),
+    );
+    let sent = room
+        .send_state_event_raw(
+            "m.room.encrypted",
+            "m.room.topic:",
+            content.cast_unchecked::<matrix_sdk::ruma::events::AnyStateEventContent>(),
+        )
+        .await?
+        .event_id;
+    let bob_room = bob.room(&room_id);
+    sync_until(&bob.client, "Bob waits for the event's key", DEFAULT_TIMEOUT, || async {
+        bob_room
+            .encrypted_state_view()
+            .await
+            .is_ok_and(|v| v.pending.iter().any(|p| p.event_id == sent))
+    })
+    .await?;
+    let share = json!({ "room_id": room_id, "request_id": "answer", "keys": [key] });
+    alice.send_to_devices(bob.user_id(), identifiers::STATE_KEY_SHARE, &share).await?;
+
+    let reason = next_update(&bob.client, &bob.ext, |update| match update {
+        StateUpdate::Rejected { event_id, reason, .. } if *event_id == sent => Some(reason.clone()),
+        _ => None,
+    })
+    .await?;
+    assert_eq!(reason, RejectionReason::SenderDeviceUnknown);
+    assert_eq!(bob_room.encrypted_topic().await?, None);
+
+    // The new device comes online and uploads its keys; Bob's client hears of them.
+    let _alice2_online = keep_syncing(&alice2.client);
+    let current = next_update(&bob.client, &bob.ext, |update| match update {
+        StateUpdate::Accepted { event_id, current, .. } if *event_id == sent => Some(*current),
+        _ => None,
+    })
+    .await?;
+    assert!(current);
+    assert_eq!(bob_room.encrypted_topic().await?.as_deref(), Some("From a new device"));
+    let record = bob_room.encrypted_state("m.room.topic", "").await?.context("topic")?;
+    let StateOrigin::Encrypted(provenance) = &record.origin else { panic!("not encrypted") };
+    assert_eq!(provenance.sender_device.as_ref(), Some(&new_device.device_id));
+    assert!(bob_room.encrypted_state_view().await?.rejected.iter().all(|r| r.event_id != sent));
     Ok(())
 }
 

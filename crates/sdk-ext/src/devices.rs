@@ -13,6 +13,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use crypto_ext::vodozemac::Curve25519PublicKey;
 use matrix_sdk::encryption::identities::{Device, UserDevices};
 use ruma::{DeviceId, OwnedUserId, UserId};
 
@@ -32,7 +33,8 @@ pub(crate) enum Ask {
     Throttled,
 }
 
-/// What a lookup looked for: all of a user's devices, or one device of theirs.
+/// What a lookup looked for: all of a user's devices, or one device of theirs (by device ID or
+/// Curve25519 key).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 struct Lookup {
     user_id: OwnedUserId,
@@ -63,19 +65,59 @@ impl AskedLookups {
     }
 }
 
+/// Looks with `look`; when what it returns is not `found`, asks the homeserver for the user's
+/// devices (as `ask` allows for `lookup`) and looks again.
+async fn look_up<T, F: Future<Output = Result<T>>>(
+    inner: &Inner,
+    lookup: Lookup,
+    ask: Ask,
+    look: impl Fn() -> F,
+    found: impl Fn(&T) -> bool,
+) -> Result<T> {
+    let first = look().await?;
+    if found(&first) || !inner.asked_lookups.may_ask(ask, lookup.clone(), Instant::now()) {
+        return Ok(first);
+    }
+    inner.client.encryption().request_user_identity(&lookup.user_id).await?;
+    look().await
+}
+
 /// The devices of `user_id` we know; when we know none, the homeserver is asked (as `ask`
 /// allows) and its answer returned.
 pub(crate) async fn user_devices(inner: &Inner, user_id: &UserId, ask: Ask) -> Result<UserDevices> {
     let encryption = inner.client.encryption();
-    let devices = encryption.get_user_devices(user_id).await?;
     let lookup = Lookup { user_id: user_id.to_owned(), device: None };
-    if devices.devices().next().is_some()
-        || !inner.asked_lookups.may_ask(ask, lookup, Instant::now())
-    {
-        return Ok(devices);
-    }
-    encryption.request_user_identity(user_id).await?;
-    Ok(encryption.get_user_devices(user_id).await?)
+    look_up(
+        inner,
+        lookup,
+        ask,
+        || async { Ok(encryption.get_user_devices(user_id).await?) },
+        |devices| devices.devices().next().is_some(),
+    )
+    .await
+}
+
+/// The device of `user_id` whose Curve25519 key is `sender_key` (the creator of a Megolm
+/// session); when we know none, the homeserver is asked (at most once per [`ASK_AGAIN_AFTER`]
+/// for this key) and the devices looked through again.
+pub(crate) async fn device_with_key(
+    inner: &Inner,
+    user_id: &UserId,
+    sender_key: Curve25519PublicKey,
+) -> Result<Option<Device>> {
+    let encryption = inner.client.encryption();
+    let lookup = Lookup { user_id: user_id.to_owned(), device: Some(sender_key.to_base64()) };
+    let with_key = |devices: UserDevices| {
+        devices.devices().find(|device| device.curve25519_key() == Some(sender_key))
+    };
+    look_up(
+        inner,
+        lookup,
+        Ask::Throttled,
+        || async { Ok(with_key(encryption.get_user_devices(user_id).await?)) },
+        Option::is_some,
+    )
+    .await
 }
 
 /// The device `device_id` of `user_id`, if it is `good_enough`; otherwise the homeserver is
@@ -88,16 +130,17 @@ pub(crate) async fn device(
     good_enough: impl Fn(&Device) -> bool,
 ) -> Result<Option<Device>> {
     let encryption = inner.client.encryption();
-    let device =
-        encryption.get_device(user_id, device_id).await.map_err(matrix_sdk::Error::from)?;
     let lookup = Lookup { user_id: user_id.to_owned(), device: Some(device_id.to_string()) };
-    if device.as_ref().is_some_and(&good_enough)
-        || !inner.asked_lookups.may_ask(Ask::Throttled, lookup, Instant::now())
-    {
-        return Ok(device);
-    }
-    encryption.request_user_identity(user_id).await?;
-    Ok(encryption.get_device(user_id, device_id).await.map_err(matrix_sdk::Error::from)?)
+    look_up(
+        inner,
+        lookup,
+        Ask::Throttled,
+        || async {
+            Ok(encryption.get_device(user_id, device_id).await.map_err(matrix_sdk::Error::from)?)
+        },
+        |device| device.as_ref().is_some_and(&good_enough),
+    )
+    .await
 }
 
 #[cfg(test)]

@@ -54,6 +54,9 @@ pub(crate) struct Inner {
     pub(crate) bundle_rooms: StdMutex<BTreeSet<OwnedRoomId>>,
     /// Rooms whose encrypted state waits for keys (the ones key requests are about).
     pub(crate) waiting_rooms: StdMutex<BTreeSet<OwnedRoomId>>,
+    /// Rooms with events rejected because their sender's device was unknown, with those
+    /// senders: a device update of one of them validates the room's events again.
+    pub(crate) unknown_device_senders: StdMutex<BTreeMap<OwnedRoomId, BTreeSet<OwnedUserId>>>,
     /// Device lookups that asked the homeserver lately (so they do not ask again at once).
     pub(crate) asked_lookups: crate::devices::AskedLookups,
     task: StdMutex<Option<AbortHandle>>,
@@ -119,6 +122,40 @@ impl Inner {
     /// The rooms whose encrypted state waits for keys.
     pub(crate) fn waiting_rooms(&self) -> Vec<OwnedRoomId> {
         self.waiting_rooms.lock().unwrap_or_else(|e| e.into_inner()).iter().cloned().collect()
+    }
+
+    /// Adds `sender` to the senders of `room_id`'s events rejected for an unknown device.
+    pub(crate) fn add_unknown_device_sender(&self, room_id: &RoomId, sender: OwnedUserId) {
+        let mut rooms = self.unknown_device_senders.lock().unwrap_or_else(|e| e.into_inner());
+        rooms.entry(room_id.to_owned()).or_default().insert(sender);
+    }
+
+    /// Replaces the senders of `room_id`'s events rejected for an unknown device (none: the
+    /// room is forgotten).
+    pub(crate) fn set_unknown_device_senders(
+        &self,
+        room_id: &RoomId,
+        senders: BTreeSet<OwnedUserId>,
+    ) {
+        let mut rooms = self.unknown_device_senders.lock().unwrap_or_else(|e| e.into_inner());
+        if senders.is_empty() {
+            rooms.remove(room_id);
+        } else {
+            rooms.insert(room_id.to_owned(), senders);
+        }
+    }
+
+    /// The rooms with events rejected for an unknown device of one of `users`.
+    pub(crate) fn rooms_with_unknown_devices_of(
+        &self,
+        users: &BTreeSet<OwnedUserId>,
+    ) -> Vec<OwnedRoomId> {
+        let rooms = self.unknown_device_senders.lock().unwrap_or_else(|e| e.into_inner());
+        rooms
+            .iter()
+            .filter(|(_, senders)| !senders.is_disjoint(users))
+            .map(|(room_id, _)| room_id.clone())
+            .collect()
     }
 
     pub(crate) fn notify(&self, updates: Vec<StateUpdate>) {
@@ -247,6 +284,7 @@ impl StateExtension {
             http,
             bundle_rooms: StdMutex::new(bundle_rooms),
             waiting_rooms: Default::default(),
+            unknown_device_senders: Default::default(),
             asked_lookups: Default::default(),
             task: StdMutex::new(None),
             handler: StdMutex::new(None),
@@ -256,12 +294,14 @@ impl StateExtension {
         let room_updates = client.subscribe_to_all_room_updates();
         let room_keys = client.encryption().room_keys_received_stream().await;
         let room_info = client.room_info_notable_update_receiver();
+        let devices = client.encryption().devices_stream().await?;
         Processor::new(&inner).scan_all().await?;
         let task = tokio::spawn(processing::run(
             Arc::downgrade(&inner),
             room_updates,
             room_keys,
             room_info,
+            devices,
         ));
         *inner.task.lock().unwrap_or_else(|e| e.into_inner()) = Some(task.abort_handle());
         let handler = register_to_device_handler(client, Arc::downgrade(&inner));

@@ -19,7 +19,7 @@ pub mod guide {}
 
 pub use config::{StateExtConfig, StoreConfig};
 pub use crypto_ext::KeyOrigin;
-pub use crypto_ext::{RejectedState, RejectionReason, StateSlot};
+pub use crypto_ext::{OwnDevice, RejectedState, RejectionReason, StateSlot};
 pub use error::{Error, Result};
 pub use extension::StateExtension;
 pub use history::{InviteReport, RoomHistoryExt, SkippedDevice};

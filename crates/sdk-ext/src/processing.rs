@@ -21,6 +21,7 @@ use matrix_sdk::{
         AlgorithmInfo, RawAnySyncOrStrippedState, TimelineEventKind, UnableToDecryptReason,
         VerificationLevel, VerificationState,
     },
+    encryption::identities::DeviceUpdates,
     sync::{JoinedRoomUpdate, RoomUpdates, State},
 };
 use matrix_sdk_base::{RoomInfoNotableUpdate, RoomInfoNotableUpdateReasons};
@@ -37,7 +38,7 @@ use state_store_ext::{PendingEvent, SessionEventRef, StateChanges, StateOrigin, 
 use tokio::sync::broadcast::{Receiver, error::RecvError};
 use tracing::{debug, instrument, warn};
 
-use crate::{Result, StateUpdate, devices::Ask, extension::Inner};
+use crate::{Result, StateUpdate, extension::Inner};
 
 /// The slots whose plaintext copies we track next to the encrypted ones: the room's "look".
 pub(crate) const AESTHETIC_SLOTS: &[&str] =
@@ -49,8 +50,10 @@ pub(crate) async fn run<E>(
     mut room_updates: Receiver<RoomUpdates>,
     room_keys: Option<impl Stream<Item = Result<Vec<RoomKeyInfo>, E>>>,
     mut room_info: Receiver<RoomInfoNotableUpdate>,
+    devices: impl Stream<Item = DeviceUpdates>,
 ) {
     let mut room_keys = room_keys.map(Box::pin);
+    let mut devices = Box::pin(devices);
     // An import cut short (a crash, a failed download) resumes now, and keys still missing
     // after a restart are asked for.
     if let Some(inner) = inner.upgrade() {
@@ -150,6 +153,20 @@ pub(crate) async fn run<E>(
                     Err(RecvError::Closed) => return,
                 }
             }
+            Some(update) = devices.next() => {
+                let Some(inner) = inner.upgrade() else { return };
+                // Events rejected because their sender's device was unknown: one of those
+                // devices may be known now.
+                let users: BTreeSet<OwnedUserId> =
+                    update.new.into_keys().chain(update.changed.into_keys()).collect();
+                let processor = Processor::new(&inner);
+                for room_id in inner.rooms_with_unknown_devices_of(&users) {
+                    let Some(room) = inner.client.get_room(&room_id) else { continue };
+                    if let Err(error) = processor.scan_room(&room).await {
+                        warn!(%error, %room_id, "validating events again after a device update failed");
+                    }
+                }
+            }
             keys = next_keys => {
                 let Some(inner) = inner.upgrade() else { return };
                 let processor = Processor::new(&inner);
@@ -178,8 +195,6 @@ pub(crate) async fn run<E>(
     }
 }
 
-/// Imports the bundles kept for a room we joined, logging failures (the background task goes
-/// on).
 /// Pushes restricted rooms' previews (see [`crate::restricted`]), logging failures.
 async fn share_previews(inner: &Inner, updated: Option<&BTreeSet<OwnedRoomId>>) {
     if let Err(error) = crate::restricted::share_previews(inner, updated).await {
@@ -198,6 +213,8 @@ fn changes_state(update: &JoinedRoomUpdate) -> bool {
         })
 }
 
+/// Imports the bundles kept for a room we joined, logging failures (the background task goes
+/// on).
 async fn import_bundles(inner: &Inner, room_id: &RoomId) {
     if let Some(room) = inner.client.get_room(room_id)
         && let Err(error) = crate::receive::import_pending(inner, &room).await
@@ -279,10 +296,13 @@ impl<'a> Processor<'a> {
         for pending in store.pending_in_room(room_id).await? {
             known.insert(pending.event_id);
         }
+        let mut unknown_device_senders = BTreeSet::new();
         for rejected in store.rejected_events(room_id).await? {
             // Transient rejections (an unknown device) are validated again on every scan: the
             // device may have become known since.
-            if !rejected.reason.is_transient() {
+            if rejected.reason.is_transient() {
+                unknown_device_senders.insert(rejected.sender);
+            } else {
                 known.insert(rejected.event_id);
             }
         }
@@ -327,9 +347,23 @@ impl<'a> Processor<'a> {
         if enabled {
             self.plaintext_copies(room, slots, &known, &mut batch).await?;
         }
+        let rejects_for_unknown_devices =
+            batch.changes.rejected.iter().any(|rejected| rejected.reason.is_transient());
         self.commit(batch).await?;
         let waiting = !self.inner.store.pending_in_room(room_id).await?.is_empty();
         self.inner.set_waiting_room(room_id, waiting);
+        // Whose unknown devices the room still waits for (read again only when it waited
+        // for some, or this scan added some).
+        if !unknown_device_senders.is_empty() || rejects_for_unknown_devices {
+            let senders = store
+                .rejected_events(room_id)
+                .await?
+                .into_iter()
+                .filter(|rejected| rejected.reason.is_transient())
+                .map(|rejected| rejected.sender)
+                .collect();
+            self.inner.set_unknown_device_senders(room_id, senders);
+        }
         Ok(())
     }
 
@@ -642,7 +676,17 @@ impl<'a> Processor<'a> {
         if batch.changes.is_empty() {
             return Ok(());
         }
+        let unknown_devices: Vec<(OwnedRoomId, OwnedUserId)> = batch
+            .changes
+            .rejected
+            .iter()
+            .filter(|rejected| rejected.reason.is_transient())
+            .map(|rejected| (rejected.room_id.clone(), rejected.sender.clone()))
+            .collect();
         self.inner.store.save_changes(std::mem::take(&mut batch.changes)).await?;
+        for (room_id, sender) in unknown_devices {
+            self.inner.add_unknown_device_sender(&room_id, sender);
+        }
         for update in &mut batch.updates {
             if let StateUpdate::Accepted { room_id, slot, event_id, current, .. } = update {
                 *current = self
@@ -756,9 +800,9 @@ pub(crate) async fn facts_for_sender_key(
             key_origin,
         });
     }
-    // A user we know no device of (we just joined their room) is asked for.
-    let devices = crate::devices::user_devices(inner, sender, Ask::Throttled).await?;
-    let device = devices.devices().find(|device| device.curve25519_key() == Some(sender_key));
+    // A device we do not know yet (a member who just joined, a device just logged in) is asked
+    // for before the session is called unknown.
+    let device = crate::devices::device_with_key(inner, sender, sender_key).await?;
     let session_owner = match device {
         Some(device) => SessionOwner::Device {
             user_id: sender.to_owned(),

@@ -21,7 +21,10 @@ pub enum StateUpdate {
         /// Whether it had been waiting for its key.
         was_pending: bool,
     },
-    /// An encrypted state event was rejected.
+    /// An encrypted state event was rejected. A transient rejection
+    /// ([`RejectionReason::is_transient`](crate::RejectionReason::is_transient): the sender's
+    /// device was unknown) is validated again when that sender's devices change, and may be
+    /// followed by an `Accepted` update of the same event.
     Rejected {
         /// The room.
         room_id: OwnedRoomId,
