@@ -130,6 +130,11 @@ impl Inner {
         rooms.entry(room_id.to_owned()).or_default().insert(sender);
     }
 
+    /// Whether `room_id` has events rejected for an unknown device.
+    pub(crate) fn waits_for_unknown_devices(&self, room_id: &RoomId) -> bool {
+        self.unknown_device_senders.lock().unwrap_or_else(|e| e.into_inner()).contains_key(room_id)
+    }
+
     /// Replaces the senders of `room_id`'s events rejected for an unknown device (none: the
     /// room is forgotten).
     pub(crate) fn set_unknown_device_senders(

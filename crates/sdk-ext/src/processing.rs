@@ -296,12 +296,11 @@ impl<'a> Processor<'a> {
         for pending in store.pending_in_room(room_id).await? {
             known.insert(pending.event_id);
         }
-        let mut unknown_device_senders = BTreeSet::new();
         for rejected in store.rejected_events(room_id).await? {
             // Transient rejections (an unknown device) are validated again on every scan: the
             // device may have become known since.
             if rejected.reason.is_transient() {
-                unknown_device_senders.insert(rejected.sender);
+                self.inner.add_unknown_device_sender(room_id, rejected.sender);
             } else {
                 known.insert(rejected.event_id);
             }
@@ -347,14 +346,12 @@ impl<'a> Processor<'a> {
         if enabled {
             self.plaintext_copies(room, slots, &known, &mut batch).await?;
         }
-        let rejects_for_unknown_devices =
-            batch.changes.rejected.iter().any(|rejected| rejected.reason.is_transient());
         self.commit(batch).await?;
         let waiting = !self.inner.store.pending_in_room(room_id).await?.is_empty();
         self.inner.set_waiting_room(room_id, waiting);
-        // Whose unknown devices the room still waits for (read again only when it waited
-        // for some, or this scan added some).
-        if !unknown_device_senders.is_empty() || rejects_for_unknown_devices {
+        // Whose unknown devices the room still waits for (read again only when it waited for
+        // some before this scan, or this scan added some).
+        if self.inner.waits_for_unknown_devices(room_id) {
             let senders = store
                 .rejected_events(room_id)
                 .await?
