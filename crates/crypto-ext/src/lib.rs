@@ -10,6 +10,7 @@ pub mod state_sessions;
 #[cfg(feature = "testing")]
 pub mod testing;
 pub mod validation;
+pub mod wire;
 
 pub use error::{
     BundleError, DecryptStateError, EncryptStateError, ImportKeyError, PackedStateKeyError,

@@ -1,10 +1,8 @@
-//! How the extension is set up.
+//! How the extension is set up: plain settings, no I/O.
 
-use std::path::PathBuf;
+use std::{path::PathBuf, time::Duration};
 
 use crypto_ext::bundle::BundleLimits;
-
-use crate::{KeyRequestConfig, RestrictedPreviewConfig};
 use matrix_sdk_crypto::CollectStrategy;
 
 /// Where the extension keeps its state.
@@ -82,5 +80,48 @@ impl StateExtConfig {
             key_requests: KeyRequestConfig::default(),
             restricted_previews: RestrictedPreviewConfig::default(),
         }
+    }
+}
+
+/// How state keys a member lacks are asked for and handed out.
+#[derive(Clone, Debug)]
+pub struct KeyRequestConfig {
+    /// Ask for the state keys we lack.
+    pub request: bool,
+    /// Answer other members' requests.
+    pub answer: bool,
+    /// How long our own devices and the room's moderators have to answer before every member is
+    /// asked; the wait doubles after each later attempt.
+    pub escalation_delay: Duration,
+    /// How many times one session is asked for.
+    pub max_attempts: u32,
+}
+
+impl Default for KeyRequestConfig {
+    fn default() -> Self {
+        Self {
+            request: true,
+            answer: true,
+            escalation_delay: Duration::from_secs(30),
+            max_attempts: 5,
+        }
+    }
+}
+
+/// Whether restricted rooms' previews are pushed and taken.
+#[derive(Clone, Debug)]
+pub struct RestrictedPreviewConfig {
+    /// For the restricted rooms we push for (we set their join rules, or stepped in for the
+    /// member who did): push the aesthetic state (name, topic, avatar, canonical alias) and its
+    /// keys to the members of the allowed rooms we are in who are not members yet, whenever the
+    /// allow-list, those members or that state change.
+    pub share: bool,
+    /// Take such previews from moderators of rooms we are in.
+    pub accept: bool,
+}
+
+impl Default for RestrictedPreviewConfig {
+    fn default() -> Self {
+        Self { share: true, accept: true }
     }
 }

@@ -1,4 +1,4 @@
-//! Errors of the high-level API.
+//! Errors of the high-level API: values, no I/O.
 
 use thiserror::Error;
 

@@ -1,32 +1,29 @@
 #![doc = include_str!("../README.md")]
 
+// Bottom layer: values without I/O, and the shared context.
 mod config;
-mod devices;
+mod context;
 mod error;
-mod extension;
-mod history;
-mod invite;
-mod keys;
-mod processing;
-mod receive;
-mod requests;
-mod restricted;
-mod room;
+mod outcomes;
 mod updates;
+mod views;
+// Middle layer: the features, side by side.
+mod features;
+// Top layer: the extension, its dispatcher, its tasks and its traits.
+mod extension;
 
 #[doc = include_str!("../../../docs/guide.md")]
 pub mod guide {}
 
-pub use config::{StateExtConfig, StoreConfig};
+pub use config::{KeyRequestConfig, RestrictedPreviewConfig, StateExtConfig, StoreConfig};
 pub use crypto_ext::KeyOrigin;
 pub use crypto_ext::{OwnDevice, RejectedState, RejectionReason, StateSlot};
 pub use error::{Error, Result};
-pub use extension::StateExtension;
-pub use history::{InviteReport, RoomHistoryExt, SkippedDevice};
-pub use invite::RoomPreview;
-pub use receive::{BundleImportError, BundleOutcome, ImportedBundle};
-pub use requests::{KeyRequestConfig, KeyRequestRefusal};
-pub use restricted::{PreviewRefusal, RestrictedPreviewConfig};
-pub use room::{EncryptedAvatar, RoomStateExt, RoomStateView, SentState};
+pub use extension::{RoomHistoryExt, RoomStateExt, StateExtension};
+pub use outcomes::{
+    BundleImportError, BundleOutcome, ImportedBundle, InviteReport, KeyRequestRefusal,
+    PreviewRefusal, SkippedDevice,
+};
 pub use state_store_ext::{PendingEvent, StateOrigin, StateRecord};
 pub use updates::StateUpdate;
+pub use views::{EncryptedAvatar, RoomPreview, RoomStateView, SentState};

@@ -1,9 +1,9 @@
-//! What the update stream reports.
+//! What the update stream reports: values, no I/O.
 
 use crypto_ext::{RejectionReason, StateSlot};
 use ruma::{OwnedEventId, OwnedRoomId, OwnedUserId};
 
-use crate::{ImportedBundle, KeyRequestRefusal, PreviewRefusal};
+use crate::outcomes::{ImportedBundle, KeyRequestRefusal, PreviewRefusal};
 
 /// A change to the decrypted state of a room, sent to subscribers after it is stored.
 #[derive(Clone, Debug, PartialEq)]

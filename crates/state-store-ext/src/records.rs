@@ -5,7 +5,7 @@ use crypto_ext::{
     validation::resolution::{SlotOrder, replaces},
 };
 use ruma::{
-    MilliSecondsSinceUnixEpoch, OwnedDeviceId, OwnedEventId, OwnedRoomId, OwnedUserId,
+    MilliSecondsSinceUnixEpoch, OwnedDeviceId, OwnedEventId, OwnedRoomId, OwnedUserId, RoomId,
     events::{AnyStateEventContent, AnySyncStateEvent},
     serde::Raw,
 };
@@ -43,6 +43,30 @@ pub struct StateRecord {
 }
 
 impl StateRecord {
+    /// The record of a slot's plaintext copy, from the state event the homeserver serves for it;
+    /// `None` when the event lacks its id, sender or timestamp. A redacted event (empty content)
+    /// reads as "no value".
+    pub fn plaintext(
+        room_id: &RoomId,
+        slot: &StateSlot,
+        raw: &Raw<AnySyncStateEvent>,
+    ) -> Option<Self> {
+        let event_id: OwnedEventId = raw.get_field("event_id").ok()??;
+        let sender: OwnedUserId = raw.get_field("sender").ok()??;
+        let origin_server_ts: MilliSecondsSinceUnixEpoch =
+            raw.get_field("origin_server_ts").ok()??;
+        let content = match raw.get_field("content").ok()? {
+            Some(content) => content,
+            None => Raw::new(&serde_json::json!({})).ok()?.cast_unchecked(),
+        };
+        Some(Self {
+            room_id: room_id.to_owned(),
+            slot: slot.clone(),
+            content,
+            origin: StateOrigin::Plaintext { event_id, sender, origin_server_ts },
+        })
+    }
+
     /// The event id.
     pub fn event_id(&self) -> &OwnedEventId {
         match &self.origin {

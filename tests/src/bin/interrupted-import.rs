@@ -21,7 +21,7 @@ use tracing_subscriber::{
     util::SubscriberInitExt,
 };
 
-/// The receiver's log line between its two imports (`sdk_ext::receive`).
+/// The receiver's log line between its two imports (`sdk_ext::features::history::receive`).
 const KILL_POINT: &str = "stored the bundle's keys in the state store";
 
 /// Kills the process when the receiver logs [`KILL_POINT`]. The thread that logged it (the one
@@ -55,7 +55,7 @@ impl<S: Subscriber> Layer<S> for KillAtKillPoint {
 
 #[tokio::main]
 async fn main() -> Result<()> {
-    let receiver = Targets::new().with_target("sdk_ext::receive", Level::DEBUG);
+    let receiver = Targets::new().with_target("sdk_ext::features::history::receive", Level::DEBUG);
     tracing_subscriber::registry().with(KillAtKillPoint.with_filter(receiver)).init();
 
     let dir = PathBuf::from(std::env::var("IMPORT_STORE_DIR").context("IMPORT_STORE_DIR")?);

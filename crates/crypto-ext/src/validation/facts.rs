@@ -3,10 +3,11 @@
 use matrix_sdk_common::deserialized_responses::{
     EncryptionInfo, VerificationLevel, VerificationState,
 };
-use ruma::{OwnedDeviceId, OwnedUserId};
+use ruma::{OwnedDeviceId, OwnedUserId, UserId};
 use serde::{Deserialize, Serialize};
+use vodozemac::Curve25519PublicKey;
 
-use crate::state_sessions::KeyOrigin;
+use crate::state_sessions::{KeyOrigin, OwnDevice};
 
 /// Who created the Megolm session, as far as the decrypting party knows.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -40,6 +41,26 @@ pub struct DecryptionFacts {
 }
 
 impl DecryptionFacts {
+    /// The facts of a session we created ourselves, when it is one: a key of
+    /// [`KeyOrigin::Own`] origin whose sender key is our device's, on an event `sender` is our
+    /// user. Such a session needs no device lookup: it is ours, and verified.
+    pub fn for_own_session(
+        own: &OwnDevice,
+        sender: &UserId,
+        sender_key: Curve25519PublicKey,
+        key_origin: &KeyOrigin,
+    ) -> Option<Self> {
+        (*key_origin == KeyOrigin::Own && sender == own.user_id && sender_key == own.curve25519)
+            .then(|| Self {
+                session_owner: SessionOwner::Device {
+                    user_id: own.user_id.clone(),
+                    device_id: Some(own.device_id.clone()),
+                    verification: VerificationState::Verified,
+                },
+                key_origin: KeyOrigin::Own,
+            })
+    }
+
     /// Facts from the [`EncryptionInfo`] of an event decrypted by a matrix-sdk `OlmMachine`
     /// (`Room::decrypt_event`, `OlmMachine::decrypt_room_event`).
     ///

@@ -5,7 +5,7 @@ use ruma::{
     MilliSecondsSinceUnixEpoch, OwnedDeviceId, OwnedEventId, OwnedRoomId, OwnedUserId, RoomId,
     UserId,
     events::{
-        AnyStateEventContent, StateEventType,
+        AnyStateEventContent, AnySyncStateEvent, StateEventType,
         room::power_levels::{RoomPowerLevels, UserPowerLevel},
     },
     serde::Raw,
@@ -90,6 +90,42 @@ pub struct RejectedState {
     pub reason: RejectionReason,
 }
 
+impl RejectedState {
+    /// The rejection of `event`, received in `room_id`, for `reason`.
+    pub fn for_event(
+        room_id: &RoomId,
+        event: &EncryptedStateEvent,
+        reason: RejectionReason,
+    ) -> Self {
+        Self {
+            room_id: room_id.to_owned(),
+            event_id: event.event_id.clone(),
+            sender: event.sender.clone(),
+            origin_server_ts: event.origin_server_ts,
+            packed_state_key: event.packed_state_key.clone(),
+            session_id: event.session_id.clone(),
+            message_index: event.message_index,
+            reason,
+        }
+    }
+
+    /// The rejection of an outer event that does not even parse as encrypted state
+    /// ([`RejectionReason::MalformedEvent`] with `detail`), when it has the fields that name it
+    /// (event id, sender, timestamp); `None` otherwise.
+    pub fn malformed(room_id: &RoomId, raw: &Raw<AnySyncStateEvent>, detail: &str) -> Option<Self> {
+        Some(Self {
+            room_id: room_id.to_owned(),
+            event_id: raw.get_field("event_id").ok()??,
+            sender: raw.get_field::<OwnedUserId>("sender").ok()??,
+            origin_server_ts: raw.get_field("origin_server_ts").ok()??,
+            packed_state_key: raw.get_field("state_key").ok()?.unwrap_or_default(),
+            session_id: String::new(),
+            message_index: 0,
+            reason: RejectionReason::MalformedEvent { detail: detail.to_owned() },
+        })
+    }
+}
+
 /// The outcome of [`validate`].
 #[derive(Clone, Debug)]
 pub enum Verdict {
@@ -139,16 +175,7 @@ pub fn validate(input: ValidationInput<'_>) -> Verdict {
         }),
         Err(reason) => {
             debug!(event_id = %input.event.event_id, %reason, "rejected encrypted state");
-            Verdict::Rejected(RejectedState {
-                room_id: input.room_id.to_owned(),
-                event_id: input.event.event_id.clone(),
-                sender: input.event.sender.clone(),
-                origin_server_ts: input.event.origin_server_ts,
-                packed_state_key: input.event.packed_state_key.clone(),
-                session_id: input.event.session_id.clone(),
-                message_index: input.event.message_index,
-                reason,
-            })
+            Verdict::Rejected(RejectedState::for_event(input.room_id, input.event, reason))
         }
     }
 }

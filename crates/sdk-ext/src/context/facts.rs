@@ -1,0 +1,43 @@
+//! Facts about a session's sender: which device of the event's sender created it, and how
+//! verified that device is.
+
+use crypto_ext::{DecryptionFacts, KeyOrigin, SessionOwner, vodozemac::Curve25519PublicKey};
+use matrix_sdk::deserialized_responses::{VerificationLevel, VerificationState};
+use ruma::UserId;
+
+use super::Context;
+use crate::Result;
+
+impl Context {
+    /// Which device of `sender` owns `sender_key`, and how verified it is.
+    pub(crate) async fn facts_for_sender_key(
+        &self,
+        sender: &UserId,
+        sender_key: Curve25519PublicKey,
+        key_origin: KeyOrigin,
+    ) -> Result<DecryptionFacts> {
+        if let Some(facts) =
+            DecryptionFacts::for_own_session(&self.own_device, sender, sender_key, &key_origin)
+        {
+            return Ok(facts);
+        }
+        // A device we do not know yet (a member who just joined, a device just logged in) is
+        // asked for before the session is called unknown.
+        let device = self.device_with_key(sender, sender_key).await?;
+        let session_owner = match device {
+            Some(device) => SessionOwner::Device {
+                user_id: sender.to_owned(),
+                device_id: Some(device.device_id().to_owned()),
+                verification: if device.is_verified() {
+                    VerificationState::Verified
+                } else if device.is_cross_signed_by_owner() {
+                    VerificationState::Unverified(VerificationLevel::UnverifiedIdentity)
+                } else {
+                    VerificationState::Unverified(VerificationLevel::UnsignedDevice)
+                },
+            },
+            None => SessionOwner::Unknown,
+        };
+        Ok(DecryptionFacts { session_owner, key_origin })
+    }
+}

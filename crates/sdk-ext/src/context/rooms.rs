@@ -1,0 +1,79 @@
+//! Room facts: power levels, membership, moderators, and whether state encryption is on.
+
+use crypto_ext::identifiers;
+use matrix_sdk::{Room, deserialized_responses::RawAnySyncOrStrippedState};
+use ruma::{
+    OwnedUserId, UserId,
+    events::{
+        StateEventType,
+        room::{member::MembershipState, power_levels::RoomPowerLevels},
+    },
+};
+use serde_json::Value;
+use tracing::warn;
+
+use super::Context;
+
+/// The room's plaintext power levels (the spec's defaults when the room has none).
+pub(crate) async fn power_levels(room: &Room) -> RoomPowerLevels {
+    match room.power_levels().await {
+        Ok(power_levels) => power_levels,
+        Err(error) => {
+            warn!(%error, "no power levels, using the defaults");
+            RoomPowerLevels::new(
+                Default::default(),
+                &ruma::room_version_rules::AuthorizationRules::V1,
+                Vec::<OwnedUserId>::new(),
+            )
+        }
+    }
+}
+
+/// Whether `user_id` is joined to `room` in our view of it.
+pub(crate) async fn is_joined(room: &Room, user_id: &UserId) -> bool {
+    matches!(
+        room.get_member_no_sync(user_id).await,
+        Ok(Some(member)) if *member.membership() == MembershipState::Join
+    )
+}
+
+/// Whether `user_id` has a power level above the room's default in `levels`: a moderator, whose
+/// word on a restricted room's preview we take.
+pub(crate) fn is_moderator_in(levels: &RoomPowerLevels, user_id: &UserId) -> bool {
+    levels.for_user(user_id) > levels.users_default
+}
+
+/// Whether `user_id` is joined to `room` with a power level above the room's default.
+pub(crate) async fn is_moderator(room: &Room, user_id: &UserId) -> bool {
+    if !is_joined(room, user_id).await {
+        return false;
+    }
+    room.power_levels().await.is_ok_and(|levels| is_moderator_in(&levels, user_id))
+}
+
+/// The content of the room's `m.room.encryption`, from its state or its invite's stripped state.
+pub(crate) async fn room_encryption_content(room: &Room) -> Option<Value> {
+    match room.get_state_event(StateEventType::RoomEncryption, "").await.ok()?? {
+        RawAnySyncOrStrippedState::Sync(raw) => raw.get_field("content").ok()?,
+        RawAnySyncOrStrippedState::Stripped(raw) => raw.get_field("content").ok()?,
+    }
+}
+
+impl Context {
+    /// Whether the room switched on encrypted state (from its `m.room.encryption`, or because
+    /// we just sent that ourselves).
+    pub(crate) async fn state_encryption_enabled(&self, room: &Room) -> bool {
+        let enabled_here =
+            self.enabled_rooms.lock().unwrap_or_else(|e| e.into_inner()).contains(room.room_id());
+        enabled_here
+            || room_encryption_content(room).await.is_some_and(|c| identifiers::encrypts_state(&c))
+    }
+
+    /// Records that we switched `room` to encrypted state, before the sync echoes it.
+    pub(crate) fn mark_state_encryption_enabled(&self, room: &Room) {
+        self.enabled_rooms
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(room.room_id().to_owned());
+    }
+}

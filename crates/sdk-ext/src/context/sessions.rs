@@ -1,0 +1,151 @@
+//! Session helpers: stored state sessions, further-reaching copies, keys at an index, and the
+//! client's key store read and written through matrix-sdk's key export and import.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    io::Write,
+};
+
+use crypto_ext::{InboundStateSession, KeyOrigin};
+use matrix_sdk_crypto::olm::ExportedRoomKey;
+use ruma::RoomId;
+use state_store_ext::{StateChanges, StoreError};
+use tracing::debug;
+
+use super::Context;
+use crate::Result;
+
+/// PBKDF2 rounds of the key file handed to `Encryption::import_room_keys`. The file lives in a
+/// private temporary directory for the duration of one call, under a random 40-character
+/// passphrase: the passphrase's entropy protects it, not the rounds.
+const IMPORT_FILE_ROUNDS: u32 = 1_000;
+
+impl Context {
+    /// The state sessions of `room_id` among `session_ids`, from our store.
+    pub(crate) async fn stored_sessions(
+        &self,
+        room_id: &RoomId,
+        session_ids: &[String],
+    ) -> Result<Vec<InboundStateSession>> {
+        Ok(self
+            .store
+            .inbound_sessions(session_ids)
+            .await?
+            .into_iter()
+            .filter(|pickle| pickle.room_id() == room_id)
+            .map(InboundStateSession::from_pickle)
+            .collect())
+    }
+
+    /// Each of `sessions`, or the copy we already hold if that one reaches further back (an
+    /// import never loses the ability to decrypt something we could read before). One store
+    /// query for the whole batch.
+    pub(crate) async fn keep_further_reaching(
+        &self,
+        sessions: Vec<InboundStateSession>,
+    ) -> Result<Vec<InboundStateSession>> {
+        let ids: Vec<String> = sessions.iter().map(InboundStateSession::session_id).collect();
+        let mut held: BTreeMap<String, InboundStateSession> = BTreeMap::new();
+        for pickle in self.store.inbound_sessions(&ids).await? {
+            held.insert(pickle.session_id(), InboundStateSession::from_pickle(pickle));
+        }
+        Ok(sessions
+            .into_iter()
+            .map(|session| match held.remove(&session.session_id()) {
+                Some(mut kept) if kept.room_id() == session.room_id() => {
+                    kept.merge(session);
+                    kept
+                }
+                _ => session,
+            })
+            .collect())
+    }
+
+    /// Stores `sessions` (each merged with the copy we hold, see
+    /// [`Context::keep_further_reaching`]) with `changes`, in one transaction. Returns what was
+    /// stored.
+    pub(crate) async fn store_sessions(
+        &self,
+        sessions: Vec<InboundStateSession>,
+        mut changes: StateChanges,
+    ) -> Result<Vec<InboundStateSession>> {
+        let kept = self.keep_further_reaching(sessions).await?;
+        changes.inbound_sessions.extend(kept.iter().map(InboundStateSession::pickle));
+        self.store.save_changes(changes).await?;
+        Ok(kept)
+    }
+
+    /// The keys of a room's state sessions, each exported at the index given (the index of the
+    /// slot's current event, so nobody learns an earlier value). Keys sent to us by their
+    /// creators live in the client's key store: they are copied into ours first (one key
+    /// export), so later calls find them there. Sessions we hold nowhere are left out.
+    pub(crate) async fn keys_at_index(
+        &self,
+        room_id: &RoomId,
+        indices: &BTreeMap<String, u32>,
+    ) -> Result<Vec<ExportedRoomKey>> {
+        let wanted: Vec<String> = indices.keys().cloned().collect();
+        let mut sessions = self.stored_sessions(room_id, &wanted).await?;
+        let held: BTreeSet<String> = sessions.iter().map(InboundStateSession::session_id).collect();
+        let missing: BTreeSet<String> = wanted.into_iter().filter(|s| !held.contains(s)).collect();
+        if !missing.is_empty() {
+            let copies = self.export_sessions(move |s| missing.contains(s.session_id())).await?;
+            let copied: Vec<InboundStateSession> = copies
+                .iter()
+                .filter_map(|key| InboundStateSession::import(room_id, key, KeyOrigin::Direct).ok())
+                .collect();
+            sessions.extend(self.store_sessions(copied, StateChanges::default()).await?);
+        }
+        Ok(sessions
+            .iter_mut()
+            .filter_map(|session| {
+                let index = indices.get(&session.session_id())?;
+                session.export_at(*index)
+            })
+            .collect())
+    }
+
+    /// A copy of one Megolm session the client's `OlmMachine` holds.
+    pub(crate) async fn export_session(&self, session_id: &str) -> Result<Option<ExportedRoomKey>> {
+        let wanted = session_id.to_owned();
+        let keys = self.export_sessions(move |session| session.session_id() == wanted).await?;
+        Ok(keys.into_iter().find(|key| key.session_id == session_id))
+    }
+
+    /// Copies of the Megolm sessions the client's `OlmMachine` holds that match `predicate`,
+    /// through matrix-sdk's key export (the only public way to read them): an encrypted file
+    /// with a random passphrase in a private temporary directory, deleted right after.
+    pub(crate) async fn export_sessions(
+        &self,
+        predicate: impl FnMut(&matrix_sdk_crypto::olm::InboundGroupSession) -> bool,
+    ) -> Result<Vec<ExportedRoomKey>> {
+        let dir = tempfile::tempdir().map_err(StoreError::from)?;
+        let path = dir.path().join("key-export.txt");
+        let passphrase = random_passphrase();
+        self.client.encryption().export_room_keys(path.clone(), &passphrase, predicate).await?;
+        let file = std::fs::File::open(&path).map_err(StoreError::from)?;
+        Ok(matrix_sdk_crypto::decrypt_room_key_export(file, &passphrase).unwrap_or_default())
+    }
+
+    /// Hands keys to the client's key store through matrix-sdk's public key import: an
+    /// encrypted key file in a private temporary directory, deleted right after.
+    pub(crate) async fn import_into_client(&self, keys: &[ExportedRoomKey]) -> Result<()> {
+        let passphrase = random_passphrase();
+        let export =
+            matrix_sdk_crypto::encrypt_room_key_export(keys, &passphrase, IMPORT_FILE_ROUNDS)?;
+        let dir = tempfile::tempdir().map_err(StoreError::from)?;
+        let path = dir.path().join("bundle-keys.txt");
+        let mut file = std::fs::File::create(&path).map_err(StoreError::from)?;
+        file.write_all(export.as_bytes()).map_err(StoreError::from)?;
+        drop(file);
+        let result = self.client.encryption().import_room_keys(path, &passphrase).await?;
+        debug!(imported = result.imported_count, total = result.total_count, "key import");
+        Ok(())
+    }
+}
+
+/// A random passphrase for a key file that lives only for one call.
+fn random_passphrase() -> String {
+    // Transaction ids are random alphanumeric strings from the OS generator.
+    format!("{}{}", ruma::TransactionId::new(), ruma::TransactionId::new())
+}

@@ -1,0 +1,262 @@
+//! The extension on top: wires the features in one constructor, dispatches to-device events,
+//! runs the background tasks, and implements the `Room` traits. The only module that names the
+//! features, and the one that decides what one feature's result means for another.
+
+mod dispatch;
+mod history;
+mod room;
+mod tasks;
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    sync::{Arc, LazyLock, Mutex as StdMutex, Weak},
+};
+
+use crypto_ext::OwnDevice;
+use matrix_sdk::{Client, Room, event_handler::EventHandlerHandle};
+use ruma::{OwnedDeviceId, OwnedUserId, RoomId};
+use state_store_ext::{MemoryStateStore, SqliteStateStore, StateStore};
+use tokio::{sync::broadcast, task::AbortHandle};
+use tracing::{info, warn};
+
+pub use self::{history::RoomHistoryExt, room::RoomStateExt};
+use crate::{
+    BundleOutcome, Error, Result, RoomPreview, StateExtConfig, StateUpdate,
+    config::StoreConfig,
+    context::Context,
+    features::{
+        history::History, invites::Invites, requests::KeyRequests, restricted::RestrictedPreviews,
+        state::EncryptedState,
+    },
+};
+
+/// Extensions installed in this process, by the client's user and device, so that `Room`
+/// methods find theirs.
+static REGISTRY: LazyLock<StdMutex<Registry>> = LazyLock::new(Default::default);
+
+type Registry = BTreeMap<(OwnedUserId, OwnedDeviceId), Weak<Inner>>;
+
+/// The context and the features, wired together.
+pub(crate) struct Inner {
+    ctx: Context,
+    state: EncryptedState,
+    history: History,
+    requests: KeyRequests,
+    invites: Invites,
+    restricted: RestrictedPreviews,
+    /// The background task.
+    task: StdMutex<Option<AbortHandle>>,
+    /// The to-device handler.
+    handler: StdMutex<Option<EventHandlerHandle>>,
+}
+
+impl std::fmt::Debug for Inner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.ctx.fmt(f)
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        if let Some(task) = self.task.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            task.abort();
+        }
+        if let Some(handler) = self.handler.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            self.ctx.client.remove_event_handler(handler);
+        }
+    }
+}
+
+impl Inner {
+    /// Whether the background task runs (not shut down).
+    fn is_running(&self) -> bool {
+        self.task
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .is_some_and(|task| !task.is_finished())
+    }
+
+    /// Keys of `sessions` were stored: the encrypted state waiting for them is validated again.
+    async fn keys_stored(&self, sessions: BTreeSet<String>) -> Result<()> {
+        if sessions.is_empty() {
+            return Ok(());
+        }
+        self.state.retry_sessions(sessions).await
+    }
+
+    /// Imports the bundles kept for `room` (see [`History::import_pending`]); then, with the
+    /// import lock released, validates the encrypted state that waited for their keys; then
+    /// tells subscribers what happened to each bundle.
+    async fn import_history(&self, room: &Room) -> Result<Vec<BundleOutcome>> {
+        let run = self.history.import_pending(room).await?;
+        if run.imported_any() {
+            self.keys_stored(run.stored_sessions.clone()).await?;
+            self.state.scan_room(room).await?;
+        }
+        self.ctx.notify(run.updates(room.room_id()));
+        Ok(run.outcomes)
+    }
+
+    /// [`Inner::import_history`] for every joined room (at start: an import cut short resumes).
+    async fn import_all_history(&self) -> Result<()> {
+        for room in self.ctx.client.joined_rooms() {
+            self.import_history(&room).await?;
+        }
+        Ok(())
+    }
+
+    /// Asks for the keys a joined room's state still waits for; a room with nothing waiting
+    /// stops being a waiting room.
+    async fn request_keys(&self, room: &Room) -> Result<()> {
+        if !self.requests.request_missing(room).await? {
+            self.state.set_waiting_room(room.room_id(), false);
+        }
+        Ok(())
+    }
+}
+
+/// Encrypted room state for one logged-in `matrix_sdk::Client`.
+///
+/// Installing it opens the store, processes the encrypted state the client already holds, and
+/// starts a background task that processes every sync and every room key that arrives. Dropping
+/// the last handle (or [`StateExtension::shutdown`]) stops that task.
+#[derive(Clone, Debug)]
+pub struct StateExtension {
+    inner: Arc<Inner>,
+}
+
+impl StateExtension {
+    /// Installs the extension on a logged-in client.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::NotReady`] if the client is not logged in or has no encryption set up; store
+    /// errors when the store cannot be opened (wrong passphrase, newer schema, ...).
+    pub async fn install(client: &Client, config: StateExtConfig) -> Result<Self> {
+        let (Some(user_id), Some(device_id)) = (client.user_id(), client.device_id()) else {
+            return Err(Error::NotReady);
+        };
+        let device = client.encryption().get_own_device().await.map_err(matrix_sdk::Error::from)?;
+        let device = device.ok_or(Error::NotReady)?;
+        let own_device = OwnDevice {
+            user_id: user_id.to_owned(),
+            device_id: device_id.to_owned(),
+            curve25519: device.curve25519_key().ok_or(Error::NotReady)?,
+            ed25519: device.ed25519_key().ok_or(Error::NotReady)?,
+        };
+        let store: Arc<dyn StateStore> = match &config.store {
+            StoreConfig::Sqlite { path, passphrase } => {
+                Arc::new(SqliteStateStore::open(path, passphrase.as_deref()).await?)
+            }
+            StoreConfig::Memory => Arc::new(MemoryStateStore::new()),
+        };
+        let ctx = Context::new(client.clone(), store, own_device, config);
+        let inner = Arc::new(Inner {
+            state: EncryptedState::new(ctx.clone()),
+            history: History::new(ctx.clone()).await?,
+            requests: KeyRequests::new(ctx.clone()),
+            invites: Invites::new(ctx.clone()),
+            restricted: RestrictedPreviews::new(ctx.clone()),
+            ctx,
+            task: StdMutex::new(None),
+            handler: StdMutex::new(None),
+        });
+
+        // Subscribe before the first scan so nothing that arrives in between is missed.
+        let listener = tasks::Listener::subscribe(client, Arc::downgrade(&inner)).await?;
+        inner.state.scan_all().await?;
+        let task = tokio::spawn(listener.run());
+        *inner.task.lock().unwrap_or_else(|e| e.into_inner()) = Some(task.abort_handle());
+        let handler = dispatch::register(client, Arc::downgrade(&inner));
+        *inner.handler.lock().unwrap_or_else(|e| e.into_inner()) = Some(handler);
+
+        REGISTRY
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert((user_id.to_owned(), device_id.to_owned()), Arc::downgrade(&inner));
+        info!(%user_id, %device_id, "encrypted-state extension installed");
+        Ok(Self { inner })
+    }
+
+    /// The extension installed on `client`, if any.
+    pub fn of(client: &Client) -> Option<Self> {
+        let key = (client.user_id()?.to_owned(), client.device_id()?.to_owned());
+        let inner = REGISTRY.lock().unwrap_or_else(|e| e.into_inner()).get(&key)?.upgrade()?;
+        Some(Self { inner })
+    }
+
+    /// The extension installed on the client of `room`.
+    fn of_room(room: &Room) -> Result<Self> {
+        Self::of(&room.client()).ok_or(Error::NotInstalled)
+    }
+
+    /// Subscribes to changes of decrypted state (accepted, rejected, waiting for a key), sent
+    /// after they are stored. A slow subscriber that falls more than 1024 updates behind gets
+    /// `RecvError::Lagged` and should re-read the state it shows.
+    pub fn subscribe(&self) -> broadcast::Receiver<StateUpdate> {
+        self.inner.ctx.updates.subscribe()
+    }
+
+    /// Our device, as the creator of state sessions.
+    pub fn own_device(&self) -> &OwnDevice {
+        &self.inner.ctx.own_device
+    }
+
+    /// The store, for direct queries.
+    pub fn store(&self) -> &Arc<dyn StateStore> {
+        &self.inner.ctx.store
+    }
+
+    /// Processes the encrypted state the client holds for every room now, including events
+    /// rejected for a reason that may have cleared. The background task does this on
+    /// its own; call it after importing keys by other means.
+    ///
+    /// # Errors
+    ///
+    /// Store or homeserver errors.
+    pub async fn refresh(&self) -> Result<()> {
+        self.inner.state.scan_all().await
+    }
+
+    /// The preview of a restricted room we have not joined (its name, topic, avatar and alias),
+    /// pushed to us by a moderator of a room its allow-list names, so that a space can show
+    /// it; `None` if nobody sent one, or once we joined (read the room's state then). Decrypted
+    /// and checked at each call, as an invite preview is.
+    ///
+    /// # Errors
+    ///
+    /// Store or homeserver errors.
+    pub async fn restricted_preview(&self, room_id: &RoomId) -> Result<Option<RoomPreview>> {
+        self.inner.restricted.preview(room_id).await
+    }
+
+    /// Whether the background task that processes syncs and key arrivals is running.
+    pub fn is_running(&self) -> bool {
+        self.inner.is_running()
+    }
+
+    /// Stops the background task. The handle stays usable for reads.
+    pub fn shutdown(&self) {
+        if let Some(task) = self.inner.task.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            task.abort();
+        }
+        warn!("encrypted-state extension shut down: syncs are no longer processed");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use matrix_sdk::Client;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn a_client_that_is_not_logged_in_cannot_install_it() {
+        // Nothing listens there: building the client must not need the network.
+        let client = Client::builder().homeserver_url("http://127.0.0.1:9").build().await.unwrap();
+        let error = StateExtension::install(&client, StateExtConfig::memory()).await.unwrap_err();
+        assert!(matches!(error, Error::NotReady), "{error}");
+        assert!(StateExtension::of(&client).is_none());
+    }
+}

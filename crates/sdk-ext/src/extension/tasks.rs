@@ -1,0 +1,267 @@
+//! The background work: start-up work (resume imports, ask for missing keys, push previews),
+//! then the listener that reacts to syncs, key arrivals, membership changes, device updates and
+//! the key-request schedule, one at a time.
+
+use std::{collections::BTreeSet, pin::Pin, sync::Weak, time::Duration};
+
+use futures_util::{Stream, StreamExt};
+use matrix_sdk::{
+    Client,
+    encryption::identities::DeviceUpdates,
+    sync::{JoinedRoomUpdate, RoomUpdates, State},
+};
+use matrix_sdk_base::{RoomInfoNotableUpdate, RoomInfoNotableUpdateReasons};
+use matrix_sdk_crypto::store::types::RoomKeyInfo;
+use ruma::{OwnedRoomId, OwnedUserId, RoomId};
+use tokio::sync::broadcast::{Receiver, error::RecvError};
+use tracing::warn;
+
+use super::Inner;
+use crate::Result;
+
+/// Keys the client's machine received; `Err` when the stream lagged.
+type RoomKeys = Pin<Box<dyn Stream<Item = Result<Vec<RoomKeyInfo>, ()>> + Send>>;
+type Devices = Pin<Box<dyn Stream<Item = DeviceUpdates> + Send>>;
+
+/// Work done once when the background task starts: an import cut short (a crash, a failed
+/// download) resumes, keys still missing after a restart are asked for, restricted rooms'
+/// previews are pushed.
+struct StartUp;
+
+impl StartUp {
+    async fn run(inner: &Inner) {
+        if let Err(error) = inner.import_all_history().await {
+            warn!(%error, "resuming room-key bundle imports failed");
+        }
+        for room_id in inner.state.waiting_rooms() {
+            request_keys(inner, &room_id).await;
+        }
+        share_previews(inner, None).await;
+    }
+}
+
+/// The listener: what the client reports, handled one event at a time by its [`Handler`].
+pub(super) struct Listener {
+    handler: Handler,
+    room_updates: Receiver<RoomUpdates>,
+    room_keys: Option<RoomKeys>,
+    room_info: Receiver<RoomInfoNotableUpdate>,
+    devices: Devices,
+}
+
+impl Listener {
+    /// Subscribes to everything the listener reacts to (before the first scan, so nothing that
+    /// arrives in between is missed).
+    pub(super) async fn subscribe(client: &Client, inner: Weak<Inner>) -> Result<Self> {
+        let room_updates = client.subscribe_to_all_room_updates();
+        let room_keys = client
+            .encryption()
+            .room_keys_received_stream()
+            .await
+            .map(|stream| Box::pin(stream.map(|keys| keys.map_err(drop))) as RoomKeys);
+        let room_info = client.room_info_notable_update_receiver();
+        let devices = Box::pin(client.encryption().devices_stream().await?) as Devices;
+        Ok(Self { handler: Handler { inner }, room_updates, room_keys, room_info, devices })
+    }
+
+    /// Runs the start-up work, then listens until the extension is dropped or the client
+    /// closes its channels.
+    pub(super) async fn run(self) {
+        let Self { handler, mut room_updates, mut room_keys, mut room_info, mut devices } = self;
+        if let Some(inner) = handler.inner.upgrade() {
+            StartUp::run(&inner).await;
+        }
+        // Key requests escalate on a schedule, syncs or not.
+        let tick = handler
+            .inner
+            .upgrade()
+            .map(|inner| {
+                (inner.ctx.config.key_requests.escalation_delay / 2).max(Duration::from_millis(500))
+            })
+            .unwrap_or(Duration::from_secs(15));
+        let mut schedule = tokio::time::interval(tick);
+        schedule.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let next_keys = async {
+                match room_keys.as_mut() {
+                    Some(stream) => stream.next().await,
+                    None => std::future::pending().await,
+                }
+            };
+            let go_on = tokio::select! {
+                update = room_updates.recv() => handler.on_sync(update).await,
+                _ = schedule.tick() => handler.on_schedule().await,
+                update = room_info.recv() => handler.on_room_info(update).await,
+                Some(update) = devices.next() => handler.on_devices(update).await,
+                keys = next_keys => {
+                    if keys.is_none() {
+                        // The client's machine closed that stream: listen to the others.
+                        room_keys = None;
+                    }
+                    handler.on_keys(keys).await
+                }
+            };
+            if !go_on {
+                return;
+            }
+        }
+    }
+}
+
+/// What the listener does with each thing it hears; `false` from a handler ends the listener
+/// (the extension was dropped, or the client closed a channel).
+struct Handler {
+    inner: Weak<Inner>,
+}
+
+impl Handler {
+    /// A sync batch (or the news that we missed some). Returns whether to go on.
+    async fn on_sync(&self, update: Result<RoomUpdates, RecvError>) -> bool {
+        let Some(inner) = self.inner.upgrade() else { return false };
+        let result = match update {
+            Ok(updates) => {
+                let scanned = inner.state.scan_rooms(updates.joined.keys()).await;
+                // Bundles whose download failed are retried with the room's next sync; keys
+                // still missing are asked for.
+                for room_id in updates.joined.keys() {
+                    import_history(&inner, room_id).await;
+                }
+                for room_id in inner.state.waiting_rooms() {
+                    if updates.joined.contains_key(&room_id) {
+                        request_keys(&inner, &room_id).await;
+                    }
+                }
+                // Restricted rooms' previews follow membership and state changes.
+                let changed: BTreeSet<OwnedRoomId> = updates
+                    .joined
+                    .iter()
+                    .filter(|(_, update)| changes_state(update))
+                    .map(|(room_id, _)| room_id.clone())
+                    .collect();
+                if !changed.is_empty() {
+                    share_previews(&inner, Some(&changed)).await;
+                }
+                for room_id in &changed {
+                    if let Err(error) = inner.restricted.forget_if_joined(room_id).await {
+                        warn!(%error, "forgetting a joined room's preview failed");
+                    }
+                }
+                scanned
+            }
+            // We missed batches: everything may have changed.
+            Err(RecvError::Lagged(missed)) => {
+                warn!(missed, "missed sync batches, rescanning every room");
+                let scanned = inner.state.scan_all().await;
+                share_previews(&inner, None).await;
+                scanned
+            }
+            Err(RecvError::Closed) => return false,
+        };
+        if let Err(error) = result {
+            warn!(%error, "processing a sync batch failed");
+        }
+        true
+    }
+
+    /// The key-request schedule.
+    async fn on_schedule(&self) -> bool {
+        let Some(inner) = self.inner.upgrade() else { return false };
+        for room_id in inner.state.waiting_rooms() {
+            request_keys(&inner, &room_id).await;
+        }
+        true
+    }
+
+    /// A notable change of a room's info.
+    async fn on_room_info(&self, update: Result<RoomInfoNotableUpdate, RecvError>) -> bool {
+        let Some(inner) = self.inner.upgrade() else { return false };
+        match update {
+            // Our membership changed (we joined after accepting an invite, say): the inviter's
+            // bundle can be imported now, without waiting for a sync.
+            Ok(update) if update.reasons.contains(RoomInfoNotableUpdateReasons::MEMBERSHIP) => {
+                import_history(&inner, &update.room_id).await;
+            }
+            Ok(_) => {}
+            Err(RecvError::Lagged(_)) => {
+                if let Err(error) = inner.import_all_history().await {
+                    warn!(%error, "importing room-key bundles failed");
+                }
+            }
+            Err(RecvError::Closed) => return false,
+        }
+        true
+    }
+
+    /// New or changed devices: events rejected because their sender's device was unknown may
+    /// pass now.
+    async fn on_devices(&self, update: DeviceUpdates) -> bool {
+        let Some(inner) = self.inner.upgrade() else { return false };
+        let users: BTreeSet<OwnedUserId> =
+            update.new.into_keys().chain(update.changed.into_keys()).collect();
+        for room_id in inner.state.rooms_with_unknown_devices_of(&users) {
+            let Some(room) = inner.ctx.client.get_room(&room_id) else { continue };
+            if let Err(error) = inner.state.scan_room(&room).await {
+                warn!(%error, %room_id, "validating events again after a device update failed");
+            }
+        }
+        true
+    }
+
+    /// Room keys the client's machine received (`None`: that stream ended).
+    async fn on_keys(&self, keys: Option<Result<Vec<RoomKeyInfo>, ()>>) -> bool {
+        let Some(inner) = self.inner.upgrade() else { return false };
+        let result = match keys {
+            Some(Ok(keys)) => {
+                let rooms: BTreeSet<OwnedRoomId> = keys.iter().map(|k| k.room_id.clone()).collect();
+                let sessions: BTreeSet<String> = keys.into_iter().map(|k| k.session_id).collect();
+                let retried = inner.keys_stored(sessions).await;
+                // State that became readable may be a restricted room's new look.
+                share_previews(&inner, Some(&rooms)).await;
+                retried
+            }
+            Some(Err(())) => inner.state.scan_all().await,
+            None => Ok(()),
+        };
+        if let Err(error) = result {
+            warn!(%error, "retrying events after new room keys failed");
+        }
+        true
+    }
+}
+
+/// Pushes restricted rooms' previews, logging failures.
+async fn share_previews(inner: &Inner, updated: Option<&BTreeSet<OwnedRoomId>>) {
+    if let Err(error) = inner.restricted.share_previews(updated).await {
+        warn!(%error, "pushing restricted rooms' previews failed");
+    }
+}
+
+/// Whether a sync changed a room's state (membership, join rules, encrypted state...).
+fn changes_state(update: &JoinedRoomUpdate) -> bool {
+    let state = match &update.state {
+        State::Before(events) | State::After(events) => events,
+    };
+    !state.is_empty()
+        || update.timeline.events.iter().any(|event| {
+            event.raw().get_field::<String>("state_key").is_ok_and(|key| key.is_some())
+        })
+}
+
+/// Imports the bundles kept for a room we joined, logging failures (the background task goes
+/// on).
+async fn import_history(inner: &Inner, room_id: &RoomId) {
+    if let Some(room) = inner.ctx.client.get_room(room_id)
+        && let Err(error) = inner.import_history(&room).await
+    {
+        warn!(%room_id, %error, "importing a room-key bundle failed");
+    }
+}
+
+/// Asks for the keys a joined room's state still waits for, logging failures.
+async fn request_keys(inner: &Inner, room_id: &RoomId) {
+    if let Some(room) = inner.ctx.client.get_room(room_id)
+        && let Err(error) = inner.request_keys(&room).await
+    {
+        warn!(%room_id, %error, "asking for state keys failed");
+    }
+}

@@ -1,0 +1,249 @@
+//! Shared history (MSC4268): inviting with one room-key bundle, receiving the inviter's bundle,
+//! and "shared by" attribution of the keys we hold.
+
+mod download;
+mod receive;
+
+use std::{collections::BTreeSet, sync::Mutex as StdMutex};
+
+use crypto_ext::{
+    DecryptionFacts, KeyOrigin, OutboundStateSession, bundle::BundleBuilder,
+    wire::RoomKeyBundleAnnouncement,
+};
+use matrix_sdk::{
+    Room, deserialized_responses::TimelineEvent, encryption::identities::Device,
+    ruma::events::room::history_visibility::HistoryVisibility,
+};
+use ruma::{
+    OwnedRoomId, RoomId, UserId,
+    api::{
+        client::{
+            membership::invite_user::v3::{InvitationRecipient, InviteUserId, Request},
+            state::get_state_event_for_key,
+        },
+        error::ErrorKind,
+    },
+    events::StateEventType,
+};
+use tokio::sync::Mutex;
+use tracing::{info, instrument, warn};
+
+use crate::{
+    Error, InviteReport, Result, SkippedDevice,
+    context::{Ask, Context},
+};
+
+/// The shared-history feature.
+pub(crate) struct History {
+    ctx: Context,
+    /// Serialises bundle imports.
+    imports: Mutex<()>,
+    /// Downloads bundles.
+    http: matrix_sdk::reqwest::Client,
+    /// Rooms with kept bundle announcements (so a sync of any other room costs no store query).
+    bundle_rooms: StdMutex<BTreeSet<OwnedRoomId>>,
+}
+
+/// An invite with history that was sent: the report, and the invitee's devices that got the
+/// announcement (the ones other invite-time keys go to).
+pub(crate) struct Invited {
+    pub(crate) report: InviteReport,
+    pub(crate) recipients: Vec<Device>,
+}
+
+impl History {
+    /// The feature, with the rooms whose bundle announcements the store keeps.
+    pub(crate) async fn new(ctx: Context) -> Result<Self> {
+        let http = ctx.config.http_client.clone().unwrap_or_default();
+        let bundle_rooms = ctx.store.rooms_with_pending_bundles().await?.into_iter().collect();
+        Ok(Self { ctx, imports: Mutex::new(()), http, bundle_rooms: StdMutex::new(bundle_rooms) })
+    }
+
+    /// Marks whether `room_id` has kept bundle announcements.
+    fn set_bundle_room(&self, room_id: &RoomId, has_bundles: bool) {
+        let mut rooms = self.bundle_rooms.lock().unwrap_or_else(|e| e.into_inner());
+        if has_bundles {
+            rooms.insert(room_id.to_owned());
+        } else {
+            rooms.remove(room_id);
+        }
+    }
+
+    /// Whether `room_id` has kept bundle announcements.
+    fn is_bundle_room(&self, room_id: &RoomId) -> bool {
+        self.bundle_rooms.lock().unwrap_or_else(|e| e.into_inner()).contains(room_id)
+    }
+
+    /// Invites `user_id` and hands their cross-signed devices one room-key bundle (see
+    /// [`crate::RoomHistoryExt::invite_with_history`]). The report's `preview_keys` is left at
+    /// 0 for the caller to fill.
+    #[instrument(skip(self, room), fields(room_id = %room.room_id()))]
+    pub(crate) async fn invite(&self, room: &Room, user_id: &UserId) -> Result<Invited> {
+        let ctx = &self.ctx;
+        let client = &ctx.client;
+        let own_user = &ctx.own_device.user_id;
+        if client
+            .encryption()
+            .get_user_identity(own_user)
+            .await
+            .map_err(matrix_sdk::Error::from)?
+            .is_none()
+        {
+            return Err(Error::NoCrossSigning);
+        }
+
+        let room_id = room.room_id().to_owned();
+        client
+            .send(Request::new(
+                room_id.clone(),
+                InvitationRecipient::UserId(InviteUserId::new(user_id.to_owned())),
+            ))
+            .await?;
+
+        let history_shared = matches!(
+            current_history_visibility(room).await?,
+            HistoryVisibility::Shared | HistoryVisibility::WorldReadable
+        );
+        let mut builder = BundleBuilder::new(&room_id, &ctx.own_device);
+        let wanted = room_id.clone();
+        let mut shared_message_keys = 0;
+        for mut key in ctx.export_sessions(move |s| s.room_id() == wanted).await? {
+            if !history_shared {
+                key.shared_history = false;
+            }
+            if builder.add_message_session(key) {
+                shared_message_keys += 1;
+            }
+        }
+        let mut shared_state_keys = 0;
+        for pickle in ctx.store.outbound_sessions(&room_id).await? {
+            let mut session = OutboundStateSession::from_pickle(pickle);
+            if builder.add_state_session(&mut session) {
+                shared_state_keys += 1;
+            }
+        }
+        let withheld_keys = builder.counts().1;
+        let bundle = builder.build();
+
+        let json = serde_json::to_vec(&bundle)?;
+        let file = client.upload_encrypted_file(&mut json.as_slice()).await?;
+        let bundle_url = file.url.clone();
+        let announcement = RoomKeyBundleAnnouncement {
+            room_id: room_id.clone(),
+            file: serde_json::to_value(&file)?,
+        };
+
+        let devices = ctx.user_devices(user_id, Ask::Always).await?;
+        let mut devices_skipped = Vec::new();
+        let mut recipients = Vec::new();
+        for device in devices.devices() {
+            if device.is_blacklisted() {
+                devices_skipped.push(SkippedDevice::Blocked(device.device_id().to_owned()));
+            } else if !device.is_cross_signed_by_owner() {
+                devices_skipped.push(SkippedDevice::NotCrossSigned(device.device_id().to_owned()));
+            } else {
+                recipients.push(device);
+            }
+        }
+        let failures = ctx.send_message(&recipients, &announcement).await?;
+        let mut devices_reached = Vec::new();
+        for device in &recipients {
+            let device_id = device.device_id().to_owned();
+            if failures.iter().any(|(u, d)| u == user_id && *d == device_id) {
+                warn!(%user_id, %device_id, "bundle announcement not delivered");
+                devices_skipped.push(SkippedDevice::DeliveryFailed(device_id));
+            } else {
+                devices_reached.push(device_id);
+            }
+        }
+        info!(
+            %user_id, shared_message_keys, shared_state_keys, withheld_keys,
+            reached = devices_reached.len(), skipped = devices_skipped.len(),
+            "invited with history"
+        );
+        let report = InviteReport {
+            invitee: user_id.to_owned(),
+            shared_message_keys,
+            shared_state_keys,
+            preview_keys: 0,
+            withheld_keys,
+            bundle_url,
+            devices_reached,
+            devices_skipped,
+        };
+        Ok(Invited { report, recipients })
+    }
+
+    /// Where the key of a timeline event of `room` came from (see
+    /// [`crate::RoomHistoryExt::key_origin`]).
+    pub(crate) async fn key_origin(
+        &self,
+        room: &Room,
+        event: &TimelineEvent,
+    ) -> Result<Option<KeyOrigin>> {
+        let Some(session_id) = megolm_session_id(event) else { return Ok(None) };
+        if let Some(pickle) = self.ctx.store.inbound_session(&session_id).await?
+            && pickle.room_id() == room.room_id()
+            && event.encryption_info().is_some()
+        {
+            return Ok(Some(pickle.key_origin().clone()));
+        }
+        Ok(event
+            .encryption_info()
+            .map(|info| DecryptionFacts::from_encryption_info(info).key_origin))
+    }
+
+    /// Why a bundle withheld the key of an event of `room` (see
+    /// [`crate::RoomHistoryExt::withheld_code`]).
+    pub(crate) async fn withheld_code(
+        &self,
+        room: &Room,
+        event: &TimelineEvent,
+    ) -> Result<Option<String>> {
+        let Some(session_id) = megolm_session_id(event) else { return Ok(None) };
+        Ok(self
+            .ctx
+            .store
+            .withheld_session(&session_id)
+            .await?
+            .filter(|withheld| withheld.room_id == room.room_id())
+            .map(|withheld| withheld.code))
+    }
+}
+
+/// The Megolm session of an event: from its decryption info, or from its encrypted content.
+fn megolm_session_id(event: &TimelineEvent) -> Option<String> {
+    if let Some(session_id) = event.encryption_info().and_then(|info| info.session_id()) {
+        return Some(session_id.to_owned());
+    }
+    let content: serde_json::Value = event.raw().get_field("content").ok()??;
+    content.get("session_id")?.as_str().map(str::to_owned)
+}
+
+/// The room's history visibility as the homeserver has it now: the local copy may be a sync
+/// behind, and sharing keys on a stale `shared` after a switch to `joined` would leak history.
+async fn current_history_visibility(room: &Room) -> Result<HistoryVisibility> {
+    let request = get_state_event_for_key::v3::Request::new(
+        room.room_id().to_owned(),
+        StateEventType::RoomHistoryVisibility,
+        String::new(),
+    );
+    match room.client().send(request).await {
+        Ok(response) => {
+            let value: serde_json::Value =
+                serde_json::from_str(response.event_or_content.get()).unwrap_or_default();
+            // The server answers with the content, or the whole event if asked to.
+            let content = value.get("content").unwrap_or(&value);
+            let content: Option<String> =
+                content.get("history_visibility").and_then(|h| h.as_str()).map(str::to_owned);
+            Ok(content
+                .map(|v| HistoryVisibility::from(v.as_str()))
+                .unwrap_or(HistoryVisibility::Shared))
+        }
+        // No history visibility event: the spec's default.
+        Err(error) if error.client_api_error_kind() == Some(&ErrorKind::NotFound) => {
+            Ok(HistoryVisibility::Shared)
+        }
+        Err(error) => Err(error.into()),
+    }
+}

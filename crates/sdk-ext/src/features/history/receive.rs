@@ -1,0 +1,256 @@
+//! Receiving room-key bundles (MSC4268).
+//!
+//! An announcement (`m.room_key_bundle` over Olm, carrying its sender's device keys) is kept in
+//! our store. Nothing is downloaded until the user accepts an invite from the
+//! announcement's sender: matrix-sdk records who invited us when the client joins from the
+//! invited state ([`matrix_sdk::Client::get_pending_key_bundle_details_for_room`]), in the local
+//! store, so a homeserver cannot fake it. Then the bundle is downloaded with a size cap (the
+//! download stops at the cap), its hash is checked, only entries of the room are kept (and only
+//! from a device its owner cross-signed), and its keys go into the client's key store (past
+//! messages, through matrix-sdk's normal decryption) and into ours (encrypted state,
+//! attribution). The announcement is removed only after both imports, so an import cut short by
+//! a crash runs again at the next start; importing a bundle twice changes nothing the first
+//! import did not. Validating the encrypted state that waited for the keys is the caller's
+//! next step, after the import lock is released (see [`ImportRun`]).
+
+use std::{
+    collections::BTreeSet,
+    time::{Duration, SystemTime},
+};
+
+use crypto_ext::{
+    InboundStateSession, KeyOrigin,
+    bundle::{self, OpenedBundle},
+    wire::RoomKeyBundleAnnouncement,
+};
+use matrix_sdk::{Room, RoomState};
+use matrix_sdk_crypto::{MediaEncryptionInfo, olm::ExportedRoomKey};
+use ruma::{MilliSecondsSinceUnixEpoch, OwnedRoomId, RoomId, events::room::EncryptedFile};
+use state_store_ext::{PendingBundle, StateChanges, WithheldSession};
+use tracing::{debug, info, instrument, warn};
+
+use super::{History, download::download};
+use crate::{
+    BundleImportError, BundleOutcome, ImportedBundle, Result, StateUpdate, context::OlmSender,
+};
+
+/// How long after accepting an invite its inviter's bundle is still accepted (matrix-sdk's
+/// rule too): a bundle that turns up much later is more likely replayed than late.
+const ACCEPT_WINDOW: Duration = Duration::from_secs(24 * 60 * 60);
+
+/// What one pass over a room's kept announcements did.
+#[derive(Debug, Default)]
+pub(crate) struct ImportRun {
+    /// What happened to each announcement, not yet told to subscribers.
+    pub(crate) outcomes: Vec<BundleOutcome>,
+    /// The sessions whose keys were stored: encrypted state waiting for them can be validated
+    /// again.
+    pub(crate) stored_sessions: BTreeSet<String>,
+}
+
+impl ImportRun {
+    /// Whether a bundle was imported.
+    pub(crate) fn imported_any(&self) -> bool {
+        self.outcomes.iter().any(|o| matches!(o, BundleOutcome::Imported(_)))
+    }
+
+    /// The updates that tell subscribers about the outcomes.
+    pub(crate) fn updates(&self, room_id: &RoomId) -> Vec<StateUpdate> {
+        self.outcomes
+            .iter()
+            .filter_map(|outcome| match outcome {
+                BundleOutcome::Imported(imported) => {
+                    Some(StateUpdate::HistoryImported(imported.clone()))
+                }
+                BundleOutcome::Refused { sender, error } => Some(StateUpdate::BundleRefused {
+                    room_id: room_id.to_owned(),
+                    sender: sender.clone(),
+                    reason: error.to_string(),
+                }),
+                BundleOutcome::Deferred { .. } | BundleOutcome::Ignored { .. } => None,
+            })
+            .collect()
+    }
+}
+
+impl History {
+    /// Keeps a bundle announcement that arrived over Olm with its sender's device keys. Returns
+    /// the room it is for, whose kept bundles may be imported now.
+    pub(crate) async fn receive_announcement(
+        &self,
+        sender: &OlmSender,
+        announcement: RoomKeyBundleAnnouncement,
+    ) -> Result<Option<OwnedRoomId>> {
+        let user_id = &sender.user_id;
+        // matrix-sdk's rule too: the announcement must carry its sender's device keys
+        // (MSC4147), so the device is known from the message itself. Whether its owner
+        // cross-signed it is checked at import time, with the owner's identity fetched then.
+        if !sender.sent_device_keys || sender.device_id.is_none() {
+            warn!(sender = %user_id, "ignoring a bundle announcement without sender device keys");
+            return Ok(None);
+        }
+        let pending = PendingBundle {
+            room_id: announcement.room_id.clone(),
+            sender: user_id.clone(),
+            sender_device: sender.device_id.clone(),
+            file: announcement.file,
+            received_at: MilliSecondsSinceUnixEpoch::now(),
+        };
+        debug!(room_id = %pending.room_id, sender = %user_id, "kept a bundle announcement");
+        self.ctx
+            .store
+            .save_changes(StateChanges { pending_bundles: vec![pending], ..Default::default() })
+            .await?;
+        self.set_bundle_room(&announcement.room_id, true);
+        Ok(Some(announcement.room_id))
+    }
+
+    /// Imports the bundles kept for `room`, if we joined it by accepting an invite from their
+    /// sender. Bundles from anyone else are dropped; a room we have not joined keeps them.
+    #[instrument(skip_all, fields(room_id = %room.room_id()))]
+    pub(crate) async fn import_pending(&self, room: &Room) -> Result<ImportRun> {
+        let room_id = room.room_id();
+        let mut run = ImportRun::default();
+        if !self.is_bundle_room(room_id) {
+            return Ok(run);
+        }
+        let _serial = self.imports.lock().await;
+        if room.state() != RoomState::Joined {
+            return Ok(run);
+        }
+        let pending = self.ctx.store.pending_bundles(room_id).await?;
+        if pending.is_empty() {
+            return Ok(run);
+        }
+        let accepted = self.ctx.client.get_pending_key_bundle_details_for_room(room_id).await?;
+        for announcement in pending {
+            let sender = announcement.sender.clone();
+            let from_inviter = accepted.as_ref().is_some_and(|details| {
+                details.inviter == sender
+                    && details
+                        .invite_accepted_at
+                        .to_system_time()
+                        .and_then(|at| SystemTime::now().duration_since(at).ok())
+                        .is_some_and(|elapsed| elapsed < ACCEPT_WINDOW)
+            });
+            let outcome = if from_inviter {
+                let checked = match self.sender_device_is_trusted(&announcement).await? {
+                    true => self.fetch_and_open(room_id, &announcement).await,
+                    false => Err(BundleImportError::UntrustedSender),
+                };
+                match checked {
+                    Ok(opened) => {
+                        let (imported, sessions) = self.import(&announcement, opened).await?;
+                        run.stored_sessions.extend(sessions);
+                        BundleOutcome::Imported(imported)
+                    }
+                    Err(error) if error.is_permanent() => {
+                        warn!(%sender, %error, "refused a room-key bundle");
+                        BundleOutcome::Refused { sender, error }
+                    }
+                    Err(error) => {
+                        warn!(%sender, %error, "could not fetch a room-key bundle, will retry");
+                        BundleOutcome::Deferred { sender, error }
+                    }
+                }
+            } else {
+                warn!(%sender, "dropped a bundle not sent by the user whose invite we accepted");
+                BundleOutcome::Ignored { sender }
+            };
+            if !matches!(outcome, BundleOutcome::Deferred { .. } | BundleOutcome::Imported(_)) {
+                self.forget(&announcement).await?;
+            }
+            run.outcomes.push(outcome);
+        }
+        let kept = run.outcomes.iter().any(|o| matches!(o, BundleOutcome::Deferred { .. }));
+        self.set_bundle_room(room_id, kept);
+        Ok(run)
+    }
+
+    async fn forget(&self, announcement: &PendingBundle) -> Result<()> {
+        let key = (announcement.room_id.clone(), announcement.sender.clone());
+        self.ctx
+            .store
+            .save_changes(StateChanges { removed_bundles: vec![key], ..Default::default() })
+            .await?;
+        Ok(())
+    }
+
+    /// Whether the device that announced the bundle is cross-signed by its owner and not
+    /// blocked, with the owner's keys fetched from the homeserver if we never had them.
+    async fn sender_device_is_trusted(&self, announcement: &PendingBundle) -> Result<bool> {
+        let Some(device_id) = &announcement.sender_device else { return Ok(false) };
+        let device = self
+            .ctx
+            .device(&announcement.sender, device_id, |d| d.is_cross_signed_by_owner())
+            .await?;
+        Ok(device.is_some_and(|d| d.is_cross_signed_by_owner() && !d.is_blacklisted()))
+    }
+
+    async fn fetch_and_open(
+        &self,
+        room_id: &RoomId,
+        announcement: &PendingBundle,
+    ) -> Result<OpenedBundle, BundleImportError> {
+        let file: EncryptedFile = serde_json::from_value(announcement.file.clone())
+            .map_err(|e| BundleImportError::InvalidAnnouncement(e.to_string()))?;
+        let limits = self.ctx.config.bundle_limits;
+        let ciphertext = download(&self.ctx, &self.http, &file, limits).await?;
+        let info = MediaEncryptionInfo::from(file);
+        Ok(bundle::open(&ciphertext, info, room_id, limits)?)
+    }
+
+    /// Stores the bundle's keys in our store (state decryption, attribution) and its withheld
+    /// notices, then in the client's key store, then forgets the announcement. Every step can
+    /// run again without harm, so a crash anywhere leads to the whole import running again at
+    /// the next start. Returns the import and the sessions it stored.
+    async fn import(
+        &self,
+        announcement: &PendingBundle,
+        opened: OpenedBundle,
+    ) -> Result<(ImportedBundle, Vec<String>)> {
+        let ctx = &self.ctx;
+        let room_id = &announcement.room_id;
+        let shared_by = announcement.sender.clone();
+        let origin = KeyOrigin::Bundle { shared_by: shared_by.clone() };
+        let keys: Vec<ExportedRoomKey> =
+            opened.room_keys.into_iter().map(bundle::exported_room_key).collect();
+
+        let mut imported = Vec::with_capacity(keys.len());
+        for key in &keys {
+            match InboundStateSession::import(room_id, key, origin.clone()) {
+                Ok(session) => imported.push(session),
+                Err(error) => warn!(session_id = %key.session_id, %error, "skipped a bundle key"),
+            }
+        }
+        let mut changes = StateChanges::default();
+        for notice in &opened.withheld {
+            let Some(session_id) = notice.megolm_session_id() else { continue };
+            changes.withheld_sessions.push(WithheldSession {
+                room_id: room_id.clone(),
+                session_id: session_id.to_owned(),
+                code: notice.withheld_code().as_str().to_owned(),
+                withheld_by: shared_by.clone(),
+            });
+        }
+        ctx.store_sessions(imported, changes).await?;
+        debug!(%room_id, keys = keys.len(), "stored the bundle's keys in the state store");
+
+        if !keys.is_empty() {
+            ctx.import_into_client(&keys).await?;
+        }
+        debug!(%room_id, "imported the bundle's keys into the client's key store");
+        self.forget(announcement).await?;
+
+        let imported = ImportedBundle {
+            room_id: room_id.clone(),
+            shared_by,
+            keys: keys.len(),
+            withheld: opened.withheld.len(),
+            foreign_entries: opened.foreign_entries,
+            conflicting_sessions: opened.conflicting_sessions.len(),
+        };
+        info!(?imported, "imported a room-key bundle");
+        Ok((imported, keys.into_iter().map(|k| k.session_id).collect()))
+    }
+}

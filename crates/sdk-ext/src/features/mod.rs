@@ -1,0 +1,10 @@
+//! The features, side by side: each holds a [`Context`](crate::context::Context) clone and its
+//! own state, imports only the bottom layer, and never another feature. What one feature's
+//! result means for another (keys stored, so validate waiting events again) is decided by the
+//! extension on top.
+
+pub(crate) mod history;
+pub(crate) mod invites;
+pub(crate) mod requests;
+pub(crate) mod restricted;
+pub(crate) mod state;

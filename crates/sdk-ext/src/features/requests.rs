@@ -1,0 +1,257 @@
+//! Key requests for state: a member who cannot decrypt a room's encrypted state (joined without
+//! a bundle: a public room, a `joined`-visibility room, an inviter who went offline) asks for the
+//! slot keys it lacks; members answer with each slot's key at the index of its current event.
+//!
+//! Requests go first to our own other devices and to the members whose power level is above the
+//! room's default, then, once [`KeyRequestConfig::escalation_delay`] has passed without an
+//! answer, to every member; each session is asked for at most
+//! [`KeyRequestConfig::max_attempts`] times, with the wait doubling between attempts.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use crypto_ext::{
+    InboundStateSession, KeyOrigin, identifiers,
+    wire::{StateKeyRequest, StateKeyShare},
+};
+use matrix_sdk::{Room, RoomState, encryption::identities::Device};
+use ruma::{MilliSecondsSinceUnixEpoch, OwnedUserId, TransactionId};
+use state_store_ext::{KeyRequest, StateChanges, StateOrigin};
+use tracing::{debug, info, warn};
+
+use crate::{
+    KeyRequestConfig, KeyRequestRefusal, Result, StateUpdate,
+    context::{Context, OlmSender, is_joined},
+};
+
+/// The key-request feature.
+pub(crate) struct KeyRequests {
+    ctx: Context,
+}
+
+impl KeyRequests {
+    pub(crate) fn new(ctx: Context) -> Self {
+        Self { ctx }
+    }
+
+    /// Asks for the keys of the room's events waiting for one, as far as the schedule allows,
+    /// and forgets requests whose events became readable. Returns `false` when no event of the
+    /// room waits for a key any more.
+    pub(crate) async fn request_missing(&self, room: &Room) -> Result<bool> {
+        let ctx = &self.ctx;
+        let config = &ctx.config.key_requests;
+        if !config.request || room.state() != RoomState::Joined {
+            return Ok(true);
+        }
+        let room_id = room.room_id();
+        let waiting: BTreeSet<String> =
+            ctx.store.pending_in_room(room_id).await?.into_iter().map(|p| p.session_id).collect();
+        let asked: BTreeMap<String, KeyRequest> = ctx
+            .store
+            .key_requests(room_id)
+            .await?
+            .into_iter()
+            .map(|r| (r.session_id.clone(), r))
+            .collect();
+        if waiting.is_empty() && asked.is_empty() {
+            return Ok(false);
+        }
+        let mut changes = StateChanges::default();
+        for session_id in asked.keys().filter(|s| !waiting.contains(*s)) {
+            changes.removed_key_requests.push((room_id.to_owned(), session_id.clone()));
+        }
+        let now = MilliSecondsSinceUnixEpoch::now();
+        let (mut first, mut again) = (Vec::new(), Vec::new());
+        for session_id in &waiting {
+            match asked.get(session_id) {
+                None => {
+                    first.push(session_id.clone());
+                    changes.key_requests.push(KeyRequest {
+                        room_id: room_id.to_owned(),
+                        session_id: session_id.clone(),
+                        first_requested_at: now,
+                        attempts: 1,
+                    });
+                }
+                Some(request)
+                    if request.attempts < config.max_attempts && is_due(request, config) =>
+                {
+                    again.push(session_id.clone());
+                    let mut request = request.clone();
+                    request.attempts += 1;
+                    changes.key_requests.push(request);
+                }
+                Some(_) => {}
+            }
+        }
+        if !first.is_empty() || !again.is_empty() {
+            let members = ctx.recipient_devices(room).await?;
+            if !first.is_empty() {
+                let privileged = self.privileged_users(room).await;
+                let devices: Vec<Device> =
+                    members.iter().filter(|d| privileged.contains(d.user_id())).cloned().collect();
+                // Nobody privileged has a device: every member is asked at once.
+                let devices = if devices.is_empty() { members.clone() } else { devices };
+                self.send_request(room, &first, &devices).await?;
+            }
+            if !again.is_empty() {
+                self.send_request(room, &again, &members).await?;
+            }
+        }
+        ctx.store.save_changes(changes).await?;
+        Ok(!waiting.is_empty())
+    }
+
+    /// Our own user and the members whose power level is above the room's default for users.
+    async fn privileged_users(&self, room: &Room) -> BTreeSet<OwnedUserId> {
+        let mut users = BTreeSet::from([self.ctx.own_device.user_id.clone()]);
+        if let Ok(power_levels) = room.power_levels().await {
+            users.extend(
+                power_levels
+                    .users
+                    .iter()
+                    .filter(|(_, level)| **level > power_levels.users_default)
+                    .map(|(user, _)| user.clone()),
+            );
+        }
+        users
+    }
+
+    async fn send_request(
+        &self,
+        room: &Room,
+        session_ids: &[String],
+        devices: &[Device],
+    ) -> Result<()> {
+        if devices.is_empty() {
+            debug!(room_id = %room.room_id(), "no device to ask for state keys");
+            return Ok(());
+        }
+        for chunk in session_ids.chunks(identifiers::STATE_KEY_REQUEST_MAX) {
+            let request = StateKeyRequest {
+                room_id: room.room_id().to_owned(),
+                request_id: TransactionId::new().to_string(),
+                session_ids: chunk.to_vec(),
+            };
+            self.ctx.send_message(devices, &request).await?;
+            info!(room_id = %room.room_id(), sessions = chunk.len(), devices = devices.len(), "asked for state keys");
+        }
+        Ok(())
+    }
+
+    /// Answers a member's request, or records why not.
+    pub(crate) async fn receive_request(
+        &self,
+        sender: &OlmSender,
+        request: StateKeyRequest,
+    ) -> Result<()> {
+        let ctx = &self.ctx;
+        let room_id = request.room_id.clone();
+        let requester = sender.user_id.clone();
+        let refuse = |reason: KeyRequestRefusal| {
+            warn!(%room_id, %requester, %reason, "refused a state key request");
+            ctx.notify(vec![StateUpdate::KeyRequestRefused {
+                room_id: room_id.clone(),
+                requester: requester.clone(),
+                reason,
+            }]);
+            Ok(())
+        };
+        let Some(room) = ctx.joined_room(&room_id) else {
+            return refuse(KeyRequestRefusal::NotInRoom);
+        };
+        if !is_joined(&room, &requester).await {
+            return refuse(KeyRequestRefusal::RequesterNotJoined);
+        }
+        let Some(device) = &sender.device else {
+            return refuse(KeyRequestRefusal::DeviceNotAllowed);
+        };
+
+        // Only sessions of the current encrypted state, each from its current event's index.
+        let current: BTreeMap<String, u32> = ctx
+            .store
+            .room_state(&room_id)
+            .await?
+            .into_iter()
+            .filter_map(|record| match record.origin {
+                StateOrigin::Encrypted(provenance) => {
+                    Some((provenance.session_id, provenance.message_index))
+                }
+                StateOrigin::Plaintext { .. } => None,
+            })
+            .collect();
+        let indices: BTreeMap<String, u32> = request
+            .session_ids
+            .iter()
+            .filter_map(|s| Some((s.clone(), *current.get(s)?)))
+            .collect();
+        let keys = ctx.keys_at_index(&room_id, &indices).await?;
+        if keys.is_empty() {
+            return refuse(KeyRequestRefusal::NothingToShare);
+        }
+        let count = keys.len();
+        let share =
+            StateKeyShare { room_id: room_id.clone(), request_id: request.request_id, keys };
+        ctx.send_message(std::slice::from_ref(device), &share).await?;
+        info!(%room_id, %requester, keys = count, "answered a state key request");
+        ctx.notify(vec![StateUpdate::KeyRequestAnswered {
+            room_id: room_id.clone(),
+            requester: requester.clone(),
+            keys: count,
+        }]);
+        Ok(())
+    }
+
+    /// Takes the keys of an answer: only for a room we are joined to, from a sender who is a
+    /// member, and only for sessions our events are waiting for. Returns the sessions stored.
+    pub(crate) async fn receive_share(
+        &self,
+        sender: &OlmSender,
+        share: StateKeyShare,
+    ) -> Result<BTreeSet<String>> {
+        let ctx = &self.ctx;
+        let sharer = &sender.user_id;
+        let room_id = &share.room_id;
+        let Some(room) = ctx.joined_room(room_id) else {
+            warn!(%room_id, %sharer, "ignoring state keys for a room we are not in");
+            return Ok(BTreeSet::new());
+        };
+        if !is_joined(&room, sharer).await {
+            warn!(%room_id, %sharer, "ignoring state keys from someone who is not a member");
+            return Ok(BTreeSet::new());
+        }
+        let waiting: BTreeSet<String> =
+            ctx.store.pending_in_room(room_id).await?.into_iter().map(|p| p.session_id).collect();
+        let origin = KeyOrigin::KeyShare { shared_by: sharer.clone() };
+        let mut sessions = Vec::new();
+        for key in &share.keys {
+            if !waiting.contains(&key.session_id) {
+                debug!(session_id = %key.session_id, "ignoring a state key nothing waits for");
+                continue;
+            }
+            match InboundStateSession::import(room_id, key, origin.clone()) {
+                Ok(session) => sessions.push(session),
+                Err(error) => warn!(%sharer, %error, "refused a shared state key"),
+            }
+        }
+        if sessions.is_empty() {
+            return Ok(BTreeSet::new());
+        }
+        let ids: BTreeSet<String> = sessions.iter().map(InboundStateSession::session_id).collect();
+        let changes = StateChanges {
+            removed_key_requests: ids.iter().map(|id| (room_id.clone(), id.clone())).collect(),
+            ..Default::default()
+        };
+        ctx.store_sessions(sessions, changes).await?;
+        info!(%room_id, %sharer, keys = ids.len(), "took shared state keys");
+        Ok(ids)
+    }
+}
+
+/// Whether the next attempt of `request` is due: attempt n+1 comes `escalation_delay * 2^(n-1)`
+/// after the first.
+fn is_due(request: &KeyRequest, config: &KeyRequestConfig) -> bool {
+    let waited = MilliSecondsSinceUnixEpoch::now().get() - request.first_requested_at.get();
+    let factor = 1u64 << request.attempts.saturating_sub(1).min(16);
+    let due = config.escalation_delay.as_millis() as u64 * factor;
+    u64::from(waited) >= due
+}

@@ -1,0 +1,195 @@
+//! Decrypting encrypted state: our own sessions first (a batch off the async workers), then the
+//! client's `OlmMachine`, and a look inside when the machine refuses an event.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use crypto_ext::{
+    DecryptionFacts, EncryptedStateEvent, InboundStateSession, KeyOrigin, RejectionReason,
+    SessionOwner,
+    state_sessions::batch::{SessionGroup, decrypt_batch},
+};
+use matrix_sdk::{
+    Room,
+    deserialized_responses::{AlgorithmInfo, TimelineEventKind, UnableToDecryptReason},
+};
+use ruma::{
+    OwnedEventId, OwnedUserId, RoomId,
+    events::{AnySyncStateEvent, room::encrypted::OriginalSyncRoomEncryptedEvent},
+    serde::Raw,
+};
+use tracing::debug;
+
+use super::EncryptedState;
+use crate::Result;
+
+/// What decrypting one event gave.
+pub(super) enum Decryption {
+    Decrypted {
+        plaintext: String,
+        facts: DecryptionFacts,
+    },
+    /// No key (yet): the event waits.
+    Missing,
+    /// The decryptor refused the event; we could not obtain its plaintext to say more.
+    Refused(RejectionReason),
+}
+
+impl EncryptedState {
+    /// Our own state sessions (and keys shared with us) first, then the client's `OlmMachine`.
+    pub(super) async fn decrypt(
+        &self,
+        room: &Room,
+        raw: &Raw<AnySyncStateEvent>,
+        event: &EncryptedStateEvent,
+    ) -> Result<Decryption> {
+        let ctx = &self.ctx;
+        if let Some(pickle) = ctx.store.inbound_session(&event.session_id).await?
+            && pickle.room_id() == room.room_id()
+        {
+            let mut session = InboundStateSession::from_pickle(pickle);
+            if let Ok(decrypted) = session.decrypt(event) {
+                let facts = ctx
+                    .facts_for_sender_key(&event.sender, decrypted.sender_key, decrypted.key_origin)
+                    .await?;
+                return Ok(Decryption::Decrypted { plaintext: decrypted.plaintext, facts });
+            }
+        }
+
+        let encrypted: &Raw<OriginalSyncRoomEncryptedEvent> = raw.cast_ref_unchecked();
+        let timeline_event = room.decrypt_event(encrypted, None).await?;
+        match timeline_event.kind {
+            TimelineEventKind::Decrypted(decrypted) => {
+                let info = &decrypted.encryption_info;
+                debug!(event_id = %event.event_id, verification = ?info.verification_state, forwarder = ?info.forwarder, "decrypted by the client's machine");
+                let mut facts = DecryptionFacts::from_encryption_info(info);
+                // A key from a bundle has no Olm link to its creator (the machine reports an
+                // insecure source): tie the session's claimed sender key to the event sender's
+                // devices ourselves. Content cannot be forged this way (Megolm messages are
+                // signed by the session), this only attributes the session.
+                if facts.session_owner == SessionOwner::Unknown
+                    && let Some(forwarder) = &info.forwarder
+                    && let AlgorithmInfo::MegolmV1AesSha2 { curve25519_key, .. } =
+                        &info.algorithm_info
+                    && let Ok(sender_key) =
+                        crypto_ext::vodozemac::Curve25519PublicKey::from_base64(curve25519_key)
+                {
+                    let origin = KeyOrigin::Bundle { shared_by: forwarder.user_id.clone() };
+                    facts = ctx.facts_for_sender_key(&event.sender, sender_key, origin).await?;
+                }
+                Ok(Decryption::Decrypted {
+                    plaintext: decrypted.event.json().get().to_owned(),
+                    facts,
+                })
+            }
+            TimelineEventKind::UnableToDecrypt { utd_info, .. } => match utd_info.reason {
+                UnableToDecryptReason::MissingMegolmSession { .. }
+                | UnableToDecryptReason::UnknownMegolmMessageIndex
+                | UnableToDecryptReason::SenderIdentityNotTrusted(_) => Ok(Decryption::Missing),
+                // The client's machine holds the key but refused the event (a packed key that
+                // does not match, another room's payload, ...). Look inside ourselves, so the
+                // rejection says exactly why.
+                reason => Ok(match self.inspect(room, event).await? {
+                    Some(decryption) => decryption,
+                    None => Decryption::Refused(RejectionReason::MalformedEvent {
+                        detail: format!("refused by the client's decryptor: {reason:?}"),
+                    }),
+                }),
+            },
+            TimelineEventKind::PlainText { .. } => {
+                Ok(Decryption::Refused(RejectionReason::MalformedEvent {
+                    detail: "not encrypted".to_owned(),
+                }))
+            }
+        }
+    }
+
+    /// Decrypts an event the client's machine refused, with a copy of its key exported through
+    /// matrix-sdk's key export (the only public way to read a session the machine holds).
+    async fn inspect(
+        &self,
+        room: &Room,
+        event: &EncryptedStateEvent,
+    ) -> Result<Option<Decryption>> {
+        let Some(key) = self.ctx.export_session(&event.session_id).await? else {
+            return Ok(None);
+        };
+        // The machine binds the key to the room it came for: import it for that room, so that a
+        // payload naming another room is still seen (and rejected by the pipeline).
+        let key_room = key.room_id.clone();
+        let Ok(mut session) = InboundStateSession::import(&key_room, &key, KeyOrigin::Direct)
+        else {
+            return Ok(None);
+        };
+        if key_room != room.room_id() {
+            return Ok(Some(Decryption::Refused(RejectionReason::WrongRoom {
+                expected: room.room_id().to_owned(),
+                found: key_room,
+            })));
+        }
+        let Ok(decrypted) = session.decrypt(event) else { return Ok(None) };
+        let facts = self
+            .ctx
+            .facts_for_sender_key(&event.sender, decrypted.sender_key, KeyOrigin::Direct)
+            .await?;
+        Ok(Some(Decryption::Decrypted { plaintext: decrypted.plaintext, facts }))
+    }
+
+    /// Decrypts `events` whose sessions are in our store, as one batch. Returns the decryption
+    /// of each event it could decrypt, by event id; the sender-key facts are looked up once per
+    /// sender key.
+    pub(super) async fn decrypt_with_our_sessions(
+        &self,
+        room_id: &RoomId,
+        events: Vec<EncryptedStateEvent>,
+    ) -> Result<BTreeMap<OwnedEventId, Decryption>> {
+        let ids: BTreeSet<String> = events.iter().map(|e| e.session_id.clone()).collect();
+        let ids: Vec<String> = ids.into_iter().collect();
+        let mut groups: BTreeMap<String, SessionGroup> = BTreeMap::new();
+        for session in self.ctx.stored_sessions(room_id, &ids).await? {
+            groups.insert(session.session_id(), (session, Vec::new()));
+        }
+        if groups.is_empty() {
+            return Ok(BTreeMap::new());
+        }
+        for event in events {
+            if let Some((_, group)) = groups.get_mut(&event.session_id) {
+                group.push(event);
+            }
+        }
+        let groups: Vec<SessionGroup> = groups.into_values().collect();
+        // CPU-bound: off the async workers (and on every core when the batch is large).
+        let decrypted = tokio::task::spawn_blocking(move || decrypt_batch(groups))
+            .await
+            .map_err(state_store_ext::StoreError::from)?;
+        let mut facts_by_key: Vec<((OwnedUserId, String, KeyOrigin), DecryptionFacts)> = Vec::new();
+        let mut out = BTreeMap::new();
+        for (event, decrypted) in decrypted {
+            let Ok(decrypted) = decrypted else { continue };
+            let key = (
+                event.sender.clone(),
+                decrypted.sender_key.to_base64(),
+                decrypted.key_origin.clone(),
+            );
+            let facts = match facts_by_key.iter().find(|(k, _)| *k == key) {
+                Some((_, facts)) => facts.clone(),
+                None => {
+                    let facts = self
+                        .ctx
+                        .facts_for_sender_key(
+                            &event.sender,
+                            decrypted.sender_key,
+                            decrypted.key_origin,
+                        )
+                        .await?;
+                    facts_by_key.push((key, facts.clone()));
+                    facts
+                }
+            };
+            out.insert(
+                event.event_id,
+                Decryption::Decrypted { plaintext: decrypted.plaintext, facts },
+            );
+        }
+        Ok(out)
+    }
+}
