@@ -19,7 +19,7 @@ pub use config::{KeyRequestConfig, RestrictedPreviewConfig, StateExtConfig, Stor
 pub use crypto_ext::KeyOrigin;
 pub use crypto_ext::{OwnDevice, RejectedState, RejectionReason, StateSlot};
 pub use error::{Error, Result};
-pub use extension::{RoomHistoryExt, RoomStateExt, StateExtension};
+pub use extension::{StateExtension, history::RoomHistoryExt, room::RoomStateExt};
 pub use outcomes::{
     BundleImportError, BundleOutcome, ImportedBundle, InviteReport, KeyRequestRefusal,
     PreviewRefusal, SkippedDevice,

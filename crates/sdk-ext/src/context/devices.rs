@@ -5,13 +5,9 @@
 //! to-device message, a user who joined a moment ago): for those it asks the homeserver
 //! (`/keys/query`) itself. The same unanswered lookup (a bridged user without devices, a device
 //! ID nobody uploaded) would ask again each time it is made, so background lookups remember
-//! what they asked and ask the same again only after [`ASK_AGAIN_AFTER`].
+//! what they asked and ask the same again only after `ASK_AGAIN_AFTER` (five minutes).
 
-use std::{
-    collections::HashMap,
-    sync::Mutex as StdMutex,
-    time::{Duration, Instant},
-};
+use std::time::Instant;
 
 use crypto_ext::vodozemac::Curve25519PublicKey;
 use matrix_sdk::{
@@ -20,54 +16,11 @@ use matrix_sdk::{
 };
 use ruma::{DeviceId, OwnedUserId, UserId};
 
-use super::Context;
+use super::{
+    handle::Context,
+    throttle::{Ask, Lookup},
+};
 use crate::Result;
-
-/// How long a query made for a lookup also answers the same lookup made later.
-pub(crate) const ASK_AGAIN_AFTER: Duration = Duration::from_secs(300);
-
-/// When a lookup that finds nothing in the crypto store asks the homeserver.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Ask {
-    /// Every time: lookups made for the user's own action (an invite).
-    Always,
-    /// At most once per [`ASK_AGAIN_AFTER`] for the same lookup: lookups made by background
-    /// work or on input from others, which could otherwise query the homeserver on every sync
-    /// or every forged message.
-    Throttled,
-}
-
-/// What a lookup looked for: all of a user's devices, or one device of theirs (by device ID or
-/// Curve25519 key).
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-struct Lookup {
-    user_id: OwnedUserId,
-    device: Option<String>,
-}
-
-/// The throttled lookups that asked the homeserver, with when they did.
-#[derive(Debug, Default)]
-pub(crate) struct AskedLookups {
-    asked: StdMutex<HashMap<Lookup, Instant>>,
-}
-
-impl AskedLookups {
-    /// Whether `lookup` may ask the homeserver at `now`; if so, remembers that it did. Lookups
-    /// older than [`ASK_AGAIN_AFTER`] are forgotten, so the map holds at most the lookups of
-    /// that long.
-    fn may_ask(&self, ask: Ask, lookup: Lookup, now: Instant) -> bool {
-        if ask == Ask::Always {
-            return true;
-        }
-        let mut asked = self.asked.lock().unwrap_or_else(|e| e.into_inner());
-        asked.retain(|_, at| now.saturating_duration_since(*at) < ASK_AGAIN_AFTER);
-        if asked.contains_key(&lookup) {
-            return false;
-        }
-        asked.insert(lookup, now);
-        true
-    }
-}
 
 impl Context {
     /// Looks with `look`; when what it returns is not `found`, asks the homeserver for the
@@ -103,7 +56,7 @@ impl Context {
 
     /// The device of `user_id` whose Curve25519 key is `sender_key` (the creator of a Megolm
     /// session); when we know none, the homeserver is asked (at most once per
-    /// [`ASK_AGAIN_AFTER`] for this key) and the devices looked through again.
+    /// `ASK_AGAIN_AFTER` (five minutes) for this key) and the devices looked through again.
     pub(crate) async fn device_with_key(
         &self,
         user_id: &UserId,
@@ -124,7 +77,7 @@ impl Context {
     }
 
     /// The device `device_id` of `user_id`, if it is `good_enough`; otherwise the homeserver is
-    /// asked (at most once per [`ASK_AGAIN_AFTER`] for this device) and the device looked up
+    /// asked (at most once per `ASK_AGAIN_AFTER` (five minutes) for this device) and the device looked up
     /// again. The device is returned whether it is good enough or not.
     pub(crate) async fn device(
         &self,
@@ -184,65 +137,5 @@ impl Context {
         let members = room.members(RoomMemberships::JOIN | RoomMemberships::INVITE).await?;
         let users: Vec<OwnedUserId> = members.iter().map(|m| m.user_id().to_owned()).collect();
         self.member_devices(&users).await
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use ruma::user_id;
-
-    use super::*;
-
-    fn lookup(device: Option<&str>) -> Lookup {
-        Lookup {
-            user_id: user_id!("@puppet:example.org").to_owned(),
-            device: device.map(Into::into),
-        }
-    }
-
-    #[test]
-    fn a_throttled_lookup_asks_once_per_period() {
-        let asked = AskedLookups::default();
-        let start = Instant::now();
-        assert!(asked.may_ask(Ask::Throttled, lookup(None), start));
-        assert!(!asked.may_ask(Ask::Throttled, lookup(None), start + Duration::from_secs(1)));
-        assert!(!asked.may_ask(
-            Ask::Throttled,
-            lookup(None),
-            start + ASK_AGAIN_AFTER - Duration::from_millis(1)
-        ));
-        assert!(asked.may_ask(Ask::Throttled, lookup(None), start + ASK_AGAIN_AFTER));
-    }
-
-    #[test]
-    fn lookups_are_throttled_separately() {
-        let asked = AskedLookups::default();
-        let now = Instant::now();
-        assert!(asked.may_ask(Ask::Throttled, lookup(None), now));
-        // A device nobody looked for yet is asked for at once, even right after its user.
-        assert!(asked.may_ask(Ask::Throttled, lookup(Some("NEWDEVICE")), now));
-        assert!(asked.may_ask(Ask::Throttled, lookup(Some("OTHERDEVICE")), now));
-        assert!(!asked.may_ask(Ask::Throttled, lookup(Some("NEWDEVICE")), now));
-    }
-
-    #[test]
-    fn an_explicit_lookup_always_asks_and_is_not_remembered() {
-        let asked = AskedLookups::default();
-        let now = Instant::now();
-        assert!(asked.may_ask(Ask::Always, lookup(None), now));
-        assert!(asked.may_ask(Ask::Always, lookup(None), now));
-        // Explicit lookups leave the throttled ones alone.
-        assert!(asked.may_ask(Ask::Throttled, lookup(None), now));
-    }
-
-    #[test]
-    fn old_lookups_are_forgotten() {
-        let asked = AskedLookups::default();
-        let start = Instant::now();
-        for n in 0..100 {
-            assert!(asked.may_ask(Ask::Throttled, lookup(Some(&format!("FORGED{n}"))), start));
-        }
-        assert!(asked.may_ask(Ask::Throttled, lookup(None), start + ASK_AGAIN_AFTER));
-        assert_eq!(asked.asked.lock().unwrap().len(), 1);
     }
 }

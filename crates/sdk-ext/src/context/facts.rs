@@ -5,7 +5,7 @@ use crypto_ext::{DecryptionFacts, KeyOrigin, SessionOwner, vodozemac::Curve25519
 use matrix_sdk::deserialized_responses::{VerificationLevel, VerificationState};
 use ruma::UserId;
 
-use super::Context;
+use super::handle::Context;
 use crate::Result;
 
 impl Context {

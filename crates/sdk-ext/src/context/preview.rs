@@ -8,7 +8,7 @@ use ruma::{OwnedUserId, RoomId, serde::Raw};
 use serde_json::Value;
 use tracing::warn;
 
-use super::Context;
+use super::handle::Context;
 use crate::{EncryptedAvatar, Result, RoomPreview};
 
 /// One encrypted state event of a room we are not in.

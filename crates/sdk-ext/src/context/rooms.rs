@@ -12,7 +12,7 @@ use ruma::{
 use serde_json::Value;
 use tracing::warn;
 
-use super::Context;
+use super::handle::Context;
 
 /// The room's plaintext power levels (the spec's defaults when the room has none).
 pub(crate) async fn power_levels(room: &Room) -> RoomPowerLevels {

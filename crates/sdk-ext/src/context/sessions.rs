@@ -12,7 +12,7 @@ use ruma::RoomId;
 use state_store_ext::{StateChanges, StoreError};
 use tracing::debug;
 
-use super::Context;
+use super::handle::Context;
 use crate::Result;
 
 /// PBKDF2 rounds of the key file handed to `Encryption::import_room_keys`. The file lives in a

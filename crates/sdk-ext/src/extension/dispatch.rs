@@ -14,7 +14,7 @@ use ruma::events::AnyToDeviceEvent;
 use serde_json::Value;
 use tracing::warn;
 
-use super::Inner;
+use super::inner::Inner;
 use crate::{Result, context::OlmSender};
 
 /// Registers the handler of our to-device messages.

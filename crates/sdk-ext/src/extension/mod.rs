@@ -3,25 +3,26 @@
 //! features, and the one that decides what one feature's result means for another.
 
 mod dispatch;
-mod history;
-mod room;
+pub(crate) mod history;
+mod inner;
+pub(crate) mod room;
 mod tasks;
 
 use std::{
-    collections::{BTreeMap, BTreeSet},
+    collections::BTreeMap,
     sync::{Arc, LazyLock, Mutex as StdMutex, Weak},
 };
 
 use crypto_ext::OwnDevice;
-use matrix_sdk::{Client, Room, event_handler::EventHandlerHandle};
+use matrix_sdk::{Client, Room};
 use ruma::{OwnedDeviceId, OwnedUserId, RoomId};
 use state_store_ext::{MemoryStateStore, SqliteStateStore, StateStore};
-use tokio::{sync::broadcast, task::AbortHandle};
+use tokio::sync::broadcast;
 use tracing::{info, warn};
 
-pub use self::{history::RoomHistoryExt, room::RoomStateExt};
+use self::inner::Inner;
 use crate::{
-    BundleOutcome, Error, Result, RoomPreview, StateExtConfig, StateUpdate,
+    Error, Result, RoomPreview, StateExtConfig, StateUpdate,
     config::StoreConfig,
     context::Context,
     features::{
@@ -35,86 +36,6 @@ use crate::{
 static REGISTRY: LazyLock<StdMutex<Registry>> = LazyLock::new(Default::default);
 
 type Registry = BTreeMap<(OwnedUserId, OwnedDeviceId), Weak<Inner>>;
-
-/// The context and the features, wired together.
-pub(crate) struct Inner {
-    ctx: Context,
-    state: EncryptedState,
-    history: History,
-    requests: KeyRequests,
-    invites: Invites,
-    restricted: RestrictedPreviews,
-    /// The background task.
-    task: StdMutex<Option<AbortHandle>>,
-    /// The to-device handler.
-    handler: StdMutex<Option<EventHandlerHandle>>,
-}
-
-impl std::fmt::Debug for Inner {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        self.ctx.fmt(f)
-    }
-}
-
-impl Drop for Inner {
-    fn drop(&mut self) {
-        if let Some(task) = self.task.lock().unwrap_or_else(|e| e.into_inner()).take() {
-            task.abort();
-        }
-        if let Some(handler) = self.handler.lock().unwrap_or_else(|e| e.into_inner()).take() {
-            self.ctx.client.remove_event_handler(handler);
-        }
-    }
-}
-
-impl Inner {
-    /// Whether the background task runs (not shut down).
-    fn is_running(&self) -> bool {
-        self.task
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .as_ref()
-            .is_some_and(|task| !task.is_finished())
-    }
-
-    /// Keys of `sessions` were stored: the encrypted state waiting for them is validated again.
-    async fn keys_stored(&self, sessions: BTreeSet<String>) -> Result<()> {
-        if sessions.is_empty() {
-            return Ok(());
-        }
-        self.state.retry_sessions(sessions).await
-    }
-
-    /// Imports the bundles kept for `room` (see [`History::import_pending`]); then, with the
-    /// import lock released, validates the encrypted state that waited for their keys; then
-    /// tells subscribers what happened to each bundle.
-    async fn import_history(&self, room: &Room) -> Result<Vec<BundleOutcome>> {
-        let run = self.history.import_pending(room).await?;
-        if run.imported_any() {
-            self.keys_stored(run.stored_sessions.clone()).await?;
-            self.state.scan_room(room).await?;
-        }
-        self.ctx.notify(run.updates(room.room_id()));
-        Ok(run.outcomes)
-    }
-
-    /// [`Inner::import_history`] for every joined room (at start: an import cut short resumes).
-    async fn import_all_history(&self) -> Result<()> {
-        for room in self.ctx.client.joined_rooms() {
-            self.import_history(&room).await?;
-        }
-        Ok(())
-    }
-
-    /// Asks for the keys a joined room's state still waits for; a room with nothing waiting
-    /// stops being a waiting room.
-    async fn request_keys(&self, room: &Room) -> Result<()> {
-        if !self.requests.request_missing(room).await? {
-            self.state.set_waiting_room(room.room_id(), false);
-        }
-        Ok(())
-    }
-}
 
 /// Encrypted room state for one logged-in `matrix_sdk::Client`.
 ///

@@ -16,7 +16,7 @@ use ruma::{OwnedRoomId, OwnedUserId, RoomId};
 use tokio::sync::broadcast::{Receiver, error::RecvError};
 use tracing::warn;
 
-use super::Inner;
+use super::inner::Inner;
 use crate::Result;
 
 /// Keys the client's machine received; `Err` when the stream lagged.
