@@ -5,10 +5,12 @@
 //! * `cargo xtask demo`: the end-to-end example scenario against a local Synapse.
 //! * `cargo xtask bench`: our paths against the stock matrix-sdk paths (release build), written
 //!   to `docs/benchmarks.md`.
+//! * `cargo xtask layers`: the one-way rule between `sdk-ext`'s layers, from its module paths.
 //! * `cargo xtask synapse start|stop|status|logs`: manage a long-lived local Synapse by hand.
 
 mod cmd;
 mod http;
+mod layers;
 mod synapse;
 mod test;
 
@@ -23,6 +25,8 @@ commands:
   test                      fmt check, clippy, unit tests, integration suite against Synapse
   demo                      run the example scenario against a local Synapse
   bench                     benchmarks, ours against stock matrix-sdk, into docs/benchmarks.md
+  layers [--graph] [DIR]    check sdk-ext's layer rule (no feature imports another, nothing
+                            imports upwards, no import cycle); --graph prints every import
   synapse start             install (if needed) and start a local Synapse in the background
   synapse stop              stop the Synapse started by `synapse start` (by its PID)
   synapse status            tell whether that Synapse is running and answering
@@ -48,6 +52,7 @@ fn run() -> Result<()> {
         ["test"] => test::run(&root),
         ["demo"] => test::demo(&root),
         ["bench"] => test::bench(&root),
+        ["layers", rest @ ..] => layers::run(&root, rest),
         ["synapse", "start"] => synapse::cli_start(&root),
         ["synapse", "stop"] => synapse::cli_stop(&root),
         ["synapse", "status"] => synapse::cli_status(&root),

@@ -174,6 +174,7 @@ pub fn run(root: &Path) -> Result<()> {
     step(&mut steps, "no stock encrypted-state path in the workspace", || {
         check_no_base_encrypted_state(root)
     });
+    step(&mut steps, "sdk-ext layer rule", || crate::layers::run(root, &[]));
     step(&mut steps, "clippy", || {
         cargo(&["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"])
     });
