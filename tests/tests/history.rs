@@ -8,7 +8,7 @@ use integration_tests::{
     DEFAULT_TIMEOUT, StateUser, TestUser, join, shared_room, sync_until, wait_until,
 };
 use matrix_sdk::{deserialized_responses::TimelineEventKind, room::MessagesOptions, ruma::RoomId};
-use sdk_ext::{RoomHistoryExt, RoomStateExt};
+use sdk_ext::{RoomHistoryExt, RoomStateExt, StateUpdate};
 use serde_json::json;
 
 /// Alice's room with `visibility`, encrypted state whose name was set twice, and one message,
@@ -91,6 +91,66 @@ async fn an_invitee_reads_shared_history_and_the_current_state_shared_by_the_inv
     );
     let body: serde_json::Value = message.raw().get_field("content")?.expect("content");
     assert_eq!(body["body"], "said before Bob was invited");
+    Ok(())
+}
+
+/// The extension validates the encrypted state that waited for a bundle's keys after the
+/// bundle import (and its lock) is done, from the top, not inside the import: the state is
+/// still accepted by the time `import_history` returns, and subscribers still hear of it before
+/// they hear of the import.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn state_waiting_for_a_bundle_is_accepted_before_import_history_returns() -> Result<()> {
+    integration_tests::init_tracing("warn");
+    let alice = StateUser::register("alice").await?;
+    let bob = StateUser::register("bob").await?;
+    // Bob imports and scans only when asked.
+    bob.ext.shutdown();
+    let room = shared_room(&alice, &[]).await?;
+    let room_id = room.room_id().to_owned();
+    room.enable_state_encryption().await?;
+    // Not an aesthetic slot: no key for it travels with the invite, only in the bundle.
+    let sent = room.set_encrypted_state("org.example.plan", "", json!({ "step": 3 })).await?;
+    room.invite_with_history(bob.user_id()).await?;
+
+    join(&bob, &room_id).await?;
+    let bob_room = bob.room(&room_id);
+    sync_until(
+        &bob.client,
+        "Bob holds the state and the announcement",
+        DEFAULT_TIMEOUT,
+        || async {
+            let state = bob_room
+                .get_state_events(matrix_sdk::ruma::events::StateEventType::RoomEncrypted)
+                .await
+                .unwrap_or_default();
+            !state.is_empty()
+                && !bob.ext.store().pending_bundles(&room_id).await.unwrap_or_default().is_empty()
+        },
+    )
+    .await?;
+    bob.ext.refresh().await?;
+    let view = bob_room.encrypted_state_view().await?;
+    assert!(view.pending.iter().any(|p| p.event_id == sent.event_id), "{:?}", view.pending);
+
+    let mut updates = bob.ext.subscribe();
+    let outcomes = bob_room.import_history().await?;
+    assert!(matches!(outcomes.as_slice(), [sdk_ext::BundleOutcome::Imported(_)]), "{outcomes:?}");
+
+    let record = bob_room.encrypted_state("org.example.plan", "").await?.expect("accepted");
+    assert_eq!(record.event_id(), &sent.event_id);
+    assert!(bob_room.encrypted_state_view().await?.pending.is_empty());
+    let mut heard = Vec::new();
+    while let Ok(update) = updates.try_recv() {
+        heard.push(update);
+    }
+    let accepted = heard.iter().position(|u| {
+        matches!(u, StateUpdate::Accepted { event_id, was_pending: true, .. } if *event_id == sent.event_id)
+    });
+    let imported = heard.iter().position(|u| matches!(u, StateUpdate::HistoryImported(_)));
+    assert!(
+        matches!((accepted, imported), (Some(a), Some(i)) if a < i),
+        "accepted before imported: {heard:?}"
+    );
     Ok(())
 }
 
