@@ -1,5 +1,4 @@
-//! Facts about a session's sender: which device of the event's sender created it, and how
-//! verified that device is.
+//! Facts about a session's sender: which of its devices created the session, how verified.
 
 use crypto_ext::{DecryptionFacts, KeyOrigin, SessionOwner, vodozemac::Curve25519PublicKey};
 use matrix_sdk::deserialized_responses::{VerificationLevel, VerificationState};

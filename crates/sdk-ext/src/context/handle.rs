@@ -1,5 +1,4 @@
-//! The context handle: what every feature shares, and the one place that sends Olm to-device
-//! content.
+//! The context handle: what every feature shares, and the one sender of Olm to-device content.
 
 use std::{
     collections::BTreeSet,

@@ -1,6 +1,8 @@
-//! The shared context below every feature: the client, the store, our device, the settings,
-//! the update channel, the one place that sends Olm to-device content, and the helpers every
-//! feature needs (devices, sessions, sender facts, room facts, preview decoding).
+//! The shared context below every feature: one handle and the helpers every feature needs.
+//!
+//! The handle holds the client, the store, our device, the settings, the update channel and the
+//! one place that sends Olm to-device content; the helpers are device lookups, session helpers,
+//! sender facts, room facts and preview decoding.
 //!
 //! A [`Context`] is a cheap handle: each feature holds a clone, as matrix-sdk-crypto's
 //! sub-machines each hold a clone of the machine's store. Nothing here names a feature.

@@ -1,5 +1,7 @@
-//! Decoding a preview of a room we have not joined (an invite's or a restricted room's): its
-//! aesthetic encrypted state, checked by rules 1 to 3 and the state-key rule.
+//! Decoding the preview of a room we have not joined (an invite's or a restricted room's).
+//!
+//! The room's aesthetic encrypted state, checked by rules 1 to 3 and the state-key rule (the
+//! power levels are not known before joining).
 
 use std::collections::BTreeMap;
 

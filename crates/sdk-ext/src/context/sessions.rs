@@ -1,5 +1,7 @@
-//! Session helpers: stored state sessions, further-reaching copies, keys at an index, and the
-//! client's key store read and written through matrix-sdk's key export and import.
+//! Session helpers: stored sessions, further-reaching copies, keys at an index, key files.
+//!
+//! The client's key store is read and written through matrix-sdk's key export and import, the
+//! only public way to reach it.
 
 use std::{
     collections::{BTreeMap, BTreeSet},

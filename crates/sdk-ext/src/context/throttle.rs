@@ -1,5 +1,6 @@
-//! Which device lookups asked the homeserver lately, so that background lookups ask the same
-//! again only after [`ASK_AGAIN_AFTER`].
+//! Which device lookups asked the homeserver lately, so background lookups ask once a while.
+//!
+//! A background lookup asks the homeserver the same again only after [`ASK_AGAIN_AFTER`].
 
 use std::{
     collections::HashMap,

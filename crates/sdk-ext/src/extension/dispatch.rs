@@ -1,5 +1,6 @@
-//! The one dispatcher of our to-device messages: classifies each type once, checks once that it
-//! arrived over Olm (and, where the handling needs it, from a known device), reads its content
+//! The one dispatcher of our to-device messages.
+//!
+//! It classifies each type once, checks once that it arrived over Olm (and, where the handling needs it, from a known device), reads its content
 //! within its size limit, and hands it to the feature it is for.
 
 use std::sync::{Arc, Weak};

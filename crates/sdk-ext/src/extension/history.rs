@@ -1,5 +1,4 @@
-//! The extension trait on `matrix_sdk::Room` for shared history: thin calls into the history and
-//! invite features.
+//! `RoomHistoryExt` on `matrix_sdk::Room`: thin calls into the history and invite features.
 
 use std::future::Future;
 

@@ -1,5 +1,7 @@
-//! The features wired together, and what one feature's result means for another: keys stored
-//! by one are validated again by the encrypted-state feature.
+//! The features wired together, and what one feature's result means for another.
+//!
+//! Keys stored by one feature (a key share, a bundle) make the encrypted-state feature validate
+//! the events that waited for them; an invite's recipients get the invite feature's keys.
 
 use std::{collections::BTreeSet, sync::Mutex as StdMutex};
 

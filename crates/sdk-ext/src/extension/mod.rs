@@ -1,6 +1,7 @@
-//! The extension on top: wires the features in one constructor, dispatches to-device events,
-//! runs the background tasks, and implements the `Room` traits. The only module that names the
-//! features, and the one that decides what one feature's result means for another.
+//! The extension on top: wiring, dispatch, background tasks and the `Room` traits.
+//!
+//! It wires the features in one constructor; it is the only module that names the features,
+//! and the one that decides what one feature's result means for another.
 
 mod dispatch;
 pub(crate) mod history;

@@ -1,5 +1,4 @@
-//! The extension trait on `matrix_sdk::Room` for encrypted state: thin calls into the
-//! encrypted-state and invite features.
+//! `RoomStateExt` on `matrix_sdk::Room`: thin calls into the encrypted-state and invite features.
 
 use std::future::Future;
 

@@ -1,6 +1,7 @@
-//! The background work: start-up work (resume imports, ask for missing keys, push previews),
-//! then the listener that reacts to syncs, key arrivals, membership changes, device updates and
-//! the key-request schedule, one at a time.
+//! The background work: start-up work, then the listener that handles one event at a time.
+//!
+//! Start-up resumes imports, asks for missing keys and pushes previews; the listener reacts to
+//! syncs, key arrivals, membership changes, device updates and the key-request schedule.
 
 use std::{collections::BTreeSet, pin::Pin, sync::Weak, time::Duration};
 

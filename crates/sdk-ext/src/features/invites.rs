@@ -1,6 +1,7 @@
-//! Contextual invites: the keys of a room's aesthetic state slots go to the invitee's devices
-//! with the invite, so the invite preview shows the real name and topic (MSC3414), read from the
-//! encrypted state the homeserver puts in the invite's stripped state.
+//! Invite previews: the aesthetic slots' keys go with the invite, so the invitee sees the name.
+//!
+//! Contextual invites (MSC3414): the preview is read from the encrypted state the homeserver puts
+//! in the invite's stripped state.
 
 use crypto_ext::{
     InboundStateSession, KeyOrigin, OutboundStateSession, StateSlot, identifiers::AESTHETIC_SLOTS,

@@ -1,6 +1,7 @@
-//! The features, side by side: each holds a [`Context`](crate::context::Context) clone and its
-//! own state, imports only the bottom layer, and never another feature. What one feature's
-//! result means for another (keys stored, so validate waiting events again) is decided by the
+//! The features, side by side, each importing only the bottom layer.
+//!
+//! Each holds a [`Context`](crate::context::Context) clone and its own state, and never imports
+//! another feature. What one feature's result means for another (keys stored, so validate waiting events again) is decided by the
 //! extension on top.
 
 pub(crate) mod history;

@@ -1,6 +1,7 @@
-//! Key requests for state: a member who cannot decrypt a room's encrypted state (joined without
-//! a bundle: a public room, a `joined`-visibility room, an inviter who went offline) asks for the
-//! slot keys it lacks; members answer with each slot's key at the index of its current event.
+//! Key requests for state: ask for the slot keys we lack, answer members who lack ours.
+//!
+//! A member who joined without a bundle (a public room, a `joined`-visibility room, an inviter
+//! who went offline) asks; members answer with each slot's key at the index of its current event.
 //!
 //! Requests go first to our own other devices and to the members whose power level is above the
 //! room's default, then, once [`KeyRequestConfig::escalation_delay`] has passed without an

@@ -1,5 +1,4 @@
-//! Shared history (MSC4268): inviting with one room-key bundle, receiving the inviter's bundle,
-//! and "shared by" attribution of the keys we hold.
+//! Shared history (MSC4268): invite with a bundle, receive the inviter's, attribute keys.
 
 mod download;
 mod receive;

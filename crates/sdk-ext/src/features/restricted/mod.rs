@@ -1,4 +1,6 @@
-//! Restricted rooms before joining (MSC3414): the members of a room a restricted room's
+//! Restricted rooms before joining: push and take previews of their encrypted look.
+//!
+//! MSC3414's restricted rooms: the members of a room a restricted room's
 //! allow-list names can join it without an invite, so a space lists it to them; with encrypted
 //! state they would see no name. One member of the restricted room (the one who set its join
 //! rules, or the most powerful moderator once that one is gone: see [`pusher::pusher`]) pushes the

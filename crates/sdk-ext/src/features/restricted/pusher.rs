@@ -1,5 +1,4 @@
-//! Who pushes a restricted room's preview through an allowed room: one member, the same choice
-//! on every client.
+//! Who pushes a restricted room's preview through an allowed room, computed alike everywhere.
 
 use ruma::{OwnedUserId, events::room::power_levels::RoomPowerLevels};
 

@@ -1,5 +1,7 @@
-//! Decrypting encrypted state: our own sessions first (a batch off the async workers), then the
-//! client's `OlmMachine`, and a look inside when the machine refuses an event.
+//! Decrypting encrypted state: our own sessions first, then the client's `OlmMachine`.
+//!
+//! Our sessions decrypt as one batch off the async workers; when the machine refuses an event we
+//! look inside with a copy of its key, so the rejection says why.
 
 use std::collections::{BTreeMap, BTreeSet};
 

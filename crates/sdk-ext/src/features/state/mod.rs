@@ -1,5 +1,7 @@
-//! Encrypted state: scan, decrypt, validate, record and commit what the client stores; send
-//! state; switch a room on or migrate it; share and rotate the slots' sessions.
+//! Encrypted state: validate what the client stores, send state, share the slots' sessions.
+//!
+//! Scanning, decrypting, validating, recording and committing are in `scan` and `decrypt`;
+//! sending, enabling, migrating, sharing and rotating in `send`.
 
 mod decrypt;
 mod scan;

@@ -1,5 +1,6 @@
-//! From what the client stores to validated, persisted state: scans after each sync, retries
-//! when keys arrive, one store transaction per batch, subscribers told after commit.
+//! From what the client stores to validated, persisted state, one transaction per batch.
+//!
+//! Scans after each sync, retries when keys arrive, and tells subscribers after the commit.
 
 use std::collections::BTreeSet;
 

@@ -1,5 +1,7 @@
-//! Sending encrypted state: switching a room on, migrating its plaintext look, setting a slot,
-//! and sharing (and rotating) the slot's session with the room's devices before each send.
+//! Sending encrypted state: enable, migrate, set a slot, share and rotate its session.
+//!
+//! Before each send the slot's session reaches every device of the room that lacks it, and is
+//! rotated first when a device that held it left.
 
 use std::collections::BTreeSet;
 
