@@ -239,6 +239,61 @@ async fn the_invite_preview_shows_the_encrypted_name_and_topic() -> Result<()> {
     Ok(())
 }
 
+/// Invite keys are taken only from the sender of our pending invite, for that room: the same
+/// keys from another user are dropped, from the inviter (the positive control) they show the
+/// name.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invite_keys_from_anyone_but_the_inviter_are_not_kept() -> Result<()> {
+    integration_tests::init_tracing("warn");
+    let alice = StateUser::register("alice").await?;
+    let carol = StateUser::register("carol").await?;
+    let bob = StateUser::register("bob").await?;
+    let room = room_with_history(&alice, "joined").await?;
+    let room_id = room.room_id().to_owned();
+    let slot = crypto_ext::StateSlot::new("m.room.name", "");
+    let pickle = alice.ext.store().outbound_session(&room_id, &slot).await?.expect("name session");
+    let key = crypto_ext::OutboundStateSession::from_pickle(pickle)
+        .export_current(alice.ext.own_device())
+        .expect("a current name");
+    let session_id = key.session_id.clone();
+    let keys = json!({ "room_id": room_id, "keys": [key] });
+    // A plain invite: no keys come with it.
+    room.invite_user_by_id(bob.user_id()).await?;
+    sync_until(&bob.client, "the invite arrives", DEFAULT_TIMEOUT, || async {
+        bob.client.get_room(&room_id).is_some()
+    })
+    .await?;
+
+    // Carol, who did not invite Bob, sends him the real keys; then a key request his client
+    // refuses (he is not in the room): to-device messages arrive in order, so once it refuses,
+    // it has handled the keys.
+    let invite_keys = crypto_ext::identifiers::INVITE_STATE_KEYS;
+    carol.send_to_devices(bob.user_id(), invite_keys, &keys).await?;
+    let request =
+        json!({ "room_id": room_id, "request_id": "marker", "session_ids": [session_id] });
+    carol
+        .send_to_devices(bob.user_id(), crypto_ext::identifiers::STATE_KEY_REQUEST, &request)
+        .await?;
+    integration_tests::next_update(&bob.client, &bob.ext, |update| match update {
+        StateUpdate::KeyRequestRefused { requester, .. } if requester == carol.user_id() => {
+            Some(())
+        }
+        _ => None,
+    })
+    .await?;
+    assert!(bob.ext.store().inbound_session(&session_id).await?.is_none(), "not kept");
+    let invited = bob.client.get_room(&room_id).expect("invited room");
+    assert_eq!(invited.invite_preview().await?.name, None);
+
+    // The inviter's own keys are taken.
+    alice.send_to_devices(bob.user_id(), invite_keys, &keys).await?;
+    sync_until(&bob.client, "Bob's preview shows the name", DEFAULT_TIMEOUT, || async {
+        invited.invite_preview().await.is_ok_and(|p| p.name.as_deref() == Some("Current name"))
+    })
+    .await?;
+    Ok(())
+}
+
 /// A process killed in the middle of importing a bundle (the `interrupted-import` binary kills
 /// itself between the extension's store and the client's key store): after a restart the
 /// import resumes from the kept announcement.

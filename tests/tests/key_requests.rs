@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use anyhow::Result;
-use crypto_ext::{InboundStateSession, KeyOrigin, StateSlot};
+use crypto_ext::{InboundStateSession, KeyOrigin, OutboundStateSession, StateSlot};
 use integration_tests::{
     DEFAULT_TIMEOUT, StateUser, join, keep_syncing, next_update, restricted_room, set_power_levels,
     shared_room, sync_until, wait_until,
@@ -244,6 +244,58 @@ async fn a_device_the_responder_blocked_is_refused() -> Result<()> {
     .await?;
     assert_eq!(bob.room(&room_id).encrypted_name().await?, None);
     assert!(!bob.ext.store().pending_in_room(&room_id).await?.is_empty(), "waiting for its key");
+    Ok(())
+}
+
+/// The current name's key, exported by Alice (its creator) at the name's current index.
+async fn current_name_key(alice: &StateUser, room_id: &RoomId) -> Result<serde_json::Value> {
+    let pickle = alice
+        .ext
+        .store()
+        .outbound_session(room_id, &StateSlot::new("m.room.name", ""))
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("Alice's name session"))?;
+    let key = OutboundStateSession::from_pickle(pickle)
+        .export_current(alice.ext.own_device())
+        .ok_or_else(|| anyhow::anyhow!("no current name"))?;
+    Ok(serde_json::to_value(key)?)
+}
+
+/// Keys are taken only in answer to a request we sent, from a device we asked. The positive
+/// control is `a_joiner_whose_inviter_is_offline_reads_the_name_once_an_admin_answers`: the same
+/// key from the same admin, asked for, is taken.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn state_keys_nobody_asked_for_are_not_kept() -> Result<()> {
+    integration_tests::init_tracing("warn");
+    let alice = StateUser::register("alice").await?;
+    let carol = StateUser::register("carol").await?;
+    // Bob never asks: any key that reaches him comes unasked.
+    let bob = StateUser::register_with("bob", |config| config.key_requests.request = false).await?;
+    let room = room_with_an_admin(&alice, &carol, &["Current name"]).await?;
+    let room_id = room.room_id().to_owned();
+    room.invite_user_by_id(bob.user_id()).await?;
+    join(&bob, &room_id).await?;
+    sync_until(&bob.client, "Bob waits for the name's key", DEFAULT_TIMEOUT, || async {
+        !bob.ext.store().pending_in_room(&room_id).await.unwrap_or_default().is_empty()
+    })
+    .await?;
+    let session_id = name_session(&bob.room(&room_id)).await?;
+
+    // Carol, an admin and a member, answers a request Bob never sent, with the real key.
+    let share = json!({
+        "room_id": room_id,
+        "request_id": TransactionId::new(),
+        "keys": [current_name_key(&alice, &room_id).await?],
+    });
+    carol.send_to_devices(bob.user_id(), crypto_ext::identifiers::STATE_KEY_SHARE, &share).await?;
+    // Then she asks Bob for that key, which he lacks: to-device messages arrive in order, so
+    // once his client refuses, it has handled the share.
+    request_from(&carol, &bob, &room_id, &session_id).await?;
+    refused(&bob, &carol, KeyRequestRefusal::NothingToShare).await?;
+
+    assert!(bob.ext.store().inbound_session(&session_id).await?.is_none(), "not kept");
+    assert_eq!(bob.room(&room_id).encrypted_name().await?, None);
+    assert!(!bob.ext.store().pending_in_room(&room_id).await?.is_empty(), "still waiting");
     Ok(())
 }
 

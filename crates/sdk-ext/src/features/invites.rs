@@ -8,7 +8,8 @@ use crypto_ext::{
     wire::InviteStateKeys,
 };
 use matrix_sdk::{
-    Room, deserialized_responses::RawAnySyncOrStrippedState, encryption::identities::Device,
+    Room, RoomState, deserialized_responses::RawAnySyncOrStrippedState,
+    encryption::identities::Device,
 };
 use matrix_sdk_crypto::olm::ExportedRoomKey;
 use ruma::{RoomId, events::StateEventType};
@@ -54,12 +55,25 @@ impl Invites {
         Ok(count)
     }
 
-    /// Stores the state keys of an invite.
+    /// Stores the state keys of an invite: only from the sender of our pending invite, only for
+    /// that room, only while we are invited to it.
     pub(crate) async fn receive_preview_keys(
         &self,
         sender: &OlmSender,
         content: InviteStateKeys,
     ) -> Result<()> {
+        let room_id = &content.room_id;
+        let Some(room) =
+            self.ctx.client.get_room(room_id).filter(|room| room.state() == RoomState::Invited)
+        else {
+            warn!(%room_id, sender = %sender.user_id, "ignoring invite state keys for a room we are not invited to");
+            return Ok(());
+        };
+        let inviter = room.invite_details().await?.inviter_id;
+        if inviter != sender.user_id {
+            warn!(%room_id, sender = %sender.user_id, %inviter, "ignoring invite state keys from someone other than the inviter");
+            return Ok(());
+        }
         let origin = KeyOrigin::Invite { shared_by: sender.user_id.clone() };
         let mut imported = Vec::new();
         for key in &content.keys {

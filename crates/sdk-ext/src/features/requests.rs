@@ -8,14 +8,21 @@
 //! answer, to every member; each session is asked for at most
 //! [`KeyRequestConfig::max_attempts`] times, with the wait doubling between attempts.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::{
+    collections::{BTreeMap, BTreeSet, HashMap},
+    sync::Mutex as StdMutex,
+    time::{Duration, Instant},
+};
 
 use crypto_ext::{
     InboundStateSession, KeyOrigin, identifiers,
     wire::{StateKeyRequest, StateKeyShare},
 };
 use matrix_sdk::{Room, RoomState, encryption::identities::Device};
-use ruma::{MilliSecondsSinceUnixEpoch, OwnedUserId, TransactionId};
+use ruma::{
+    DeviceId, MilliSecondsSinceUnixEpoch, OwnedDeviceId, OwnedRoomId, OwnedUserId, RoomId,
+    TransactionId, UserId,
+};
 use state_store_ext::{KeyRequest, StateChanges, StateOrigin};
 use tracing::{debug, info, warn};
 
@@ -24,14 +31,79 @@ use crate::{
     context::{Context, OlmSender, is_joined},
 };
 
+/// How long we take answers to a request we sent: longer than the whole escalation schedule
+/// of the default settings (five attempts, the last 8 minutes after the first).
+const ANSWERS_TAKEN_FOR: Duration = Duration::from_secs(60 * 60);
+
+/// The most requests whose answers we wait for at once; the oldest is forgotten first.
+const MAX_OPEN_REQUESTS: usize = 256;
+
+/// A request we sent, whose answers we take.
+#[derive(Debug)]
+struct SentRequest {
+    room_id: OwnedRoomId,
+    sessions: BTreeSet<String>,
+    devices: BTreeSet<(OwnedUserId, OwnedDeviceId)>,
+    sent_at: Instant,
+}
+
+/// The requests we sent lately, by request id: an answer is taken only from a device we asked,
+/// for the sessions we asked for. Kept in memory: after a restart, requests still waiting are
+/// sent again on the schedule, and only answers to those are taken.
+#[derive(Debug, Default)]
+struct SentRequests {
+    requests: StdMutex<HashMap<String, SentRequest>>,
+}
+
+impl SentRequests {
+    /// Remembers a request sent at `now`.
+    fn insert(&self, request_id: String, request: SentRequest, now: Instant) {
+        let mut requests = self.requests.lock().unwrap_or_else(|e| e.into_inner());
+        requests.retain(|_, r| now.saturating_duration_since(r.sent_at) < ANSWERS_TAKEN_FOR);
+        while requests.len() >= MAX_OPEN_REQUESTS {
+            let Some(oldest) =
+                requests.iter().min_by_key(|(_, r)| r.sent_at).map(|(id, _)| id.clone())
+            else {
+                break;
+            };
+            requests.remove(&oldest);
+        }
+        requests.insert(request_id, request);
+    }
+
+    /// The sessions of `room_id` that request `request_id` asked `device` of `user_id` for,
+    /// if we sent such a request lately.
+    fn asked(
+        &self,
+        request_id: &str,
+        room_id: &RoomId,
+        user_id: &UserId,
+        device_id: Option<&DeviceId>,
+        now: Instant,
+    ) -> BTreeSet<String> {
+        let requests = self.requests.lock().unwrap_or_else(|e| e.into_inner());
+        match (requests.get(request_id), device_id) {
+            (Some(request), Some(device_id))
+                if request.room_id == room_id
+                    && now.saturating_duration_since(request.sent_at) < ANSWERS_TAKEN_FOR
+                    && request.devices.contains(&(user_id.to_owned(), device_id.to_owned())) =>
+            {
+                request.sessions.clone()
+            }
+            _ => BTreeSet::new(),
+        }
+    }
+}
+
 /// The key-request feature.
 pub(crate) struct KeyRequests {
     ctx: Context,
+    sent: SentRequests,
 }
 
 impl KeyRequests {
     pub(crate) fn new(ctx: Context) -> Self {
-        Self { ctx }
+        Self { ctx, sent: SentRequests::default() }
     }
 
     /// Asks for the keys of the room's events waiting for one, as far as the schedule allows,
@@ -133,6 +205,17 @@ impl KeyRequests {
                 request_id: TransactionId::new().to_string(),
                 session_ids: chunk.to_vec(),
             };
+            let sent = SentRequest {
+                room_id: request.room_id.clone(),
+                sessions: chunk.iter().cloned().collect(),
+                devices: devices
+                    .iter()
+                    .map(|d| (d.user_id().to_owned(), d.device_id().to_owned()))
+                    .collect(),
+                sent_at: Instant::now(),
+            };
+            // Remembered first: an answer may arrive before the send returns.
+            self.sent.insert(request.request_id.clone(), sent, Instant::now());
             self.ctx.send_message(devices, &request).await?;
             info!(room_id = %room.room_id(), sessions = chunk.len(), devices = devices.len(), "asked for state keys");
         }
@@ -202,7 +285,8 @@ impl KeyRequests {
         Ok(())
     }
 
-    /// Takes the keys of an answer: only for a room we are joined to, from a sender who is a
+    /// Takes the keys of an answer: only in answer to a request we sent, from a device we asked,
+    /// for sessions we asked for; only for a room we are joined to, from a sender who is a
     /// member, and only for sessions our events are waiting for. Returns the sessions stored.
     pub(crate) async fn receive_share(
         &self,
@@ -220,11 +304,26 @@ impl KeyRequests {
             warn!(%room_id, %sharer, "ignoring state keys from someone who is not a member");
             return Ok(BTreeSet::new());
         }
+        let asked = self.sent.asked(
+            &share.request_id,
+            room_id,
+            sharer,
+            sender.device_id.as_deref(),
+            Instant::now(),
+        );
+        if asked.is_empty() {
+            warn!(%room_id, %sharer, "ignoring state keys we did not ask this device for");
+            return Ok(BTreeSet::new());
+        }
         let waiting: BTreeSet<String> =
             ctx.store.pending_in_room(room_id).await?.into_iter().map(|p| p.session_id).collect();
         let origin = KeyOrigin::KeyShare { shared_by: sharer.clone() };
         let mut sessions = Vec::new();
         for key in &share.keys {
+            if !asked.contains(&key.session_id) {
+                warn!(session_id = %key.session_id, %sharer, "ignoring a state key we did not ask for");
+                continue;
+            }
             if !waiting.contains(&key.session_id) {
                 debug!(session_id = %key.session_id, "ignoring a state key nothing waits for");
                 continue;
@@ -255,4 +354,58 @@ fn is_due(request: &KeyRequest, config: &KeyRequestConfig) -> bool {
     let factor = 1u64 << request.attempts.saturating_sub(1).min(16);
     let due = config.escalation_delay.as_millis() as u64 * factor;
     u64::from(waited) >= due
+}
+
+#[cfg(test)]
+mod tests {
+    use ruma::{owned_device_id, owned_room_id, owned_user_id, room_id, user_id};
+
+    use super::*;
+
+    fn request(sent_at: Instant) -> SentRequest {
+        SentRequest {
+            room_id: owned_room_id!("!room:x"),
+            sessions: BTreeSet::from(["s1".to_owned()]),
+            devices: BTreeSet::from([(owned_user_id!("@carol:x"), owned_device_id!("CAROL"))]),
+            sent_at,
+        }
+    }
+
+    #[test]
+    fn an_answer_is_taken_only_from_a_device_asked_for_that_room() {
+        let sent = SentRequests::default();
+        let now = Instant::now();
+        sent.insert("r1".to_owned(), request(now), now);
+        let carol = user_id!("@carol:x");
+        let asked = |id: &str, room: &RoomId, user: &UserId, device: Option<&str>| {
+            sent.asked(id, room, user, device.map(<&DeviceId>::from), now)
+        };
+        let room = room_id!("!room:x");
+        assert_eq!(asked("r1", room, carol, Some("CAROL")), BTreeSet::from(["s1".to_owned()]));
+        // Another device of the same user, another user, another room, another request, no
+        // device: nothing.
+        assert!(asked("r1", room, carol, Some("OTHER")).is_empty());
+        assert!(asked("r1", room, user_id!("@mallory:x"), Some("CAROL")).is_empty());
+        assert!(asked("r1", room_id!("!other:x"), carol, Some("CAROL")).is_empty());
+        assert!(asked("r2", room, carol, Some("CAROL")).is_empty());
+        assert!(asked("r1", room, carol, None).is_empty());
+    }
+
+    #[test]
+    fn old_requests_are_forgotten_and_their_number_is_bounded() {
+        let sent = SentRequests::default();
+        let start = Instant::now();
+        sent.insert("old".to_owned(), request(start), start);
+        let later = start + ANSWERS_TAKEN_FOR;
+        let carol = user_id!("@carol:x");
+        let device: &DeviceId = "CAROL".into();
+        assert!(sent.asked("old", room_id!("!room:x"), carol, Some(device), later).is_empty());
+        for n in 0..MAX_OPEN_REQUESTS + 10 {
+            let at = later + Duration::from_millis(n as u64);
+            sent.insert(format!("r{n}"), request(at), at);
+        }
+        let requests = sent.requests.lock().unwrap();
+        assert_eq!(requests.len(), MAX_OPEN_REQUESTS);
+        assert!(!requests.contains_key("old") && !requests.contains_key("r0"));
+    }
 }

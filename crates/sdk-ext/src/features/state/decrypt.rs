@@ -9,6 +9,7 @@ use crypto_ext::{
     DecryptionFacts, EncryptedStateEvent, InboundStateSession, KeyOrigin, RejectionReason,
     SessionOwner,
     state_sessions::batch::{SessionGroup, decrypt_batch},
+    validate_preview,
 };
 use matrix_sdk::{
     Room,
@@ -89,13 +90,14 @@ impl EncryptedState {
                 | UnableToDecryptReason::SenderIdentityNotTrusted(_) => Ok(Decryption::Missing),
                 // The client's machine holds the key but refused the event (a packed key that
                 // does not match, another room's payload, ...). Look inside ourselves, so the
-                // rejection says exactly why.
-                reason => Ok(match self.inspect(room, event).await? {
-                    Some(decryption) => decryption,
-                    None => Decryption::Refused(RejectionReason::MalformedEvent {
-                        detail: format!("refused by the client's decryptor: {reason:?}"),
+                // rejection says exactly why; the event stays refused whatever we find.
+                reason => Ok(Decryption::Refused(
+                    self.explain_refusal(room, event).await?.unwrap_or_else(|| {
+                        RejectionReason::MalformedEvent {
+                            detail: format!("refused by the client's decryptor: {reason:?}"),
+                        }
                     }),
-                }),
+                )),
             },
             TimelineEventKind::PlainText { .. } => {
                 Ok(Decryption::Refused(RejectionReason::MalformedEvent {
@@ -105,35 +107,46 @@ impl EncryptedState {
         }
     }
 
-    /// Decrypts an event the client's machine refused, with a copy of its key exported through
-    /// matrix-sdk's key export (the only public way to read a session the machine holds).
-    async fn inspect(
+    /// Why the client's machine refused an event, found by decrypting it with a copy of its
+    /// key exported through matrix-sdk's key export (the only public way to read a session the
+    /// machine holds) and checking it against rules 1 to 3 and the state-key rule. `None` when
+    /// the copy is missing, does not decrypt, or passes those checks: the refusal then stands
+    /// with the machine's own reason. Never a reason to accept: our checks here are weaker than
+    /// the machine's.
+    async fn explain_refusal(
         &self,
         room: &Room,
         event: &EncryptedStateEvent,
-    ) -> Result<Option<Decryption>> {
+    ) -> Result<Option<RejectionReason>> {
         let Some(key) = self.ctx.export_session(&event.session_id).await? else {
             return Ok(None);
         };
         // The machine binds the key to the room it came for: import it for that room, so that a
-        // payload naming another room is still seen (and rejected by the pipeline).
+        // payload naming another room is still seen.
         let key_room = key.room_id.clone();
         let Ok(mut session) = InboundStateSession::import(&key_room, &key, KeyOrigin::Direct)
         else {
             return Ok(None);
         };
         if key_room != room.room_id() {
-            return Ok(Some(Decryption::Refused(RejectionReason::WrongRoom {
+            return Ok(Some(RejectionReason::WrongRoom {
                 expected: room.room_id().to_owned(),
                 found: key_room,
-            })));
+            }));
         }
         let Ok(decrypted) = session.decrypt(event) else { return Ok(None) };
         let facts = self
             .ctx
             .facts_for_sender_key(&event.sender, decrypted.sender_key, KeyOrigin::Direct)
             .await?;
-        Ok(Some(Decryption::Decrypted { plaintext: decrypted.plaintext, facts }))
+        Ok(validate_preview(
+            room.room_id(),
+            &event.sender,
+            &event.packed_state_key,
+            &decrypted.plaintext,
+            &facts,
+        )
+        .err())
     }
 
     /// Decrypts `events` whose sessions are in our store, as one batch. Returns the decryption
