@@ -261,6 +261,61 @@ async fn current_name_key(alice: &StateUser, room_id: &RoomId) -> Result<serde_j
     Ok(serde_json::to_value(key)?)
 }
 
+/// `key` (an exported room key as JSON) with its ratchet replaced by junk: the same session id,
+/// a copy anyone can forge since the export format is unsigned.
+fn forged(key: &serde_json::Value) -> Result<serde_json::Value> {
+    use crypto_ext::vodozemac::megolm::ExportedSessionKey;
+    let session_key = key["session_key"].as_str().expect("a session key");
+    let mut bytes = ExportedSessionKey::from_base64(session_key)?.to_bytes();
+    // version (1 byte), index (4), ratchet (128), signing key (32)
+    for byte in &mut bytes[5..133] {
+        *byte ^= 0x5a;
+    }
+    let mut forged = key.clone();
+    forged["session_key"] = json!(ExportedSessionKey::from_bytes(&bytes)?.to_base64());
+    Ok(forged)
+}
+
+/// A forged copy of a real session held first does not block the genuine key: Alice, the
+/// inviter, hands Bob a junk copy of the name session with the invite; the genuine key that
+/// answers his request later still decrypts the name.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forged_key_held_first_does_not_block_the_genuine_one() -> Result<()> {
+    integration_tests::init_tracing("warn");
+    let alice = StateUser::register("alice").await?;
+    let carol = StateUser::register("carol").await?;
+    let bob = impatient("bob").await?;
+    let room = room_with_an_admin(&alice, &carol, &["Current name"]).await?;
+    let room_id = room.room_id().to_owned();
+    let genuine = current_name_key(&alice, &room_id).await?;
+    let session_id = genuine["session_id"].as_str().expect("session id").to_owned();
+
+    room.invite_user_by_id(bob.user_id()).await?;
+    sync_until(&bob.client, "the invite arrives", DEFAULT_TIMEOUT, || async {
+        bob.client.get_room(&room_id).is_some()
+    })
+    .await?;
+    let keys = json!({ "room_id": room_id, "keys": [forged(&genuine)?] });
+    alice.send_to_devices(bob.user_id(), crypto_ext::identifiers::INVITE_STATE_KEYS, &keys).await?;
+    sync_until(&bob.client, "Bob holds the forged copy", DEFAULT_TIMEOUT, || async {
+        bob.ext.store().inbound_session(&session_id).await.is_ok_and(|s| s.is_some())
+    })
+    .await?;
+
+    // Bob joins; the forged copy does not decrypt the name, so he asks, and Carol's client
+    // answers with the genuine key.
+    let _carol_online = keep_syncing(&carol.client);
+    join(&bob, &room_id).await?;
+    let bob_room = bob.room(&room_id);
+    sync_until(&bob.client, "Bob reads the name with the genuine key", DEFAULT_TIMEOUT, || async {
+        bob_room.encrypted_name().await.ok().flatten().as_deref() == Some("Current name")
+    })
+    .await?;
+    let record = bob_room.encrypted_state("m.room.name", "").await?.expect("name");
+    assert_eq!(record.provenance().expect("encrypted").sender, alice.user_id());
+    Ok(())
+}
+
 /// Keys are taken only in answer to a request we sent, from a device we asked. The positive
 /// control is `a_joiner_whose_inviter_is_offline_reads_the_name_once_an_admin_answers`: the same
 /// key from the same admin, asked for, is taken.

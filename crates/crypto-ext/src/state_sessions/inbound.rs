@@ -76,9 +76,28 @@ pub struct DecryptedState {
     pub key_origin: KeyOrigin,
 }
 
+/// The most copies of one session that do not connect to the copy held (see
+/// [`InboundStateSession::merge`]) kept next to it; later ones are dropped.
+pub const MAX_UNCONNECTED_COPIES: usize = 4;
+
 /// An inbound state session bound to one room.
+///
+/// The export format is unsigned: anyone can hand us a "copy" of a real session id with a junk
+/// ratchet, or name another device as the session's creator. So the first copy held keeps its
+/// creator claim whatever copies come later, and a copy that does not connect to it is kept
+/// beside it (up to [`MAX_UNCONNECTED_COPIES`]) until an event decides: the copy whose ratchet
+/// decrypts it (Megolm's MAC and the session's signature check the ciphertext) is the genuine
+/// one, and replaces a held copy that does not.
 pub struct InboundStateSession {
     room_id: OwnedRoomId,
+    session: InboundGroupSession,
+    sender_key: Curve25519PublicKey,
+    key_origin: KeyOrigin,
+    unconnected: Vec<UnconnectedCopy>,
+}
+
+/// A copy of the session whose ratchet does not connect to the held one's.
+struct UnconnectedCopy {
     session: InboundGroupSession,
     sender_key: Curve25519PublicKey,
     key_origin: KeyOrigin,
@@ -91,6 +110,7 @@ impl std::fmt::Debug for InboundStateSession {
             .field("session_id", &self.session.session_id())
             .field("first_known_index", &self.session.first_known_index())
             .field("key_origin", &self.key_origin)
+            .field("unconnected_copies", &self.unconnected.len())
             .finish_non_exhaustive()
     }
 }
@@ -103,6 +123,7 @@ impl InboundStateSession {
             session: outbound.inbound_copy(),
             sender_key: own.curve25519,
             key_origin: KeyOrigin::Own,
+            unconnected: Vec::new(),
         }
     }
 
@@ -133,22 +154,55 @@ impl InboundStateSession {
                 actual: session.session_id(),
             });
         }
-        Ok(Self { room_id: room_id.to_owned(), session, sender_key: key.sender_key, key_origin })
+        Ok(Self {
+            room_id: room_id.to_owned(),
+            session,
+            sender_key: key.sender_key,
+            key_origin,
+            unconnected: Vec::new(),
+        })
     }
 
-    /// Keeps whichever of `self` and `other` (the same session) reaches further back, so that an
-    /// import never loses the ability to decrypt an event we could read before. Returns whether
-    /// `other` replaced `self`.
+    /// Takes what `other`, a later copy of the same session, adds to the one held, and never
+    /// more: a connected copy that reaches further back lends its ratchet (an import never loses
+    /// the ability to decrypt an event we could read before), while the held copy keeps its
+    /// creator claim and origin (a re-shared copy never rewrites who created a session); a copy
+    /// that does not connect is kept beside it until an event decides (see
+    /// [`InboundStateSession`]). Returns whether anything changed.
     pub fn merge(&mut self, mut other: Self) -> bool {
         match self.session.compare(&mut other.session) {
             SessionOrdering::Worse => {
-                *self = other;
+                self.session = other.session;
                 true
             }
-            SessionOrdering::Better | SessionOrdering::Equal | SessionOrdering::Unconnected => {
-                false
+            SessionOrdering::Better | SessionOrdering::Equal => false,
+            SessionOrdering::Unconnected => {
+                for copy in &mut self.unconnected {
+                    match copy.session.compare(&mut other.session) {
+                        SessionOrdering::Worse => {
+                            copy.session = other.session;
+                            return true;
+                        }
+                        SessionOrdering::Better | SessionOrdering::Equal => return false,
+                        SessionOrdering::Unconnected => {}
+                    }
+                }
+                if self.unconnected.len() >= MAX_UNCONNECTED_COPIES {
+                    return false;
+                }
+                self.unconnected.push(UnconnectedCopy {
+                    session: other.session,
+                    sender_key: other.sender_key,
+                    key_origin: other.key_origin,
+                });
+                true
             }
         }
+    }
+
+    /// How many copies that do not connect to the held one wait for an event to decide.
+    pub fn unconnected_copies(&self) -> usize {
+        self.unconnected.len()
     }
 
     /// The session id.
@@ -236,14 +290,32 @@ impl InboundStateSession {
         if session_id != self.session.session_id() {
             return Err(DecryptStateError::MissingSession { session_id: session_id.to_owned() });
         }
-        if message.message_index() < self.session.first_known_index() {
+        if message.message_index() < self.session.first_known_index() && self.unconnected.is_empty()
+        {
             return Err(DecryptStateError::UnknownIndex {
                 session_id: session_id.to_owned(),
                 first_known: self.session.first_known_index(),
                 index: message.message_index(),
             });
         }
-        let decrypted = self.session.decrypt(message)?;
+        let decrypted = match self.session.decrypt(message) {
+            Ok(decrypted) => decrypted,
+            Err(error) => {
+                // The held copy cannot authenticate this message: if a copy kept beside it
+                // can, that one is the genuine session and takes its place.
+                let Some(position) = self.unconnected.iter_mut().position(|copy| {
+                    message.message_index() >= copy.session.first_known_index()
+                        && copy.session.decrypt(message).is_ok()
+                }) else {
+                    return Err(error.into());
+                };
+                let genuine = self.unconnected.swap_remove(position);
+                self.session = genuine.session;
+                self.sender_key = genuine.sender_key;
+                self.key_origin = genuine.key_origin;
+                self.session.decrypt(message)?
+            }
+        };
         Ok(DecryptedState {
             plaintext: String::from_utf8_lossy(&decrypted.plaintext).into_owned(),
             session_id: session_id.to_owned(),
@@ -261,6 +333,15 @@ impl InboundStateSession {
             session: self.session.pickle(),
             sender_key: self.sender_key,
             key_origin: self.key_origin.clone(),
+            unconnected: self
+                .unconnected
+                .iter()
+                .map(|copy| UnconnectedCopyPickle {
+                    session: copy.session.pickle(),
+                    sender_key: copy.sender_key,
+                    key_origin: copy.key_origin.clone(),
+                })
+                .collect(),
         }
     }
 
@@ -271,6 +352,15 @@ impl InboundStateSession {
             session: InboundGroupSession::from_pickle(pickle.session),
             sender_key: pickle.sender_key,
             key_origin: pickle.key_origin,
+            unconnected: pickle
+                .unconnected
+                .into_iter()
+                .map(|copy| UnconnectedCopy {
+                    session: InboundGroupSession::from_pickle(copy.session),
+                    sender_key: copy.sender_key,
+                    key_origin: copy.key_origin,
+                })
+                .collect(),
         }
     }
 }
@@ -281,6 +371,17 @@ impl InboundStateSession {
 pub struct InboundStateSessionPickle {
     session_id: String,
     room_id: OwnedRoomId,
+    session: InboundGroupSessionPickle,
+    sender_key: Curve25519PublicKey,
+    key_origin: KeyOrigin,
+    /// Absent in pickles written before unconnected copies were kept.
+    #[serde(default)]
+    unconnected: Vec<UnconnectedCopyPickle>,
+}
+
+/// The serialised form of an unconnected copy.
+#[derive(Serialize, Deserialize)]
+struct UnconnectedCopyPickle {
     session: InboundGroupSessionPickle,
     sender_key: Curve25519PublicKey,
     key_origin: KeyOrigin,

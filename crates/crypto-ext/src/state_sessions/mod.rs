@@ -11,5 +11,8 @@ mod inbound;
 mod outbound;
 
 pub use encrypted_event::EncryptedStateEvent;
-pub use inbound::{DecryptedState, InboundStateSession, InboundStateSessionPickle, KeyOrigin};
+pub use inbound::{
+    DecryptedState, InboundStateSession, InboundStateSessionPickle, KeyOrigin,
+    MAX_UNCONNECTED_COPIES,
+};
 pub use outbound::{EncryptedState, OutboundStateSession, OutboundStateSessionPickle, OwnDevice};

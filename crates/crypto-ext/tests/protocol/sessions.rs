@@ -163,6 +163,109 @@ async fn imports_are_bound_to_their_room_and_keep_the_earliest_index() {
     assert_eq!(held.first_known_index(), 0);
 }
 
+/// `key` again (exports are not `Clone`).
+fn copy(key: &matrix_sdk_crypto::olm::ExportedRoomKey) -> matrix_sdk_crypto::olm::ExportedRoomKey {
+    serde_json::from_value(serde_json::to_value(key).unwrap()).unwrap()
+}
+
+/// A copy of `key` with the same session id and a junk ratchet, naming `creator` as its
+/// creator: what anyone can forge, since the export format is unsigned.
+fn forged(
+    key: &matrix_sdk_crypto::olm::ExportedRoomKey,
+    creator: vodozemac::Curve25519PublicKey,
+) -> matrix_sdk_crypto::olm::ExportedRoomKey {
+    let mut bytes = key.session_key.to_bytes();
+    // version (1 byte), index (4), ratchet (128), signing key (32)
+    for byte in &mut bytes[5..133] {
+        *byte ^= 0x5a;
+    }
+    let mut forged = copy(key);
+    forged.session_key = vodozemac::megolm::ExportedSessionKey::from_bytes(&bytes).unwrap();
+    forged.sender_key = creator;
+    forged
+}
+
+#[tokio::test]
+async fn a_forged_copy_held_first_neither_blocks_nor_outlives_the_genuine_one() {
+    let alice = peer("@alice:example.org", "ALICEDEVICE").await;
+    let mallory = peer("@mallory:example.org", "MALLORYDEVICE").await;
+    let room = room_id!("!room:example.org");
+    let name = slot("m.room.name", "");
+    let own = alice.own_device();
+    let mut session = OutboundStateSession::new(room, name.clone()).unwrap();
+    let encrypted = session.encrypt(&own, room, &name, content(json!({"name": "a"}))).unwrap();
+    let event = parse(&state_event(
+        room,
+        alice.user_id(),
+        encrypted.packed_state_key.as_str(),
+        &encrypted.content,
+    ));
+    let genuine = session.export_current(&own).unwrap();
+    let fake = forged(&genuine, mallory.own_device().curve25519);
+    let origin = || KeyOrigin::KeyShare { shared_by: user_id!("@dan:example.org").to_owned() };
+
+    // The forged copy alone does not decrypt.
+    let mut held = InboundStateSession::import(room, &fake, origin()).unwrap();
+    assert_eq!(held.session_id(), session.session_id());
+    assert_matches!(held.decrypt(&event), Err(DecryptStateError::Decryption(_)));
+    // The genuine copy arrives second: kept beside it, and it decides, across a pickle.
+    assert!(held.merge(InboundStateSession::import(room, &genuine, origin()).unwrap()));
+    assert_eq!(held.unconnected_copies(), 1);
+    let mut held = InboundStateSession::from_pickle(
+        InboundStateSessionPickle::from_json(&held.pickle().to_json()).unwrap(),
+    );
+    let decrypted = held.decrypt(&event).unwrap();
+    assert!(decrypted.plaintext.contains("\"name\":\"a\""));
+    // The genuine copy took the forged one's place, with its own creator claim.
+    assert_eq!(decrypted.sender_key, own.curve25519);
+    assert_eq!(held.unconnected_copies(), 0);
+}
+
+#[tokio::test]
+async fn a_reshared_copy_never_rewrites_the_creator_and_unconnected_copies_are_bounded() {
+    let alice = peer("@alice:example.org", "ALICEDEVICE").await;
+    let mallory = peer("@mallory:example.org", "MALLORYDEVICE").await;
+    let room = room_id!("!room:example.org");
+    let name = slot("m.room.name", "");
+    let own = alice.own_device();
+    let mut session = OutboundStateSession::new(room, name.clone()).unwrap();
+    let first = session.encrypt(&own, room, &name, content(json!({"name": "a"}))).unwrap();
+    let at_zero = session.export_current(&own).unwrap();
+    session.encrypt(&own, room, &name, content(json!({"name": "b"}))).unwrap();
+    let at_one = session.export_current(&own).unwrap();
+    let origin = || KeyOrigin::Invite { shared_by: user_id!("@alice:example.org").to_owned() };
+
+    let mut held = InboundStateSession::import(room, &at_one, origin()).unwrap();
+    // A copy that reaches further back, re-shared by Mallory naming her own device as creator:
+    // its ratchet is taken, her claim and origin are not.
+    let mut reshared = copy(&at_zero);
+    reshared.sender_key = mallory.own_device().curve25519;
+    let mallory_origin = KeyOrigin::KeyShare { shared_by: mallory.user_id().to_owned() };
+    assert!(held.merge(InboundStateSession::import(room, &reshared, mallory_origin).unwrap()));
+    assert_eq!(held.first_known_index(), 0);
+    assert_eq!(held.key_origin(), &origin());
+    let event =
+        parse(&state_event(room, alice.user_id(), first.packed_state_key.as_str(), &first.content));
+    assert_eq!(held.decrypt(&event).unwrap().sender_key, own.curve25519);
+
+    // Forged copies are kept only up to the bound.
+    for _ in 0..crypto_ext::state_sessions::MAX_UNCONNECTED_COPIES + 3 {
+        let fake = forged(&at_zero, mallory.own_device().curve25519);
+        let _ = held.merge(InboundStateSession::import(room, &fake, origin()).unwrap());
+    }
+    assert_eq!(held.unconnected_copies(), 1, "the same forgery connects to itself");
+    for n in 0..crypto_ext::state_sessions::MAX_UNCONNECTED_COPIES + 3 {
+        let mut fake = forged(&at_zero, mallory.own_device().curve25519);
+        let mut bytes = fake.session_key.to_bytes();
+        bytes[5] ^= n as u8 + 1;
+        fake.session_key = vodozemac::megolm::ExportedSessionKey::from_bytes(&bytes).unwrap();
+        let _ = held.merge(InboundStateSession::import(room, &fake, origin()).unwrap());
+    }
+    assert_eq!(held.unconnected_copies(), crypto_ext::state_sessions::MAX_UNCONNECTED_COPIES);
+    // The genuine held copy still decrypts.
+    held.decrypt(&event).unwrap();
+}
+
 #[tokio::test]
 async fn pickles_round_trip_and_keep_ratcheting() {
     let alice = peer("@alice:example.org", "ALICEDEVICE").await;
