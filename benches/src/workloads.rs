@@ -104,6 +104,7 @@ async fn ours_join(room: &Room) -> Result<Duration> {
             verification: matrix_sdk_common::deserialized_responses::VerificationState::Verified,
         },
         key_origin: KeyOrigin::Direct,
+        creator_proven: true,
     };
     let decrypted = tokio::task::spawn_blocking(move || decrypt_batch(groups)).await?;
     let mut records: Vec<StateRecord> = Vec::with_capacity(decrypted.len());
@@ -115,6 +116,7 @@ async fn ours_join(room: &Room) -> Result<Duration> {
             plaintext: &decrypted.plaintext,
             facts: &facts,
             power_levels: &room.power_levels,
+            unproven_creators: Default::default(),
         });
         if let Verdict::Accepted(accepted) = verdict {
             records.push(accepted.into());

@@ -5,8 +5,8 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use crypto_ext::{identifiers, testing::Crafter};
 use integration_tests::{
-    DEFAULT_TIMEOUT, StateUser, alice_and_bob_with_encrypted_state, keep_syncing, next_update,
-    server_state, set_power_levels, shared_room, sync_until,
+    DEFAULT_TIMEOUT, StateUser, alice_and_bob_with_encrypted_state, join, keep_syncing,
+    next_update, server_state, set_power_levels, shared_room, sync_until,
 };
 use matrix_sdk::{
     deserialized_responses::TimelineEventKind,
@@ -399,8 +399,11 @@ async fn a_pending_event_becomes_readable_when_its_key_arrives() -> Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn state_from_a_device_that_appears_later_is_accepted_when_it_does() -> Result<()> {
     init();
-    let (alice, bob, room) = alice_and_bob_with_encrypted_state().await?;
+    let alice = StateUser::register("alice").await?;
+    let bob = StateUser::register("bob").await?;
+    let room = shared_room(&alice, &[]).await?;
     let room_id = room.room_id().to_owned();
+    room.enable_state_encryption().await?;
 
     // A second device of Alice's, logged in but not synced yet: it has uploaded no keys.
     let alice2 = alice.login_new_device().await?;
@@ -413,9 +416,11 @@ async fn state_from_a_device_that_appears_later_is_accepted_when_it_does() -> Re
     };
 
     // A session of the new device's encrypts the topic; Alice's first device sends the event,
-    // and, when Bob waits for its key, answers him with it (as a key share).
+    // invites Bob and hands him the key with the invite (taken from the inviter; its creator,
+    // the new device, only claimed).
     let mut crafter = Crafter::new();
     let key = crafter.exported_key(&room_id, &new_device);
+    let session_id = key.session_id.clone();
     let content = crafter.encrypt(
         &new_device,
         &payload("m.room.topic", "", json!({"topic": "From a new device"}), &room_id),
@@ -428,23 +433,28 @@ async fn state_from_a_device_that_appears_later_is_accepted_when_it_does() -> Re
         )
         .await?
         .event_id;
-    let bob_room = bob.room(&room_id);
-    sync_until(&bob.client, "Bob waits for the event's key", DEFAULT_TIMEOUT, || async {
-        bob_room
-            .encrypted_state_view()
-            .await
-            .is_ok_and(|v| v.pending.iter().any(|p| p.event_id == sent))
+    room.invite_user_by_id(bob.user_id()).await?;
+    sync_until(&bob.client, "the invite arrives", DEFAULT_TIMEOUT, || async {
+        bob.client.get_room(&room_id).is_some()
     })
     .await?;
-    let share = json!({ "room_id": room_id, "request_id": "answer", "keys": [key] });
-    alice.send_to_devices(bob.user_id(), identifiers::STATE_KEY_SHARE, &share).await?;
+    let keys = json!({ "room_id": room_id, "keys": [key] });
+    alice.send_to_devices(bob.user_id(), identifiers::INVITE_STATE_KEYS, &keys).await?;
+    sync_until(&bob.client, "Bob holds the key", DEFAULT_TIMEOUT, || async {
+        bob.ext.store().inbound_session(&session_id).await.is_ok_and(|s| s.is_some())
+    })
+    .await?;
 
-    let reason = next_update(&bob.client, &bob.ext, |update| match update {
-        StateUpdate::Rejected { event_id, reason, .. } if *event_id == sent => Some(reason.clone()),
-        _ => None,
+    join(&bob, &room_id).await?;
+    let bob_room = bob.room(&room_id);
+    sync_until(&bob.client, "Bob rejects the event for now", DEFAULT_TIMEOUT, || async {
+        bob_room.encrypted_state_view().await.is_ok_and(|v| {
+            v.rejected
+                .iter()
+                .any(|r| r.event_id == sent && r.reason == RejectionReason::SenderDeviceUnknown)
+        })
     })
     .await?;
-    assert_eq!(reason, RejectionReason::SenderDeviceUnknown);
     assert_eq!(bob_room.encrypted_topic().await?, None);
 
     // The new device comes online and uploads its keys; Bob's client hears of them.
@@ -459,6 +469,7 @@ async fn state_from_a_device_that_appears_later_is_accepted_when_it_does() -> Re
     let record = bob_room.encrypted_state("m.room.topic", "").await?.context("topic")?;
     let StateOrigin::Encrypted(provenance) = &record.origin else { panic!("not encrypted") };
     assert_eq!(provenance.sender_device.as_ref(), Some(&new_device.device_id));
+    assert!(!provenance.creator_proven, "the inviter's first device vouched for the new one");
     assert!(bob_room.encrypted_state_view().await?.rejected.iter().all(|r| r.event_id != sent));
     Ok(())
 }

@@ -79,6 +79,9 @@ async fn an_invitee_reads_shared_history_and_the_current_state_shared_by_the_inv
         provenance.key_origin
     );
     assert_eq!(provenance.message_index, 1, "the current event, not the older one");
+    // Alice's own device handed over her own session (with the invite, or announcing the
+    // bundle over Olm): the creator is proven.
+    assert!(provenance.creator_proven);
 
     wait_until("Bob decrypts the message sent before his invite", DEFAULT_TIMEOUT, || async {
         first_message(&bob, &room_id).await.is_some_and(|e| e.encryption_info().is_some())

@@ -11,6 +11,7 @@ use integration_tests::{
 };
 use matrix_sdk::{
     Room,
+    deserialized_responses::{DeviceLinkProblem, VerificationLevel, VerificationState},
     encryption::LocalTrust,
     ruma::{
         OwnedRoomId, RoomId, TransactionId,
@@ -94,6 +95,15 @@ async fn a_joiner_whose_inviter_is_offline_reads_the_name_once_an_admin_answers(
         KeyOrigin::KeyShare { shared_by: carol.user_id().to_owned() }
     );
     assert_eq!(provenance.sender, alice.user_id(), "Alice's event, Carol's key");
+    // Carol's word is not proof that Alice's device created the session: shown, labelled, and
+    // never with Alice's verified trust.
+    assert!(!provenance.creator_proven);
+    assert_eq!(
+        provenance.verification,
+        Some(VerificationState::Unverified(VerificationLevel::None(
+            DeviceLinkProblem::InsecureSource
+        )))
+    );
     // Carol's client says it answered.
     let answered = tokio::time::timeout(DEFAULT_TIMEOUT, async {
         loop {

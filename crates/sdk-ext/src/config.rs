@@ -2,7 +2,7 @@
 
 use std::{path::PathBuf, time::Duration};
 
-use crypto_ext::bundle::BundleLimits;
+use crypto_ext::{UnprovenCreators, bundle::BundleLimits};
 use matrix_sdk_crypto::CollectStrategy;
 
 /// Where the extension keeps its state.
@@ -54,6 +54,15 @@ pub struct StateExtConfig {
     /// Pushing our restricted rooms' previews to the members of their allowed rooms, and taking
     /// such previews.
     pub restricted_previews: RestrictedPreviewConfig,
+    /// What becomes of state whose session's creator only a sharer vouches for (a key from a
+    /// bundle, a key share, invite keys or a preview, handed on by someone other than the
+    /// session's creator). Default [`UnprovenCreators::Accept`]: such state is shown, its
+    /// provenance says `creator_proven: false` and its device never reads as verified. A sharer
+    /// cannot forge the content of another member's events (Megolm authenticates it), only
+    /// vouch for which device created a session; refusing outright would leave a newcomer
+    /// unable to read any state its creator did not hand over in person. Choose
+    /// [`UnprovenCreators::Reject`] where the homeserver is not trusted to attribute events.
+    pub unproven_creators: UnprovenCreators,
 }
 
 impl StateExtConfig {
@@ -79,6 +88,7 @@ impl StateExtConfig {
             http_client: None,
             key_requests: KeyRequestConfig::default(),
             restricted_previews: RestrictedPreviewConfig::default(),
+            unproven_creators: UnprovenCreators::default(),
         }
     }
 }

@@ -64,6 +64,7 @@ pub(crate) fn provenance(event_id: &str, ms: u64) -> Provenance {
         sender_device: Some(device_id!("ALICEDEVICE").to_owned()),
         verification: None,
         key_origin: KeyOrigin::Bundle { shared_by: user_id!("@bob:example.org").to_owned() },
+        creator_proven: false,
     }
 }
 

@@ -74,6 +74,9 @@ pub struct DecryptedState {
     pub sender_key: Curve25519PublicKey,
     /// How we got the key.
     pub key_origin: KeyOrigin,
+    /// Whether `sender_key` is proven to be the creator's (see
+    /// [`InboundStateSession::creator_proven`]), not only claimed by whoever shared the key.
+    pub creator_proven: bool,
 }
 
 /// The most copies of one session that do not connect to the copy held (see
@@ -93,6 +96,7 @@ pub struct InboundStateSession {
     session: InboundGroupSession,
     sender_key: Curve25519PublicKey,
     key_origin: KeyOrigin,
+    creator_proven: bool,
     unconnected: Vec<UnconnectedCopy>,
 }
 
@@ -101,6 +105,7 @@ struct UnconnectedCopy {
     session: InboundGroupSession,
     sender_key: Curve25519PublicKey,
     key_origin: KeyOrigin,
+    creator_proven: bool,
 }
 
 impl std::fmt::Debug for InboundStateSession {
@@ -110,6 +115,7 @@ impl std::fmt::Debug for InboundStateSession {
             .field("session_id", &self.session.session_id())
             .field("first_known_index", &self.session.first_known_index())
             .field("key_origin", &self.key_origin)
+            .field("creator_proven", &self.creator_proven)
             .field("unconnected_copies", &self.unconnected.len())
             .finish_non_exhaustive()
     }
@@ -123,6 +129,7 @@ impl InboundStateSession {
             session: outbound.inbound_copy(),
             sender_key: own.curve25519,
             key_origin: KeyOrigin::Own,
+            creator_proven: true,
             unconnected: Vec::new(),
         }
     }
@@ -159,23 +166,54 @@ impl InboundStateSession {
             session,
             sender_key: key.sender_key,
             key_origin,
+            creator_proven: false,
             unconnected: Vec::new(),
         })
+    }
+
+    /// Records that the key came over Olm from the device whose Curve25519 key is
+    /// `sharer_device_key` (the Olm session authenticates it): when that is the creator the key
+    /// names, the claim is proven: the creator's own message handed it to us. Any other sharer's
+    /// word leaves it unproven.
+    #[must_use]
+    pub fn shared_by_device(mut self, sharer_device_key: Option<Curve25519PublicKey>) -> Self {
+        self.creator_proven = sharer_device_key == Some(self.sender_key);
+        self
+    }
+
+    /// Whether the session's creator is proven: our own session, or a key the creator's own
+    /// device handed us over Olm. Otherwise the creator is only what a sharer claimed.
+    pub fn creator_proven(&self) -> bool {
+        self.creator_proven
+    }
+
+    /// Takes `other`'s creator claim when it is proven and ours is not.
+    fn take_proven_claim(&mut self, other: &Self) -> bool {
+        if self.creator_proven || !other.creator_proven {
+            return false;
+        }
+        self.sender_key = other.sender_key;
+        self.key_origin = other.key_origin.clone();
+        self.creator_proven = true;
+        true
     }
 
     /// Takes what `other`, a later copy of the same session, adds to the one held, and never
     /// more: a connected copy that reaches further back lends its ratchet (an import never loses
     /// the ability to decrypt an event we could read before), while the held copy keeps its
-    /// creator claim and origin (a re-shared copy never rewrites who created a session); a copy
+    /// creator claim and origin (a re-shared copy never rewrites who created a session, unless
+    /// the held claim is unproven and the new one proven: see
+    /// [`InboundStateSession::shared_by_device`]); a copy
     /// that does not connect is kept beside it until an event decides (see
     /// [`InboundStateSession`]). Returns whether anything changed.
     pub fn merge(&mut self, mut other: Self) -> bool {
         match self.session.compare(&mut other.session) {
             SessionOrdering::Worse => {
+                self.take_proven_claim(&other);
                 self.session = other.session;
                 true
             }
-            SessionOrdering::Better | SessionOrdering::Equal => false,
+            SessionOrdering::Better | SessionOrdering::Equal => self.take_proven_claim(&other),
             SessionOrdering::Unconnected => {
                 for copy in &mut self.unconnected {
                     match copy.session.compare(&mut other.session) {
@@ -194,6 +232,7 @@ impl InboundStateSession {
                     session: other.session,
                     sender_key: other.sender_key,
                     key_origin: other.key_origin,
+                    creator_proven: other.creator_proven,
                 });
                 true
             }
@@ -313,6 +352,7 @@ impl InboundStateSession {
                 self.session = genuine.session;
                 self.sender_key = genuine.sender_key;
                 self.key_origin = genuine.key_origin;
+                self.creator_proven = genuine.creator_proven;
                 self.session.decrypt(message)?
             }
         };
@@ -322,6 +362,7 @@ impl InboundStateSession {
             message_index: decrypted.message_index,
             sender_key: self.sender_key,
             key_origin: self.key_origin.clone(),
+            creator_proven: self.creator_proven,
         })
     }
 
@@ -333,6 +374,7 @@ impl InboundStateSession {
             session: self.session.pickle(),
             sender_key: self.sender_key,
             key_origin: self.key_origin.clone(),
+            creator_proven: self.creator_proven,
             unconnected: self
                 .unconnected
                 .iter()
@@ -340,6 +382,7 @@ impl InboundStateSession {
                     session: copy.session.pickle(),
                     sender_key: copy.sender_key,
                     key_origin: copy.key_origin.clone(),
+                    creator_proven: copy.creator_proven,
                 })
                 .collect(),
         }
@@ -351,6 +394,8 @@ impl InboundStateSession {
             room_id: pickle.room_id,
             session: InboundGroupSession::from_pickle(pickle.session),
             sender_key: pickle.sender_key,
+            // Our own sessions are proven whenever they were stored.
+            creator_proven: pickle.creator_proven || pickle.key_origin == KeyOrigin::Own,
             key_origin: pickle.key_origin,
             unconnected: pickle
                 .unconnected
@@ -359,6 +404,7 @@ impl InboundStateSession {
                     session: InboundGroupSession::from_pickle(copy.session),
                     sender_key: copy.sender_key,
                     key_origin: copy.key_origin,
+                    creator_proven: copy.creator_proven,
                 })
                 .collect(),
         }
@@ -374,6 +420,9 @@ pub struct InboundStateSessionPickle {
     session: InboundGroupSessionPickle,
     sender_key: Curve25519PublicKey,
     key_origin: KeyOrigin,
+    /// Absent (unproven) in pickles written before proofs were recorded.
+    #[serde(default)]
+    creator_proven: bool,
     /// Absent in pickles written before unconnected copies were kept.
     #[serde(default)]
     unconnected: Vec<UnconnectedCopyPickle>,
@@ -385,6 +434,8 @@ struct UnconnectedCopyPickle {
     session: InboundGroupSessionPickle,
     sender_key: Curve25519PublicKey,
     key_origin: KeyOrigin,
+    #[serde(default)]
+    creator_proven: bool,
 }
 
 impl std::fmt::Debug for InboundStateSessionPickle {

@@ -38,6 +38,9 @@ pub struct DecryptionFacts {
     pub session_owner: SessionOwner,
     /// How we got the session's key.
     pub key_origin: KeyOrigin,
+    /// Whether the session's creator is proven (our own session, or a key its creator's own
+    /// device handed over Olm), rather than claimed by whoever shared the key.
+    pub creator_proven: bool,
 }
 
 impl DecryptionFacts {
@@ -58,11 +61,13 @@ impl DecryptionFacts {
                     verification: VerificationState::Verified,
                 },
                 key_origin: KeyOrigin::Own,
+                creator_proven: true,
             })
     }
 
     /// Facts from the [`EncryptionInfo`] of an event decrypted by a matrix-sdk `OlmMachine`
-    /// (`Room::decrypt_event`, `OlmMachine::decrypt_room_event`).
+    /// (`Room::decrypt_event`, `OlmMachine::decrypt_room_event`). The creator is proven only
+    /// for a key the machine received from the creator itself.
     ///
     /// The machine reports a session whose device belongs to someone else than the sender as
     /// [`VerificationLevel::MismatchedSender`], and a device it does not know as
@@ -83,6 +88,13 @@ impl DecryptionFacts {
             Some(forwarder) => KeyOrigin::Bundle { shared_by: forwarder.user_id.clone() },
             None => KeyOrigin::Direct,
         };
-        Self { session_owner, key_origin }
+        // The machine owns the link to the creator only for keys the creator sent it over Olm;
+        // forwarded and imported keys come without a forwarder or as an insecure source.
+        let creator_proven = info.forwarder.is_none()
+            && !matches!(
+                &info.verification_state,
+                VerificationState::Unverified(VerificationLevel::None(_))
+            );
+        Self { session_owner, key_origin, creator_proven }
     }
 }

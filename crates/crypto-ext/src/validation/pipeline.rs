@@ -1,6 +1,8 @@
 //! [`validate`]: rules 1 to 4 of DESIGN section 6, in order, and the provenance of what passes.
 
-use matrix_sdk_common::deserialized_responses::VerificationState;
+use matrix_sdk_common::deserialized_responses::{
+    DeviceLinkProblem, VerificationLevel, VerificationState,
+};
 use ruma::{
     MilliSecondsSinceUnixEpoch, OwnedDeviceId, OwnedEventId, OwnedRoomId, OwnedUserId, RoomId,
     UserId,
@@ -33,6 +35,21 @@ pub struct ValidationInput<'a> {
     pub facts: &'a DecryptionFacts,
     /// The room's current plaintext power levels.
     pub power_levels: &'a RoomPowerLevels,
+    /// What to do with state whose session's creator is only claimed by a sharer.
+    pub unproven_creators: UnprovenCreators,
+}
+
+/// What becomes of state whose session's creator is not proven (the key reached us from a
+/// sharer, not from its creator's own device over Olm).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum UnprovenCreators {
+    /// Validated like any state, with the creator's device never shown as verified: its
+    /// verification state reads `Unverified(None(InsecureSource))`, as matrix-sdk labels keys
+    /// from an insecure source, and the provenance says `creator_proven: false`.
+    #[default]
+    Accept,
+    /// Rejected with [`RejectionReason::CreatorUnproven`].
+    Reject,
 }
 
 /// Where an accepted state value came from.
@@ -54,6 +71,10 @@ pub struct Provenance {
     pub verification: Option<VerificationState>,
     /// How we got the key (and who shared it, for a bundle or a key share).
     pub key_origin: KeyOrigin,
+    /// Whether the session's creator is proven: our own session, or a key its creator's own
+    /// device handed us over Olm. Absent (false) in records stored before it was recorded.
+    #[serde(default)]
+    pub creator_proven: bool,
 }
 
 /// A decrypted state event that passed every rule.
@@ -171,6 +192,7 @@ pub fn validate(input: ValidationInput<'_>) -> Verdict {
                 sender_device: device,
                 verification,
                 key_origin: input.facts.key_origin.clone(),
+                creator_proven: input.facts.creator_proven,
             },
         }),
         Err(reason) => {
@@ -184,7 +206,8 @@ type Checked = (StatePayload, Option<OwnedDeviceId>, Option<VerificationState>);
 
 fn check(input: &ValidationInput<'_>) -> Result<Checked, RejectionReason> {
     let sender = &input.event.sender;
-    let (device, verification) = rule_session_of_sender(input.facts, sender)?;
+    let (device, verification) =
+        rule_session_of_sender(input.facts, sender, input.unproven_creators)?;
     let payload =
         rule_payload_matches(input.plaintext, &input.event.packed_state_key, input.room_id)?;
     let slot = payload.slot();
@@ -208,7 +231,7 @@ pub fn validate_preview(
     plaintext: &str,
     facts: &DecryptionFacts,
 ) -> Result<StatePayload, RejectionReason> {
-    rule_session_of_sender(facts, sender)?;
+    rule_session_of_sender(facts, sender, UnprovenCreators::Accept)?;
     let payload = rule_payload_matches(plaintext, packed_state_key, room_id)?;
     let slot = payload.slot();
     rule_not_critical(&slot)?;
@@ -216,14 +239,25 @@ pub fn validate_preview(
     Ok(payload)
 }
 
-/// Rule 1: the session was created by a device of the sender.
+/// Rule 1: the session was created by a device of the sender; a creator only a sharer claims
+/// is never shown as verified, and refused when `unproven` says so.
 fn rule_session_of_sender(
     facts: &DecryptionFacts,
     sender: &UserId,
+    unproven: UnprovenCreators,
 ) -> Result<(Option<OwnedDeviceId>, Option<VerificationState>), RejectionReason> {
     match &facts.session_owner {
         SessionOwner::Device { user_id, device_id, verification } if user_id == sender => {
-            Ok((device_id.clone(), Some(verification.clone())))
+            if facts.creator_proven {
+                return Ok((device_id.clone(), Some(verification.clone())));
+            }
+            if unproven == UnprovenCreators::Reject {
+                return Err(RejectionReason::CreatorUnproven {
+                    shared_by: facts.key_origin.shared_by().cloned(),
+                });
+            }
+            let insecure = VerificationLevel::None(DeviceLinkProblem::InsecureSource);
+            Ok((device_id.clone(), Some(VerificationState::Unverified(insecure))))
         }
         SessionOwner::Device { user_id, .. } => {
             Err(RejectionReason::SessionNotFromSender { owner: Some(user_id.clone()) })

@@ -13,6 +13,13 @@ pub enum RejectionReason {
         /// The user owning the session's device, when known.
         owner: Option<OwnedUserId>,
     },
+    /// Rule 1: the session's creator is only claimed by whoever shared its key, and the
+    /// settings refuse such state (`UnprovenCreators::Reject`).
+    #[error("the session's creator is unproven (the key was shared by {shared_by:?})")]
+    CreatorUnproven {
+        /// Who shared the key, when known.
+        shared_by: Option<OwnedUserId>,
+    },
     /// Rule 1: no known device of anyone has the session's key; retried when device lists
     /// change (see [`RejectionReason::is_transient`]).
     #[error("the device that created the session is unknown")]

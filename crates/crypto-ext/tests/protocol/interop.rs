@@ -98,5 +98,6 @@ fn validate_stock_decryption(
         plaintext: decrypted.event.json().get(),
         facts: &facts,
         power_levels: &pl,
+        unproven_creators: Default::default(),
     })
 }

@@ -3,7 +3,11 @@
 
 use assert_matches::assert_matches;
 use crypto_ext::{
-    DecryptionFacts, KeyOrigin, RejectionReason, SessionOwner, ValidationInput, Verdict, validate,
+    DecryptionFacts, KeyOrigin, RejectionReason, SessionOwner, UnprovenCreators, ValidationInput,
+    Verdict, validate,
+};
+use matrix_sdk_common::deserialized_responses::{
+    DeviceLinkProblem, VerificationLevel, VerificationState,
 };
 use ruma::{RoomId, UserId, events::room::power_levels::RoomPowerLevels};
 use serde_json::{Value, json};
@@ -62,18 +66,19 @@ async fn bob_validates(
         ),
         Err(
             matrix_sdk_crypto::MegolmError::StateKeyVerificationFailed
-            | matrix_sdk_crypto::MegolmError::EventError(matrix_sdk_crypto::EventError::MismatchedRoom(..)),
+            | matrix_sdk_crypto::MegolmError::EventError(
+                matrix_sdk_crypto::EventError::MismatchedRoom(..),
+            ),
         ) => (
             plaintext.to_string(),
             DecryptionFacts {
                 session_owner: SessionOwner::Device {
                     user_id: sender.user_id().to_owned(),
                     device_id: Some(device_id(sender).to_owned()),
-                    verification: matrix_sdk_common::deserialized_responses::VerificationState::Unverified(
-                        matrix_sdk_common::deserialized_responses::VerificationLevel::UnsignedDevice,
-                    ),
+                    verification: VerificationState::Unverified(VerificationLevel::UnsignedDevice),
                 },
                 key_origin: KeyOrigin::Direct,
+                creator_proven: true,
             },
         ),
         Err(error) => panic!("unexpected decryption failure: {error}"),
@@ -84,6 +89,7 @@ async fn bob_validates(
         plaintext: &plaintext,
         facts: &facts,
         power_levels: &scene.power_levels,
+        unproven_creators: Default::default(),
     })
 }
 
@@ -147,6 +153,7 @@ async fn session_of_an_unknown_device_is_rejected_as_transient() {
         plaintext: decrypted.event.json().get(),
         facts: &facts,
         power_levels: &power_levels(&[(carol.user_id(), 100)], &[]),
+        unproven_creators: Default::default(),
     });
     let reason = verdict.rejection().unwrap();
     assert_eq!(reason, &RejectionReason::SenderDeviceUnknown);
@@ -286,4 +293,64 @@ fn rejection_reasons_serialise_with_a_tag() {
     let json = serde_json::to_value(&reason).unwrap();
     assert_eq!(json, json!({ "reason": "critical_type", "event_type": "m.room.tombstone" }));
     assert_eq!(serde_json::from_value::<RejectionReason>(json).unwrap(), reason);
+}
+
+#[tokio::test]
+async fn a_creator_only_a_sharer_claims_is_never_verified_and_refused_on_request() {
+    let s = scene().await;
+    let mut crafter = Crafter::new();
+    crafter.share(&s.alice, room(), &[&s.bob]).await;
+    let plaintext = payload("m.room.name", "", json!({"name": "Real"}), ROOM).to_string();
+    let raw = state_event(
+        room(),
+        s.alice.user_id(),
+        "m.room.name:",
+        &crafter.encrypt(&s.alice, &plaintext),
+    );
+    let decrypted = s
+        .bob
+        .machine
+        .decrypt_room_event(raw.cast_ref_unchecked(), room(), &settings())
+        .await
+        .unwrap();
+    // The key came to Bob from Alice's own device over Olm: proven.
+    let proven = DecryptionFacts::from_encryption_info(&decrypted.encryption_info);
+    assert!(proven.creator_proven);
+    let event = parse(&raw);
+    let check = |facts: &DecryptionFacts, unproven_creators| {
+        validate(ValidationInput {
+            room_id: room(),
+            event: &event,
+            plaintext: &plaintext,
+            facts,
+            power_levels: &s.power_levels,
+            unproven_creators,
+        })
+    };
+    let Verdict::Accepted(accepted) = check(&proven, UnprovenCreators::Reject) else {
+        panic!("a proven creator is accepted under either setting");
+    };
+    assert!(accepted.provenance.creator_proven);
+
+    // The same key as a sharer hands it on: only claimed.
+    let dan = ruma::user_id!("@dan:example.org").to_owned();
+    let claimed = DecryptionFacts {
+        key_origin: KeyOrigin::KeyShare { shared_by: dan.clone() },
+        creator_proven: false,
+        ..proven.clone()
+    };
+    let Verdict::Accepted(accepted) = check(&claimed, UnprovenCreators::Accept) else {
+        panic!("accepted, labelled, by default");
+    };
+    assert!(!accepted.provenance.creator_proven);
+    assert_eq!(
+        accepted.provenance.verification,
+        Some(VerificationState::Unverified(VerificationLevel::None(
+            DeviceLinkProblem::InsecureSource
+        )))
+    );
+    assert_eq!(
+        check(&claimed, UnprovenCreators::Reject).rejection(),
+        Some(&RejectionReason::CreatorUnproven { shared_by: Some(dan) })
+    );
 }

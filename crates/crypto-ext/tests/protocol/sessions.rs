@@ -396,3 +396,46 @@ async fn a_batch_decrypts_every_event_once_with_its_own_session() {
         }
     }
 }
+
+#[tokio::test]
+async fn only_the_creators_own_device_proves_a_key_and_a_proof_outranks_a_claim() {
+    let alice = peer("@alice:example.org", "ALICEDEVICE").await;
+    let mallory = peer("@mallory:example.org", "MALLORYDEVICE").await;
+    let room = room_id!("!room:example.org");
+    let name = slot("m.room.name", "");
+    let own = alice.own_device();
+    let mut session = OutboundStateSession::new(room, name.clone()).unwrap();
+    session.encrypt(&own, room, &name, content(json!({"name": "a"}))).unwrap();
+    let key = session.export_current(&own).unwrap();
+    let import = |key, origin| InboundStateSession::import(room, key, origin).unwrap();
+    let by = |user: &Peer| KeyOrigin::KeyShare { shared_by: user.user_id().to_owned() };
+
+    // Mallory hands on Alice's key: her device is not its creator, the claim stays a claim.
+    let from_mallory =
+        import(&key, by(&mallory)).shared_by_device(Some(mallory.own_device().curve25519));
+    assert!(!from_mallory.creator_proven());
+    assert!(!import(&key, by(&mallory)).shared_by_device(None).creator_proven());
+    // Alice's own device hands it over: proven.
+    let from_alice = import(&key, by(&alice)).shared_by_device(Some(own.curve25519));
+    assert!(from_alice.creator_proven());
+    assert!(InboundStateSession::from_outbound(&session, &own).creator_proven());
+
+    // Mallory's copy names her own device as creator; Alice's proven copy comes later and wins.
+    let mut forged_claim = copy(&key);
+    forged_claim.sender_key = mallory.own_device().curve25519;
+    let mut held =
+        import(&forged_claim, by(&mallory)).shared_by_device(Some(mallory.own_device().curve25519));
+    assert!(held.creator_proven(), "Mallory may prove sessions she claims as her own");
+    let mut held_unproven = import(&forged_claim, by(&mallory));
+    assert!(held_unproven.merge(import(&key, by(&alice)).shared_by_device(Some(own.curve25519))));
+    assert!(held_unproven.creator_proven());
+    assert_eq!(held_unproven.key_origin(), &by(&alice));
+    // A proven claim is never replaced by another.
+    assert!(!held.merge(import(&key, by(&alice)).shared_by_device(Some(own.curve25519))));
+    assert_eq!(held.key_origin(), &by(&mallory));
+    // And the proof survives a pickle.
+    let restored = InboundStateSession::from_pickle(
+        InboundStateSessionPickle::from_json(&held_unproven.pickle().to_json()).unwrap(),
+    );
+    assert!(restored.creator_proven());
+}

@@ -8,12 +8,14 @@ use super::handle::Context;
 use crate::Result;
 
 impl Context {
-    /// Which device of `sender` owns `sender_key`, and how verified it is.
+    /// Which device of `sender` owns `sender_key`, and how verified it is; `creator_proven`:
+    /// whether that key is the creator's as proven, or only as a sharer claims.
     pub(crate) async fn facts_for_sender_key(
         &self,
         sender: &UserId,
         sender_key: Curve25519PublicKey,
         key_origin: KeyOrigin,
+        creator_proven: bool,
     ) -> Result<DecryptionFacts> {
         if let Some(facts) =
             DecryptionFacts::for_own_session(&self.own_device, sender, sender_key, &key_origin)
@@ -37,6 +39,6 @@ impl Context {
             },
             None => SessionOwner::Unknown,
         };
-        Ok(DecryptionFacts { session_owner, key_origin })
+        Ok(DecryptionFacts { session_owner, key_origin, creator_proven })
     }
 }

@@ -6,7 +6,7 @@ use std::{
     sync::{Arc, Mutex as StdMutex},
 };
 
-use crypto_ext::{OwnDevice, wire::OutgoingContent};
+use crypto_ext::{OwnDevice, vodozemac::Curve25519PublicKey, wire::OutgoingContent};
 use matrix_sdk::{Client, Room, RoomState, encryption::identities::Device};
 use ruma::{OwnedDeviceId, OwnedRoomId, OwnedUserId, events::AnyToDeviceEventContent, serde::Raw};
 use state_store_ext::StateStore;
@@ -23,6 +23,9 @@ pub(crate) struct OlmSender {
     pub(crate) user_id: OwnedUserId,
     /// The sending device, as the Olm session names it.
     pub(crate) device_id: Option<OwnedDeviceId>,
+    /// The Curve25519 key of the sending device, as the Olm session authenticates it: a key it
+    /// hands us that names this device as creator is proven.
+    pub(crate) curve25519: Option<Curve25519PublicKey>,
     /// Whether the message carried its sender's device keys (MSC4147).
     pub(crate) sent_device_keys: bool,
     /// The sending device, for the messages whose handling needs it: known (its owner's

@@ -73,7 +73,12 @@ impl Context {
             let shared_by = decrypted.key_origin.shared_by().cloned();
             let sender = &event.sender;
             let facts = self
-                .facts_for_sender_key(sender, decrypted.sender_key, decrypted.key_origin)
+                .facts_for_sender_key(
+                    sender,
+                    decrypted.sender_key,
+                    decrypted.key_origin,
+                    decrypted.creator_proven,
+                )
                 .await?;
             let payload = match validate_preview(
                 room_id,

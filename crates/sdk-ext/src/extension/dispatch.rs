@@ -5,10 +5,13 @@
 
 use std::sync::{Arc, Weak};
 
-use crypto_ext::wire::{ToDeviceContent, ToDeviceKind};
+use crypto_ext::{
+    vodozemac::Curve25519PublicKey,
+    wire::{ToDeviceContent, ToDeviceKind},
+};
 use matrix_sdk::{
     Client,
-    deserialized_responses::EncryptionInfo,
+    deserialized_responses::{AlgorithmInfo, EncryptionInfo},
     event_handler::{EventHandlerHandle, RawEvent},
 };
 use ruma::events::AnyToDeviceEvent;
@@ -84,9 +87,16 @@ async fn dispatch(inner: &Arc<Inner>, raw: &RawEvent, info: Option<&EncryptionIn
         }
         _ => None,
     };
+    let curve25519 = match &info.algorithm_info {
+        AlgorithmInfo::OlmV1Curve25519AesSha2 { curve25519_public_key_base64 } => {
+            Curve25519PublicKey::from_base64(curve25519_public_key_base64).ok()
+        }
+        AlgorithmInfo::MegolmV1AesSha2 { .. } => None,
+    };
     let sender = OlmSender {
         user_id: info.sender.clone(),
         device_id: info.sender_device.clone(),
+        curve25519,
         sent_device_keys: event.get("sender_device_keys").is_some_and(|keys| !keys.is_null()),
         device,
     };

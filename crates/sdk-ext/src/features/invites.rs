@@ -79,7 +79,7 @@ impl Invites {
         for key in &content.keys {
             // Bound to the room the message names; a key for another room is refused.
             match InboundStateSession::import(&content.room_id, key, origin.clone()) {
-                Ok(session) => imported.push(session),
+                Ok(session) => imported.push(session.shared_by_device(sender.curve25519)),
                 Err(error) => {
                     warn!(sender = %sender.user_id, %error, "refused an invite state key")
                 }

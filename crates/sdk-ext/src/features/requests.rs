@@ -329,7 +329,7 @@ impl KeyRequests {
                 continue;
             }
             match InboundStateSession::import(room_id, key, origin.clone()) {
-                Ok(session) => sessions.push(session),
+                Ok(session) => sessions.push(session.shared_by_device(sender.curve25519)),
                 Err(error) => warn!(%sharer, %error, "refused a shared state key"),
             }
         }

@@ -21,6 +21,7 @@ use std::{
 use crypto_ext::{
     InboundStateSession, KeyOrigin,
     bundle::{self, OpenedBundle},
+    vodozemac::Curve25519PublicKey,
     wire::RoomKeyBundleAnnouncement,
 };
 use matrix_sdk::{Room, RoomState};
@@ -134,13 +135,15 @@ impl History {
                         .is_some_and(|elapsed| elapsed < ACCEPT_WINDOW)
             });
             let outcome = if from_inviter {
-                let checked = match self.sender_device_is_trusted(&announcement).await? {
-                    true => self.fetch_and_open(room_id, &announcement).await,
-                    false => Err(BundleImportError::UntrustedSender),
+                let sender_key = self.trusted_sender_device_key(&announcement).await?;
+                let checked = match sender_key {
+                    Some(_) => self.fetch_and_open(room_id, &announcement).await,
+                    None => Err(BundleImportError::UntrustedSender),
                 };
                 match checked {
                     Ok(opened) => {
-                        let (imported, sessions) = self.import(&announcement, opened).await?;
+                        let (imported, sessions) =
+                            self.import(&announcement, opened, sender_key).await?;
                         run.stored_sessions.extend(sessions);
                         BundleOutcome::Imported(imported)
                     }
@@ -176,15 +179,23 @@ impl History {
         Ok(())
     }
 
-    /// Whether the device that announced the bundle is cross-signed by its owner and not
-    /// blocked, with the owner's keys fetched from the homeserver if we never had them.
-    async fn sender_device_is_trusted(&self, announcement: &PendingBundle) -> Result<bool> {
-        let Some(device_id) = &announcement.sender_device else { return Ok(false) };
+    /// The Curve25519 key of the device that announced the bundle, if it is cross-signed by
+    /// its owner and not blocked (with the owner's keys fetched from the homeserver if we never
+    /// had them); `None` otherwise. The announcement came over Olm from that device and binds
+    /// the bundle file (its key and hash), so the bundle's entries naming that device as
+    /// creator are proven.
+    async fn trusted_sender_device_key(
+        &self,
+        announcement: &PendingBundle,
+    ) -> Result<Option<Curve25519PublicKey>> {
+        let Some(device_id) = &announcement.sender_device else { return Ok(None) };
         let device = self
             .ctx
             .device(&announcement.sender, device_id, |d| d.is_cross_signed_by_owner())
             .await?;
-        Ok(device.is_some_and(|d| d.is_cross_signed_by_owner() && !d.is_blacklisted()))
+        Ok(device
+            .filter(|d| d.is_cross_signed_by_owner() && !d.is_blacklisted())
+            .and_then(|d| d.curve25519_key()))
     }
 
     async fn fetch_and_open(
@@ -208,6 +219,7 @@ impl History {
         &self,
         announcement: &PendingBundle,
         opened: OpenedBundle,
+        sender_key: Option<Curve25519PublicKey>,
     ) -> Result<(ImportedBundle, Vec<String>)> {
         let ctx = &self.ctx;
         let room_id = &announcement.room_id;
@@ -219,7 +231,7 @@ impl History {
         let mut imported = Vec::with_capacity(keys.len());
         for key in &keys {
             match InboundStateSession::import(room_id, key, origin.clone()) {
-                Ok(session) => imported.push(session),
+                Ok(session) => imported.push(session.shared_by_device(sender_key)),
                 Err(error) => warn!(session_id = %key.session_id, %error, "skipped a bundle key"),
             }
         }

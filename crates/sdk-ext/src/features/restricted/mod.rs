@@ -303,6 +303,7 @@ impl RestrictedPreviews {
             // Bound to the room the message names: a key for another room is refused.
             match InboundStateSession::import(&room_id, key, origin.clone()) {
                 Ok(session) => {
+                    let session = session.shared_by_device(sender.curve25519);
                     sessions.insert(session.session_id(), session);
                 }
                 Err(error) => warn!(%sharer, %error, "refused a restricted room preview key"),

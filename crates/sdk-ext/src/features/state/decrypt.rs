@@ -37,8 +37,17 @@ pub(super) enum Decryption {
     Refused(RejectionReason),
 }
 
+impl Decryption {
+    /// Whether it decrypted with a proven session creator.
+    fn is_proven(&self) -> bool {
+        matches!(self, Self::Decrypted { facts, .. } if facts.creator_proven)
+    }
+}
+
 impl EncryptedState {
     /// Our own state sessions (and keys shared with us) first, then the client's `OlmMachine`.
+    /// A key of ours whose creator is only claimed by a sharer gives way to the machine when the
+    /// machine holds the key from its creator: a sharer's claim never hides a proven one.
     pub(super) async fn decrypt(
         &self,
         room: &Room,
@@ -46,17 +55,45 @@ impl EncryptedState {
         event: &EncryptedStateEvent,
     ) -> Result<Decryption> {
         let ctx = &self.ctx;
+        let mut unproven = None;
         if let Some(pickle) = ctx.store.inbound_session(&event.session_id).await?
             && pickle.room_id() == room.room_id()
         {
             let mut session = InboundStateSession::from_pickle(pickle);
             if let Ok(decrypted) = session.decrypt(event) {
                 let facts = ctx
-                    .facts_for_sender_key(&event.sender, decrypted.sender_key, decrypted.key_origin)
+                    .facts_for_sender_key(
+                        &event.sender,
+                        decrypted.sender_key,
+                        decrypted.key_origin,
+                        decrypted.creator_proven,
+                    )
                     .await?;
-                return Ok(Decryption::Decrypted { plaintext: decrypted.plaintext, facts });
+                let proven = facts.creator_proven;
+                let ours = Decryption::Decrypted { plaintext: decrypted.plaintext, facts };
+                if proven {
+                    return Ok(ours);
+                }
+                unproven = Some(ours);
             }
         }
+        let from_machine = self.decrypt_with_machine(room, raw, event).await?;
+        Ok(match (unproven, from_machine) {
+            (_, proven @ Decryption::Decrypted { .. }) if proven.is_proven() => proven,
+            (Some(ours), _) => ours,
+            (None, from_machine) => from_machine,
+        })
+    }
+
+    /// The client's `OlmMachine`, for an event our own sessions do not decrypt with a proven
+    /// creator.
+    async fn decrypt_with_machine(
+        &self,
+        room: &Room,
+        raw: &Raw<AnySyncStateEvent>,
+        event: &EncryptedStateEvent,
+    ) -> Result<Decryption> {
+        let ctx = &self.ctx;
 
         let encrypted: &Raw<OriginalSyncRoomEncryptedEvent> = raw.cast_ref_unchecked();
         let timeline_event = room.decrypt_event(encrypted, None).await?;
@@ -77,7 +114,8 @@ impl EncryptedState {
                         crypto_ext::vodozemac::Curve25519PublicKey::from_base64(curve25519_key)
                 {
                     let origin = KeyOrigin::Bundle { shared_by: forwarder.user_id.clone() };
-                    facts = ctx.facts_for_sender_key(&event.sender, sender_key, origin).await?;
+                    facts =
+                        ctx.facts_for_sender_key(&event.sender, sender_key, origin, false).await?;
                 }
                 Ok(Decryption::Decrypted {
                     plaintext: decrypted.event.json().get().to_owned(),
@@ -137,7 +175,7 @@ impl EncryptedState {
         let Ok(decrypted) = session.decrypt(event) else { return Ok(None) };
         let facts = self
             .ctx
-            .facts_for_sender_key(&event.sender, decrypted.sender_key, KeyOrigin::Direct)
+            .facts_for_sender_key(&event.sender, decrypted.sender_key, KeyOrigin::Direct, false)
             .await?;
         Ok(validate_preview(
             room.room_id(),
@@ -179,7 +217,12 @@ impl EncryptedState {
         let mut facts_by_key: Vec<((OwnedUserId, String, KeyOrigin), DecryptionFacts)> = Vec::new();
         let mut out = BTreeMap::new();
         for (event, decrypted) in decrypted {
+            // A creator only a sharer claims: decrypted one by one, where the machine may know
+            // better.
             let Ok(decrypted) = decrypted else { continue };
+            if !decrypted.creator_proven {
+                continue;
+            }
             let key = (
                 event.sender.clone(),
                 decrypted.sender_key.to_base64(),
@@ -194,6 +237,7 @@ impl EncryptedState {
                             &event.sender,
                             decrypted.sender_key,
                             decrypted.key_origin,
+                            true,
                         )
                         .await?;
                     facts_by_key.push((key, facts.clone()));

@@ -5,8 +5,8 @@
 use std::collections::BTreeSet;
 
 use crypto_ext::{
-    EncryptedStateEvent, RejectedState, StateSlot, ValidationInput, Verdict, critical::is_critical,
-    identifiers::AESTHETIC_SLOTS, validate,
+    EncryptedStateEvent, RejectedState, StateSlot, UnprovenCreators, ValidationInput, Verdict,
+    critical::is_critical, identifiers::AESTHETIC_SLOTS, validate,
 };
 use matrix_sdk::{Room, deserialized_responses::RawAnySyncOrStrippedState};
 use ruma::{
@@ -122,8 +122,13 @@ impl EncryptedState {
                 Some(decryption) => decryption,
                 None => self.decrypt(room, &raw, &event).await?,
             };
-            let record =
-                Record { room_id, raw: &raw, power_levels: &power_levels, was_pending: false };
+            let record = Record {
+                room_id,
+                raw: &raw,
+                power_levels: &power_levels,
+                was_pending: false,
+                unproven_creators: self.ctx.config.unproven_creators,
+            };
             if let Some(slot) = record.record(event, decryption, &mut batch) {
                 slots.insert(slot);
             }
@@ -164,6 +169,7 @@ impl EncryptedState {
                     raw: &pending.event,
                     power_levels: &power_levels,
                     was_pending: true,
+                    unproven_creators: self.ctx.config.unproven_creators,
                 };
                 record.record(event, decryption, &mut batch);
             }
@@ -238,6 +244,7 @@ struct Record<'a> {
     raw: &'a Raw<AnySyncStateEvent>,
     power_levels: &'a RoomPowerLevels,
     was_pending: bool,
+    unproven_creators: UnprovenCreators,
 }
 
 impl Record<'_> {
@@ -249,7 +256,7 @@ impl Record<'_> {
         decryption: Decryption,
         batch: &mut Batch,
     ) -> Option<StateSlot> {
-        let Self { room_id, raw, power_levels, was_pending } = *self;
+        let Self { room_id, raw, power_levels, was_pending, unproven_creators } = *self;
         if was_pending && !matches!(decryption, Decryption::Missing) {
             batch.changes.resolved_pending.push((event.session_id.clone(), event.event_id.clone()));
         }
@@ -285,6 +292,7 @@ impl Record<'_> {
             plaintext: &plaintext,
             facts: &facts,
             power_levels,
+            unproven_creators,
         });
         match verdict {
             Verdict::Accepted(accepted) => {
