@@ -185,21 +185,39 @@ fn forged(
     forged
 }
 
-#[tokio::test]
-async fn a_forged_copy_held_first_neither_blocks_nor_outlives_the_genuine_one() {
+/// Alice's name session after its first update ("a"), with that update as received, and
+/// Mallory, who forges and re-shares.
+struct NameSession {
+    alice: Peer,
+    mallory: Peer,
+    own: crypto_ext::OwnDevice,
+    session: OutboundStateSession,
+    first: crypto_ext::EncryptedStateEvent,
+}
+
+const ROOM: &str = "!room:example.org";
+
+async fn name_session() -> NameSession {
     let alice = peer("@alice:example.org", "ALICEDEVICE").await;
     let mallory = peer("@mallory:example.org", "MALLORYDEVICE").await;
-    let room = room_id!("!room:example.org");
+    let room = <&ruma::RoomId>::try_from(ROOM).unwrap();
     let name = slot("m.room.name", "");
     let own = alice.own_device();
     let mut session = OutboundStateSession::new(room, name.clone()).unwrap();
     let encrypted = session.encrypt(&own, room, &name, content(json!({"name": "a"}))).unwrap();
-    let event = parse(&state_event(
+    let first = parse(&state_event(
         room,
         alice.user_id(),
         encrypted.packed_state_key.as_str(),
         &encrypted.content,
     ));
+    NameSession { alice, mallory, own, session, first }
+}
+
+#[tokio::test]
+async fn a_forged_copy_held_first_neither_blocks_nor_outlives_the_genuine_one() {
+    let NameSession { mallory, own, mut session, first: event, .. } = name_session().await;
+    let room = <&ruma::RoomId>::try_from(ROOM).unwrap();
     let genuine = session.export_current(&own).unwrap();
     let fake = forged(&genuine, mallory.own_device().curve25519);
     let origin = || KeyOrigin::KeyShare { shared_by: user_id!("@dan:example.org").to_owned() };
@@ -223,13 +241,9 @@ async fn a_forged_copy_held_first_neither_blocks_nor_outlives_the_genuine_one() 
 
 #[tokio::test]
 async fn a_reshared_copy_never_rewrites_the_creator_and_unconnected_copies_are_bounded() {
-    let alice = peer("@alice:example.org", "ALICEDEVICE").await;
-    let mallory = peer("@mallory:example.org", "MALLORYDEVICE").await;
-    let room = room_id!("!room:example.org");
+    let NameSession { mallory, own, mut session, first: event, .. } = name_session().await;
+    let room = <&ruma::RoomId>::try_from(ROOM).unwrap();
     let name = slot("m.room.name", "");
-    let own = alice.own_device();
-    let mut session = OutboundStateSession::new(room, name.clone()).unwrap();
-    let first = session.encrypt(&own, room, &name, content(json!({"name": "a"}))).unwrap();
     let at_zero = session.export_current(&own).unwrap();
     session.encrypt(&own, room, &name, content(json!({"name": "b"}))).unwrap();
     let at_one = session.export_current(&own).unwrap();
@@ -244,8 +258,6 @@ async fn a_reshared_copy_never_rewrites_the_creator_and_unconnected_copies_are_b
     assert!(held.merge(InboundStateSession::import(room, &reshared, mallory_origin).unwrap()));
     assert_eq!(held.first_known_index(), 0);
     assert_eq!(held.key_origin(), &origin());
-    let event =
-        parse(&state_event(room, alice.user_id(), first.packed_state_key.as_str(), &first.content));
     assert_eq!(held.decrypt(&event).unwrap().sender_key, own.curve25519);
 
     // Forged copies are kept only up to the bound.
@@ -399,13 +411,8 @@ async fn a_batch_decrypts_every_event_once_with_its_own_session() {
 
 #[tokio::test]
 async fn only_the_creators_own_device_proves_a_key_and_a_proof_outranks_a_claim() {
-    let alice = peer("@alice:example.org", "ALICEDEVICE").await;
-    let mallory = peer("@mallory:example.org", "MALLORYDEVICE").await;
-    let room = room_id!("!room:example.org");
-    let name = slot("m.room.name", "");
-    let own = alice.own_device();
-    let mut session = OutboundStateSession::new(room, name.clone()).unwrap();
-    session.encrypt(&own, room, &name, content(json!({"name": "a"}))).unwrap();
+    let NameSession { alice, mallory, own, mut session, .. } = name_session().await;
+    let room = <&ruma::RoomId>::try_from(ROOM).unwrap();
     let key = session.export_current(&own).unwrap();
     let import = |key, origin| InboundStateSession::import(room, key, origin).unwrap();
     let by = |user: &Peer| KeyOrigin::KeyShare { shared_by: user.user_id().to_owned() };
