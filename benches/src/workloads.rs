@@ -105,6 +105,7 @@ async fn ours_join(room: &Room) -> Result<Duration> {
         },
         key_origin: KeyOrigin::Direct,
         creator_proven: true,
+        owner_has_identity: None,
     };
     let decrypted = tokio::task::spawn_blocking(move || decrypt_batch(groups)).await?;
     let mut records: Vec<StateRecord> = Vec::with_capacity(decrypted.len());
@@ -117,6 +118,7 @@ async fn ours_join(room: &Room) -> Result<Duration> {
             facts: &facts,
             power_levels: &room.power_levels,
             unproven_creators: Default::default(),
+            sender_trust: Default::default(),
         });
         if let Verdict::Accepted(accepted) = verdict {
             records.push(accepted.into());

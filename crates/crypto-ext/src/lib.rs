@@ -23,7 +23,7 @@ pub use state_sessions::{
 };
 pub use validation::{
     AcceptedState, DecryptionFacts, Provenance, RejectedState, RejectionReason, SessionOwner,
-    UnprovenCreators, ValidationInput, Verdict, validate, validate_preview,
+    StateSenderTrust, UnprovenCreators, ValidationInput, Verdict, validate, validate_preview,
 };
 pub use vodozemac;
 

@@ -2,7 +2,7 @@
 
 use std::{path::PathBuf, time::Duration};
 
-use crypto_ext::{UnprovenCreators, bundle::BundleLimits};
+use crypto_ext::{StateSenderTrust, UnprovenCreators, bundle::BundleLimits};
 use matrix_sdk_crypto::CollectStrategy;
 
 /// Where the extension keeps its state.
@@ -63,6 +63,14 @@ pub struct StateExtConfig {
     /// unable to read any state its creator did not hand over in person. Choose
     /// [`UnprovenCreators::Reject`] where the homeserver is not trusted to attribute events.
     pub unproven_creators: UnprovenCreators,
+    /// How much the device that created a state session must be trusted for its state to
+    /// count. Default [`StateSenderTrust::Untrusted`], matrix-sdk's own default for decryption:
+    /// members without cross-signing (bots, older clients) can still set state, and each
+    /// value's provenance carries its device's verification state for the app to judge.
+    /// [`StateSenderTrust::CrossSigned`] keeps out state from a device its owner never signed
+    /// (one a homeserver could add to its user); rejected with
+    /// [`RejectionReason::UntrustedDevice`](crate::RejectionReason::UntrustedDevice).
+    pub sender_trust: StateSenderTrust,
 }
 
 impl StateExtConfig {
@@ -89,6 +97,7 @@ impl StateExtConfig {
             key_requests: KeyRequestConfig::default(),
             restricted_previews: RestrictedPreviewConfig::default(),
             unproven_creators: UnprovenCreators::default(),
+            sender_trust: StateSenderTrust::default(),
         }
     }
 }

@@ -17,7 +17,9 @@ pub mod guide {}
 
 pub use config::{KeyRequestConfig, RestrictedPreviewConfig, StateExtConfig, StoreConfig};
 pub use crypto_ext::KeyOrigin;
-pub use crypto_ext::{OwnDevice, RejectedState, RejectionReason, StateSlot, UnprovenCreators};
+pub use crypto_ext::{
+    OwnDevice, RejectedState, RejectionReason, StateSenderTrust, StateSlot, UnprovenCreators,
+};
 pub use error::{Error, Result};
 pub use extension::{StateExtension, history::RoomHistoryExt, room::RoomStateExt};
 pub use outcomes::{

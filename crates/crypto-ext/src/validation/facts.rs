@@ -41,6 +41,9 @@ pub struct DecryptionFacts {
     /// Whether the session's creator is proven (our own session, or a key its creator's own
     /// device handed over Olm), rather than claimed by whoever shared the key.
     pub creator_proven: bool,
+    /// Whether the session owner's user has a cross-signing identity, when the decrypting party
+    /// looked: a device its owner never signed is "legacy" only for a user without one.
+    pub owner_has_identity: Option<bool>,
 }
 
 impl DecryptionFacts {
@@ -62,6 +65,7 @@ impl DecryptionFacts {
                 },
                 key_origin: KeyOrigin::Own,
                 creator_proven: true,
+                owner_has_identity: None,
             })
     }
 
@@ -95,6 +99,6 @@ impl DecryptionFacts {
                 &info.verification_state,
                 VerificationState::Unverified(VerificationLevel::None(_))
             );
-        Self { session_owner, key_origin, creator_proven }
+        Self { session_owner, key_origin, creator_proven, owner_has_identity: None }
     }
 }

@@ -11,7 +11,7 @@ pub mod resolution;
 
 pub use facts::{DecryptionFacts, SessionOwner};
 pub use pipeline::{
-    AcceptedState, Provenance, RejectedState, UnprovenCreators, ValidationInput, Verdict, validate,
-    validate_preview,
+    AcceptedState, Provenance, RejectedState, StateSenderTrust, UnprovenCreators, ValidationInput,
+    Verdict, validate, validate_preview,
 };
 pub use reason::RejectionReason;

@@ -37,6 +37,23 @@ pub struct ValidationInput<'a> {
     pub power_levels: &'a RoomPowerLevels,
     /// What to do with state whose session's creator is only claimed by a sharer.
     pub unproven_creators: UnprovenCreators,
+    /// How much the creating device must be trusted.
+    pub sender_trust: StateSenderTrust,
+}
+
+/// How much the device that created a state session must be trusted for its state to count
+/// (as matrix-sdk's `TrustRequirement` for decryption).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum StateSenderTrust {
+    /// Any device of the sender; its verification state is recorded in the provenance.
+    #[default]
+    Untrusted,
+    /// A device its owner cross-signed, or any device of a user without a cross-signing
+    /// identity (legacy accounts, some bots).
+    CrossSignedOrLegacy,
+    /// Only a device its owner cross-signed: a device the homeserver added to a user without
+    /// the user's signature cannot set state.
+    CrossSigned,
 }
 
 /// What becomes of state whose session's creator is not proven (the key reached us from a
@@ -207,7 +224,7 @@ type Checked = (StatePayload, Option<OwnedDeviceId>, Option<VerificationState>);
 fn check(input: &ValidationInput<'_>) -> Result<Checked, RejectionReason> {
     let sender = &input.event.sender;
     let (device, verification) =
-        rule_session_of_sender(input.facts, sender, input.unproven_creators)?;
+        rule_session_of_sender(input.facts, sender, input.unproven_creators, input.sender_trust)?;
     let payload =
         rule_payload_matches(input.plaintext, &input.event.packed_state_key, input.room_id)?;
     let slot = payload.slot();
@@ -231,7 +248,7 @@ pub fn validate_preview(
     plaintext: &str,
     facts: &DecryptionFacts,
 ) -> Result<StatePayload, RejectionReason> {
-    rule_session_of_sender(facts, sender, UnprovenCreators::Accept)?;
+    rule_session_of_sender(facts, sender, UnprovenCreators::Accept, StateSenderTrust::Untrusted)?;
     let payload = rule_payload_matches(plaintext, packed_state_key, room_id)?;
     let slot = payload.slot();
     rule_not_critical(&slot)?;
@@ -245,9 +262,30 @@ fn rule_session_of_sender(
     facts: &DecryptionFacts,
     sender: &UserId,
     unproven: UnprovenCreators,
+    trust: StateSenderTrust,
 ) -> Result<(Option<OwnedDeviceId>, Option<VerificationState>), RejectionReason> {
     match &facts.session_owner {
         SessionOwner::Device { user_id, device_id, verification } if user_id == sender => {
+            let cross_signed = matches!(
+                verification,
+                VerificationState::Verified
+                    | VerificationState::Unverified(
+                        VerificationLevel::UnverifiedIdentity
+                            | VerificationLevel::VerificationViolation
+                    )
+            );
+            let legacy = matches!(
+                verification,
+                VerificationState::Unverified(VerificationLevel::UnsignedDevice)
+            ) && facts.owner_has_identity == Some(false);
+            let trusted = match trust {
+                StateSenderTrust::Untrusted => true,
+                StateSenderTrust::CrossSignedOrLegacy => cross_signed || legacy,
+                StateSenderTrust::CrossSigned => cross_signed,
+            };
+            if !trusted {
+                return Err(RejectionReason::UntrustedDevice { device_id: device_id.clone() });
+            }
             if facts.creator_proven {
                 return Ok((device_id.clone(), Some(verification.clone())));
             }

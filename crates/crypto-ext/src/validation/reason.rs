@@ -20,6 +20,13 @@ pub enum RejectionReason {
         /// Who shared the key, when known.
         shared_by: Option<OwnedUserId>,
     },
+    /// Rule 1: the device that created the session does not meet the settings' trust
+    /// requirement for state senders (`StateSenderTrust`).
+    #[error("the sender's device {device_id:?} is not trusted enough to set state")]
+    UntrustedDevice {
+        /// The device, when known.
+        device_id: Option<ruma::OwnedDeviceId>,
+    },
     /// Rule 1: no known device of anyone has the session's key; retried when device lists
     /// change (see [`RejectionReason::is_transient`]).
     #[error("the device that created the session is unknown")]

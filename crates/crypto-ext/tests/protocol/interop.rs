@@ -99,5 +99,6 @@ fn validate_stock_decryption(
         facts: &facts,
         power_levels: &pl,
         unproven_creators: Default::default(),
+        sender_trust: Default::default(),
     })
 }

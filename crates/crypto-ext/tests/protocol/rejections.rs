@@ -3,8 +3,8 @@
 
 use assert_matches::assert_matches;
 use crypto_ext::{
-    DecryptionFacts, KeyOrigin, RejectionReason, SessionOwner, UnprovenCreators, ValidationInput,
-    Verdict, validate,
+    DecryptionFacts, KeyOrigin, RejectionReason, SessionOwner, StateSenderTrust, UnprovenCreators,
+    ValidationInput, Verdict, validate,
 };
 use matrix_sdk_common::deserialized_responses::{
     DeviceLinkProblem, VerificationLevel, VerificationState,
@@ -79,6 +79,7 @@ async fn bob_validates(
                 },
                 key_origin: KeyOrigin::Direct,
                 creator_proven: true,
+                owner_has_identity: None,
             },
         ),
         Err(error) => panic!("unexpected decryption failure: {error}"),
@@ -90,6 +91,7 @@ async fn bob_validates(
         facts: &facts,
         power_levels: &scene.power_levels,
         unproven_creators: Default::default(),
+        sender_trust: Default::default(),
     })
 }
 
@@ -154,6 +156,7 @@ async fn session_of_an_unknown_device_is_rejected_as_transient() {
         facts: &facts,
         power_levels: &power_levels(&[(carol.user_id(), 100)], &[]),
         unproven_creators: Default::default(),
+        sender_trust: Default::default(),
     });
     let reason = verdict.rejection().unwrap();
     assert_eq!(reason, &RejectionReason::SenderDeviceUnknown);
@@ -325,6 +328,7 @@ async fn a_creator_only_a_sharer_claims_is_never_verified_and_refused_on_request
             facts,
             power_levels: &s.power_levels,
             unproven_creators,
+            sender_trust: Default::default(),
         })
     };
     let Verdict::Accepted(accepted) = check(&proven, UnprovenCreators::Reject) else {
@@ -353,4 +357,68 @@ async fn a_creator_only_a_sharer_claims_is_never_verified_and_refused_on_request
         check(&claimed, UnprovenCreators::Reject).rejection(),
         Some(&RejectionReason::CreatorUnproven { shared_by: Some(dan) })
     );
+}
+
+#[tokio::test]
+async fn the_trust_requirement_keeps_out_devices_their_owner_never_signed() {
+    let s = scene().await;
+    let mut crafter = Crafter::new();
+    crafter.share(&s.alice, room(), &[&s.bob]).await;
+    let plaintext = payload("m.room.name", "", json!({"name": "Real"}), ROOM).to_string();
+    let raw = state_event(
+        room(),
+        s.alice.user_id(),
+        "m.room.name:",
+        &crafter.encrypt(&s.alice, &plaintext),
+    );
+    let decrypted = s
+        .bob
+        .machine
+        .decrypt_room_event(raw.cast_ref_unchecked(), room(), &settings())
+        .await
+        .unwrap();
+    let event = parse(&raw);
+    let facts_with = |level: VerificationLevel, owner_has_identity: Option<bool>| {
+        let mut facts = DecryptionFacts::from_encryption_info(&decrypted.encryption_info);
+        facts.session_owner = SessionOwner::Device {
+            user_id: s.alice.user_id().to_owned(),
+            device_id: Some(device_id(&s.alice).to_owned()),
+            verification: VerificationState::Unverified(level),
+        };
+        facts.owner_has_identity = owner_has_identity;
+        facts
+    };
+    let check = |facts: &DecryptionFacts, sender_trust| {
+        validate(ValidationInput {
+            room_id: room(),
+            event: &event,
+            plaintext: &plaintext,
+            facts,
+            power_levels: &s.power_levels,
+            unproven_creators: Default::default(),
+            sender_trust,
+        })
+    };
+    let unsigned = facts_with(VerificationLevel::UnsignedDevice, Some(true));
+    let legacy = facts_with(VerificationLevel::UnsignedDevice, Some(false));
+    let signed = facts_with(VerificationLevel::UnverifiedIdentity, Some(true));
+    let untrusted =
+        Some(&RejectionReason::UntrustedDevice { device_id: Some(device_id(&s.alice).to_owned()) });
+    // Permissive: accepted, the device's state recorded.
+    let Verdict::Accepted(accepted) = check(&unsigned, StateSenderTrust::Untrusted) else {
+        panic!("any device is accepted by default");
+    };
+    assert_eq!(
+        accepted.provenance.verification,
+        Some(VerificationState::Unverified(VerificationLevel::UnsignedDevice))
+    );
+    // Strict: a device its owner never signed is refused, a cross-signed one accepted.
+    assert_eq!(check(&unsigned, StateSenderTrust::CrossSigned).rejection(), untrusted);
+    assert_eq!(check(&legacy, StateSenderTrust::CrossSigned).rejection(), untrusted);
+    assert_matches!(check(&signed, StateSenderTrust::CrossSigned), Verdict::Accepted(_));
+    // Legacy: an unsigned device passes only for a user without a cross-signing identity.
+    assert_eq!(check(&unsigned, StateSenderTrust::CrossSignedOrLegacy).rejection(), untrusted);
+    assert_matches!(check(&legacy, StateSenderTrust::CrossSignedOrLegacy), Verdict::Accepted(_));
+    let unknown = facts_with(VerificationLevel::UnsignedDevice, None);
+    assert_eq!(check(&unknown, StateSenderTrust::CrossSignedOrLegacy).rejection(), untrusted);
 }

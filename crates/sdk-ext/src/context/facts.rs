@@ -39,6 +39,13 @@ impl Context {
             },
             None => SessionOwner::Unknown,
         };
-        Ok(DecryptionFacts { session_owner, key_origin, creator_proven })
+        let owner_has_identity = self.owner_has_identity(sender).await;
+        Ok(DecryptionFacts { session_owner, key_origin, creator_proven, owner_has_identity })
+    }
+
+    /// Whether `user_id` has a cross-signing identity, as our crypto store knows (no request);
+    /// `None` when the store cannot tell.
+    pub(crate) async fn owner_has_identity(&self, user_id: &UserId) -> Option<bool> {
+        self.client.encryption().get_user_identity(user_id).await.ok().map(|i| i.is_some())
     }
 }

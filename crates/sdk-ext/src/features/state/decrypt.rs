@@ -102,6 +102,7 @@ impl EncryptedState {
                 let info = &decrypted.encryption_info;
                 debug!(event_id = %event.event_id, verification = ?info.verification_state, forwarder = ?info.forwarder, "decrypted by the client's machine");
                 let mut facts = DecryptionFacts::from_encryption_info(info);
+                facts.owner_has_identity = ctx.owner_has_identity(&event.sender).await;
                 // A key from a bundle has no Olm link to its creator (the machine reports an
                 // insecure source): tie the session's claimed sender key to the event sender's
                 // devices ourselves. Content cannot be forged this way (Megolm messages are

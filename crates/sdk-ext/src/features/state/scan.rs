@@ -5,8 +5,8 @@
 use std::collections::BTreeSet;
 
 use crypto_ext::{
-    EncryptedStateEvent, RejectedState, StateSlot, UnprovenCreators, ValidationInput, Verdict,
-    critical::is_critical, identifiers::AESTHETIC_SLOTS, validate,
+    EncryptedStateEvent, RejectedState, StateSenderTrust, StateSlot, UnprovenCreators,
+    ValidationInput, Verdict, critical::is_critical, identifiers::AESTHETIC_SLOTS, validate,
 };
 use matrix_sdk::{Room, deserialized_responses::RawAnySyncOrStrippedState};
 use ruma::{
@@ -128,6 +128,7 @@ impl EncryptedState {
                 power_levels: &power_levels,
                 was_pending: false,
                 unproven_creators: self.ctx.config.unproven_creators,
+                sender_trust: self.ctx.config.sender_trust,
             };
             if let Some(slot) = record.record(event, decryption, &mut batch) {
                 slots.insert(slot);
@@ -170,6 +171,7 @@ impl EncryptedState {
                     power_levels: &power_levels,
                     was_pending: true,
                     unproven_creators: self.ctx.config.unproven_creators,
+                    sender_trust: self.ctx.config.sender_trust,
                 };
                 record.record(event, decryption, &mut batch);
             }
@@ -245,6 +247,7 @@ struct Record<'a> {
     power_levels: &'a RoomPowerLevels,
     was_pending: bool,
     unproven_creators: UnprovenCreators,
+    sender_trust: StateSenderTrust,
 }
 
 impl Record<'_> {
@@ -256,7 +259,8 @@ impl Record<'_> {
         decryption: Decryption,
         batch: &mut Batch,
     ) -> Option<StateSlot> {
-        let Self { room_id, raw, power_levels, was_pending, unproven_creators } = *self;
+        let Self { room_id, raw, power_levels, was_pending, unproven_creators, sender_trust } =
+            *self;
         if was_pending && !matches!(decryption, Decryption::Missing) {
             batch.changes.resolved_pending.push((event.session_id.clone(), event.event_id.clone()));
         }
@@ -293,6 +297,7 @@ impl Record<'_> {
             facts: &facts,
             power_levels,
             unproven_creators,
+            sender_trust,
         });
         match verdict {
             Verdict::Accepted(accepted) => {
