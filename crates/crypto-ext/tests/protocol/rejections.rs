@@ -298,9 +298,12 @@ fn rejection_reasons_serialise_with_a_tag() {
     assert_eq!(serde_json::from_value::<RejectionReason>(json).unwrap(), reason);
 }
 
-#[tokio::test]
-async fn a_creator_only_a_sharer_claims_is_never_verified_and_refused_on_request() {
-    let s = scene().await;
+/// Alice names the room with a session whose key her own device sent Bob over Olm; Bob's
+/// stock machine decrypts it. Returns the event, its plaintext and Bob's decryption.
+async fn alice_names_the_room(
+    s: &Scene,
+) -> (ruma::serde::Raw<Value>, String, matrix_sdk_common::deserialized_responses::DecryptedRoomEvent)
+{
     let mut crafter = Crafter::new();
     crafter.share(&s.alice, room(), &[&s.bob]).await;
     let plaintext = payload("m.room.name", "", json!({"name": "Real"}), ROOM).to_string();
@@ -316,6 +319,13 @@ async fn a_creator_only_a_sharer_claims_is_never_verified_and_refused_on_request
         .decrypt_room_event(raw.cast_ref_unchecked(), room(), &settings())
         .await
         .unwrap();
+    (raw, plaintext, decrypted)
+}
+
+#[tokio::test]
+async fn a_creator_only_a_sharer_claims_is_never_verified_and_refused_on_request() {
+    let s = scene().await;
+    let (raw, plaintext, decrypted) = alice_names_the_room(&s).await;
     // The key came to Bob from Alice's own device over Olm: proven.
     let proven = DecryptionFacts::from_encryption_info(&decrypted.encryption_info);
     assert!(proven.creator_proven);
@@ -362,21 +372,7 @@ async fn a_creator_only_a_sharer_claims_is_never_verified_and_refused_on_request
 #[tokio::test]
 async fn the_trust_requirement_keeps_out_devices_their_owner_never_signed() {
     let s = scene().await;
-    let mut crafter = Crafter::new();
-    crafter.share(&s.alice, room(), &[&s.bob]).await;
-    let plaintext = payload("m.room.name", "", json!({"name": "Real"}), ROOM).to_string();
-    let raw = state_event(
-        room(),
-        s.alice.user_id(),
-        "m.room.name:",
-        &crafter.encrypt(&s.alice, &plaintext),
-    );
-    let decrypted = s
-        .bob
-        .machine
-        .decrypt_room_event(raw.cast_ref_unchecked(), room(), &settings())
-        .await
-        .unwrap();
+    let (raw, plaintext, decrypted) = alice_names_the_room(&s).await;
     let event = parse(&raw);
     let facts_with = |level: VerificationLevel, owner_has_identity: Option<bool>| {
         let mut facts = DecryptionFacts::from_encryption_info(&decrypted.encryption_info);

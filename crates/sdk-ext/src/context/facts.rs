@@ -1,6 +1,8 @@
 //! Facts about a session's sender: which of its devices created the session, how verified.
 
-use crypto_ext::{DecryptionFacts, KeyOrigin, SessionOwner, vodozemac::Curve25519PublicKey};
+use crypto_ext::{
+    DecryptionFacts, KeyOrigin, SessionOwner, StateSenderTrust, vodozemac::Curve25519PublicKey,
+};
 use matrix_sdk::deserialized_responses::{VerificationLevel, VerificationState};
 use ruma::UserId;
 
@@ -43,9 +45,13 @@ impl Context {
         Ok(DecryptionFacts { session_owner, key_origin, creator_proven, owner_has_identity })
     }
 
-    /// Whether `user_id` has a cross-signing identity, as our crypto store knows (no request);
-    /// `None` when the store cannot tell.
+    /// Whether `user_id` has a cross-signing identity, as our crypto store knows (no request),
+    /// when the trust setting needs to know (`CrossSignedOrLegacy`); `None` otherwise, or when
+    /// the store cannot tell.
     pub(crate) async fn owner_has_identity(&self, user_id: &UserId) -> Option<bool> {
+        if self.config.sender_trust != StateSenderTrust::CrossSignedOrLegacy {
+            return None;
+        }
         self.client.encryption().get_user_identity(user_id).await.ok().map(|i| i.is_some())
     }
 }

@@ -18,6 +18,6 @@ mod throttle;
 pub(crate) use handle::{Context, OlmSender};
 pub(crate) use preview::PreviewEvent;
 pub(crate) use rooms::{
-    is_joined, is_moderator, is_moderator_in, power_levels, room_encryption_content,
+    encrypts_state, is_joined, is_moderator, is_moderator_in, power_levels, room_encryption_content,
 };
 pub(crate) use throttle::Ask;

@@ -59,14 +59,18 @@ pub(crate) async fn room_encryption_content(room: &Room) -> Option<Value> {
     }
 }
 
+/// Whether the room's `m.room.encryption` switches on encrypted state.
+pub(crate) async fn encrypts_state(room: &Room) -> bool {
+    room_encryption_content(room).await.is_some_and(|c| identifiers::encrypts_state(&c))
+}
+
 impl Context {
     /// Whether the room switched on encrypted state (from its `m.room.encryption`, or because
     /// we just sent that ourselves).
     pub(crate) async fn state_encryption_enabled(&self, room: &Room) -> bool {
         let enabled_here =
             self.enabled_rooms.lock().unwrap_or_else(|e| e.into_inner()).contains(room.room_id());
-        enabled_here
-            || room_encryption_content(room).await.is_some_and(|c| identifiers::encrypts_state(&c))
+        enabled_here || encrypts_state(room).await
     }
 
     /// Records that we switched `room` to encrypted state, before the sync echoes it.

@@ -9,8 +9,7 @@ use state_store_ext::StateRecord;
 
 use super::StateExtension;
 use crate::{
-    EncryptedAvatar, Result, RoomPreview, RoomStateView, SentState,
-    context::room_encryption_content,
+    EncryptedAvatar, Result, RoomPreview, RoomStateView, SentState, context::encrypts_state,
 };
 
 /// Encrypted state on a `matrix_sdk::Room` (MSC3414 / MSC4362).
@@ -219,9 +218,7 @@ impl RoomStateExt for Room {
     async fn is_state_encrypted(&self) -> bool {
         match StateExtension::of_room(self) {
             Ok(ext) => ext.inner.state.is_enabled(self).await,
-            Err(_) => room_encryption_content(self)
-                .await
-                .is_some_and(|c| crypto_ext::identifiers::encrypts_state(&c)),
+            Err(_) => encrypts_state(self).await,
         }
     }
 }
