@@ -98,7 +98,7 @@ impl TestUser {
     }
 
     /// Uploads cross-signing keys (if the account has none yet) and checks they are in place.
-    async fn bootstrap_cross_signing(&self) -> Result<()> {
+    pub async fn bootstrap_cross_signing(&self) -> Result<()> {
         let encryption = self.client.encryption();
         if let Err(error) = encryption.bootstrap_cross_signing_if_needed(None).await {
             // Servers that require user-interactive auth for the first upload get the password.

@@ -45,6 +45,10 @@ pub enum KeyOrigin {
         /// Who sent the preview.
         shared_by: OwnedUserId,
     },
+    /// A copy read from the client's crypto store of a key it holds as imported (a key file, a
+    /// key backup, a forwarded key, a bundle matrix-sdk took in): who shared it is not known,
+    /// and its creator is only what the copy claims.
+    Imported,
 }
 
 impl KeyOrigin {
@@ -55,7 +59,7 @@ impl KeyOrigin {
             | Self::KeyShare { shared_by }
             | Self::Invite { shared_by }
             | Self::Preview { shared_by } => Some(shared_by),
-            Self::Own | Self::Direct => None,
+            Self::Own | Self::Direct | Self::Imported => None,
         }
     }
 }

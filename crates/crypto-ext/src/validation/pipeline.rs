@@ -84,7 +84,8 @@ pub struct Provenance {
     pub message_index: u32,
     /// The sender's device that created the session, when known.
     pub sender_device: Option<OwnedDeviceId>,
-    /// That device's verification state when the event was decrypted.
+    /// That device's verification state when the event was validated (sdk-ext's readers bring
+    /// it up to date when they read it).
     pub verification: Option<VerificationState>,
     /// How we got the key (and who shared it, for a bundle or a key share).
     pub key_origin: KeyOrigin,

@@ -21,7 +21,8 @@ pub enum RejectionReason {
         shared_by: Option<OwnedUserId>,
     },
     /// Rule 1: the device that created the session does not meet the settings' trust
-    /// requirement for state senders (`StateSenderTrust`).
+    /// requirement for state senders (`StateSenderTrust`); validated again when the sender's
+    /// devices change (its owner may sign it).
     #[error("the sender's device {device_id:?} is not trusted enough to set state")]
     UntrustedDevice {
         /// The device, when known.
@@ -89,9 +90,10 @@ pub enum RejectionReason {
 }
 
 impl RejectionReason {
-    /// Whether the rejection may be lifted by new information about devices, so the event is
-    /// worth validating again when the sender's devices change.
+    /// Whether the rejection may be lifted by new information about devices (a device that
+    /// becomes known, a device its owner cross-signs later), so the event is worth validating
+    /// again when the sender's devices change.
     pub fn is_transient(&self) -> bool {
-        matches!(self, Self::SenderDeviceUnknown)
+        matches!(self, Self::SenderDeviceUnknown | Self::UntrustedDevice { .. })
     }
 }

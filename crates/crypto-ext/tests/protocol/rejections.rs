@@ -417,4 +417,6 @@ async fn the_trust_requirement_keeps_out_devices_their_owner_never_signed() {
     assert_matches!(check(&legacy, StateSenderTrust::CrossSignedOrLegacy), Verdict::Accepted(_));
     let unknown = facts_with(VerificationLevel::UnsignedDevice, None);
     assert_eq!(check(&unknown, StateSenderTrust::CrossSignedOrLegacy).rejection(), untrusted);
+    // The owner may sign the device later: the rejection is validated again then.
+    assert!(untrusted.is_some_and(RejectionReason::is_transient));
 }

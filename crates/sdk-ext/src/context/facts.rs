@@ -1,10 +1,15 @@
-//! Facts about a session's sender: which of its devices created the session, how verified.
+//! Facts about a session's sender: which of its devices created the session, how verified (when
+//! the event is validated, and again when its value is read).
 
 use crypto_ext::{
     DecryptionFacts, KeyOrigin, SessionOwner, StateSenderTrust, vodozemac::Curve25519PublicKey,
 };
-use matrix_sdk::deserialized_responses::{VerificationLevel, VerificationState};
-use ruma::UserId;
+use matrix_sdk::{
+    deserialized_responses::{VerificationLevel, VerificationState},
+    encryption::identities::Device,
+};
+use ruma::{DeviceId, UserId};
+use state_store_ext::{StateOrigin, StateRecord};
 
 use super::handle::Context;
 use crate::Result;
@@ -31,18 +36,61 @@ impl Context {
             Some(device) => SessionOwner::Device {
                 user_id: sender.to_owned(),
                 device_id: Some(device.device_id().to_owned()),
-                verification: if device.is_verified() {
-                    VerificationState::Verified
-                } else if device.is_cross_signed_by_owner() {
-                    VerificationState::Unverified(VerificationLevel::UnverifiedIdentity)
-                } else {
-                    VerificationState::Unverified(VerificationLevel::UnsignedDevice)
-                },
+                verification: self.verification_of(&device).await,
             },
             None => SessionOwner::Unknown,
         };
         let owner_has_identity = self.owner_has_identity(sender).await;
         Ok(DecryptionFacts { session_owner, key_origin, creator_proven, owner_has_identity })
+    }
+
+    /// Brings the verification state of each record's creating device up to date, from what our
+    /// crypto store knows now (no request): a device cross-signed or verified since the event
+    /// arrived reads as such. Only proven creators are looked up: a creator a sharer merely
+    /// claims keeps its `Unverified(None(InsecureSource))`, and our own device its stored state.
+    /// A device the store no longer knows keeps the state last seen.
+    pub(crate) async fn refresh_verification(&self, records: &mut [StateRecord]) {
+        for record in records {
+            let StateOrigin::Encrypted(provenance) = &mut record.origin else { continue };
+            let Some(device_id) = &provenance.sender_device else { continue };
+            let own = provenance.sender == self.own_device.user_id
+                && *device_id == self.own_device.device_id;
+            if !provenance.creator_proven || own {
+                continue;
+            }
+            if let Some(now) = self.current_verification(&provenance.sender, device_id).await {
+                provenance.verification = Some(now);
+            }
+        }
+    }
+
+    /// How verified the device `device_id` of `user_id` is now, as our crypto store knows (no
+    /// request); `None` when the store does not know the device.
+    pub(crate) async fn current_verification(
+        &self,
+        user_id: &UserId,
+        device_id: &DeviceId,
+    ) -> Option<VerificationState> {
+        let device = self.client.encryption().get_device(user_id, device_id).await.ok()??;
+        Some(self.verification_of(&device).await)
+    }
+
+    /// How verified `device` is, in matrix-sdk's terms: verified (by us, or through its owner's
+    /// identity we verified), cross-signed by an owner whose identity we have not verified (or
+    /// whose verified identity changed), or never signed by its owner.
+    async fn verification_of(&self, device: &Device) -> VerificationState {
+        if device.is_verified() {
+            return VerificationState::Verified;
+        }
+        if !device.is_cross_signed_by_owner() {
+            return VerificationState::Unverified(VerificationLevel::UnsignedDevice);
+        }
+        let identity = self.client.encryption().get_user_identity(device.user_id()).await;
+        if identity.ok().flatten().is_some_and(|identity| identity.has_verification_violation()) {
+            VerificationState::Unverified(VerificationLevel::VerificationViolation)
+        } else {
+            VerificationState::Unverified(VerificationLevel::UnverifiedIdentity)
+        }
     }
 
     /// Whether `user_id` has a cross-signing identity, as our crypto store knows (no request),

@@ -20,4 +20,5 @@ pub(crate) use preview::PreviewEvent;
 pub(crate) use rooms::{
     encrypts_state, is_joined, is_moderator, is_moderator_in, power_levels, room_encryption_content,
 };
+pub(crate) use sessions::ClientKey;
 pub(crate) use throttle::Ask;

@@ -8,7 +8,7 @@ use std::{
     io::Write,
 };
 
-use crypto_ext::{InboundStateSession, KeyOrigin};
+use crypto_ext::{ImportKeyError, InboundStateSession, KeyOrigin};
 use matrix_sdk_crypto::olm::ExportedRoomKey;
 use ruma::RoomId;
 use state_store_ext::{StateChanges, StoreError};
@@ -21,6 +21,33 @@ use crate::Result;
 /// private temporary directory for the duration of one call, under a random 40-character
 /// passphrase: the passphrase's entropy protects it, not the rounds.
 const IMPORT_FILE_ROUNDS: u32 = 1_000;
+
+/// A copy of a Megolm session the client's crypto store holds.
+pub(crate) struct ClientKey {
+    /// The exported key.
+    pub(crate) key: ExportedRoomKey,
+    /// Whether the store holds it as imported (a key file, a backup, a forwarded key, a bundle)
+    /// rather than received from its creator.
+    imported: bool,
+}
+
+impl ClientKey {
+    /// The copy as a state session of `room_id`, labelled with where the client got it: a key
+    /// it received as `m.room_key` over Olm is its creator's (matrix-sdk-crypto builds such a
+    /// session with the Olm sender's key as its creator, [`KeyOrigin::Direct`], proven); any
+    /// other is [`KeyOrigin::Imported`], its creator only claimed.
+    pub(crate) fn state_session(
+        &self,
+        room_id: &RoomId,
+    ) -> std::result::Result<InboundStateSession, ImportKeyError> {
+        if self.imported {
+            InboundStateSession::import(room_id, &self.key, KeyOrigin::Imported)
+        } else {
+            Ok(InboundStateSession::import(room_id, &self.key, KeyOrigin::Direct)?
+                .shared_by_device(Some(self.key.sender_key)))
+        }
+    }
+}
 
 impl Context {
     /// The state sessions of `room_id` among `session_ids`, from our store.
@@ -92,10 +119,8 @@ impl Context {
         let missing: BTreeSet<String> = wanted.into_iter().filter(|s| !held.contains(s)).collect();
         if !missing.is_empty() {
             let copies = self.export_sessions(move |s| missing.contains(s.session_id())).await?;
-            let copied: Vec<InboundStateSession> = copies
-                .iter()
-                .filter_map(|key| InboundStateSession::import(room_id, key, KeyOrigin::Direct).ok())
-                .collect();
+            let copied: Vec<InboundStateSession> =
+                copies.iter().filter_map(|copy| copy.state_session(room_id).ok()).collect();
             sessions.extend(self.store_sessions(copied, StateChanges::default()).await?);
         }
         Ok(sessions
@@ -108,10 +133,10 @@ impl Context {
     }
 
     /// A copy of one Megolm session the client's `OlmMachine` holds.
-    pub(crate) async fn export_session(&self, session_id: &str) -> Result<Option<ExportedRoomKey>> {
+    pub(crate) async fn export_session(&self, session_id: &str) -> Result<Option<ClientKey>> {
         let wanted = session_id.to_owned();
         let keys = self.export_sessions(move |session| session.session_id() == wanted).await?;
-        Ok(keys.into_iter().find(|key| key.session_id == session_id))
+        Ok(keys.into_iter().find(|copy| copy.key.session_id == session_id))
     }
 
     /// Copies of the Megolm sessions the client's `OlmMachine` holds that match `predicate`,
@@ -119,14 +144,29 @@ impl Context {
     /// with a random passphrase in a private temporary directory, deleted right after.
     pub(crate) async fn export_sessions(
         &self,
-        predicate: impl FnMut(&matrix_sdk_crypto::olm::InboundGroupSession) -> bool,
-    ) -> Result<Vec<ExportedRoomKey>> {
+        mut predicate: impl FnMut(&matrix_sdk_crypto::olm::InboundGroupSession) -> bool,
+    ) -> Result<Vec<ClientKey>> {
         let dir = tempfile::tempdir().map_err(StoreError::from)?;
         let path = dir.path().join("key-export.txt");
         let passphrase = random_passphrase();
-        self.client.encryption().export_room_keys(path.clone(), &passphrase, predicate).await?;
+        // The export format drops whether a session was imported: noted here, from the
+        // sessions themselves.
+        let mut imported = BTreeSet::new();
+        let select = |session: &matrix_sdk_crypto::olm::InboundGroupSession| {
+            let wanted = predicate(session);
+            if wanted && session.has_been_imported() {
+                imported.insert(session.session_id().to_owned());
+            }
+            wanted
+        };
+        self.client.encryption().export_room_keys(path.clone(), &passphrase, select).await?;
         let file = std::fs::File::open(&path).map_err(StoreError::from)?;
-        Ok(matrix_sdk_crypto::decrypt_room_key_export(file, &passphrase).unwrap_or_default())
+        let keys =
+            matrix_sdk_crypto::decrypt_room_key_export(file, &passphrase).unwrap_or_default();
+        Ok(keys
+            .into_iter()
+            .map(|key| ClientKey { imported: imported.contains(&key.session_id), key })
+            .collect())
     }
 
     /// Hands keys to the client's key store through matrix-sdk's public key import: an
@@ -150,4 +190,45 @@ impl Context {
 fn random_passphrase() -> String {
     // Transaction ids are random alphanumeric strings from the OS generator.
     format!("{}{}", ruma::TransactionId::new(), ruma::TransactionId::new())
+}
+
+#[cfg(test)]
+mod tests {
+    use crypto_ext::{
+        OwnDevice,
+        testing::Crafter,
+        vodozemac::{Curve25519SecretKey, Ed25519Keypair},
+    };
+    use ruma::{device_id, room_id, user_id};
+
+    use crypto_ext::vodozemac::Curve25519PublicKey;
+
+    use super::*;
+
+    fn creator() -> OwnDevice {
+        OwnDevice {
+            user_id: user_id!("@alice:example.org").to_owned(),
+            device_id: device_id!("ALICE").to_owned(),
+            curve25519: Curve25519PublicKey::from(&Curve25519SecretKey::new()),
+            ed25519: Ed25519Keypair::new().public_key(),
+        }
+    }
+
+    #[test]
+    fn a_key_the_client_received_from_its_creator_is_direct_and_proven() {
+        let room_id = room_id!("!room:example.org");
+        let key = Crafter::new().exported_key(room_id, &creator());
+        let session = ClientKey { key, imported: false }.state_session(room_id).unwrap();
+        assert_eq!(session.key_origin(), &KeyOrigin::Direct);
+        assert!(session.creator_proven());
+    }
+
+    #[test]
+    fn a_key_the_client_imported_keeps_an_unproven_creator() {
+        let room_id = room_id!("!room:example.org");
+        let key = Crafter::new().exported_key(room_id, &creator());
+        let session = ClientKey { key, imported: true }.state_session(room_id).unwrap();
+        assert_eq!(session.key_origin(), &KeyOrigin::Imported);
+        assert!(!session.creator_proven());
+    }
 }

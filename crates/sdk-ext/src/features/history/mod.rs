@@ -29,7 +29,7 @@ use tracing::{info, instrument, warn};
 
 use crate::{
     Error, InviteReport, Result, SkippedDevice,
-    context::{Ask, Context},
+    context::{Ask, ClientKey, Context},
 };
 
 /// The shared-history feature.
@@ -106,7 +106,8 @@ impl History {
         let mut builder = BundleBuilder::new(&room_id, &ctx.own_device);
         let wanted = room_id.clone();
         let mut shared_message_keys = 0;
-        for mut key in ctx.export_sessions(move |s| s.room_id() == wanted).await? {
+        for ClientKey { mut key, .. } in ctx.export_sessions(move |s| s.room_id() == wanted).await?
+        {
             if !history_shared {
                 key.shared_history = false;
             }

@@ -10,10 +10,13 @@ use crypto_ext::{
     SessionOwner,
     state_sessions::batch::{SessionGroup, decrypt_batch},
     validate_preview,
+    vodozemac::Curve25519PublicKey,
 };
 use matrix_sdk::{
     Room,
-    deserialized_responses::{AlgorithmInfo, TimelineEventKind, UnableToDecryptReason},
+    deserialized_responses::{
+        AlgorithmInfo, EncryptionInfo, TimelineEventKind, UnableToDecryptReason,
+    },
 };
 use ruma::{
     OwnedEventId, OwnedUserId, RoomId,
@@ -103,16 +106,28 @@ impl EncryptedState {
                 debug!(event_id = %event.event_id, verification = ?info.verification_state, forwarder = ?info.forwarder, "decrypted by the client's machine");
                 let mut facts = DecryptionFacts::from_encryption_info(info);
                 facts.owner_has_identity = ctx.owner_has_identity(&event.sender).await;
+                // The machine judged the creating device when the key arrived, from what it
+                // knew then (a device or an owner identity not fetched yet reads as unsigned):
+                // judge it ourselves, as our crypto store knows it now (asking the homeserver
+                // when it knows too little).
+                if facts.creator_proven
+                    && matches!(facts.session_owner, SessionOwner::Device { .. })
+                    && let Some(sender_key) = megolm_sender_key(info)
+                {
+                    let now = ctx
+                        .facts_for_sender_key(&event.sender, sender_key, KeyOrigin::Direct, true)
+                        .await?;
+                    if matches!(now.session_owner, SessionOwner::Device { .. }) {
+                        facts = now;
+                    }
+                }
                 // A key from a bundle has no Olm link to its creator (the machine reports an
                 // insecure source): tie the session's claimed sender key to the event sender's
                 // devices ourselves. Content cannot be forged this way (Megolm messages are
                 // signed by the session), this only attributes the session.
                 if facts.session_owner == SessionOwner::Unknown
                     && let Some(forwarder) = &info.forwarder
-                    && let AlgorithmInfo::MegolmV1AesSha2 { curve25519_key, .. } =
-                        &info.algorithm_info
-                    && let Ok(sender_key) =
-                        crypto_ext::vodozemac::Curve25519PublicKey::from_base64(curve25519_key)
+                    && let Some(sender_key) = megolm_sender_key(info)
                 {
                     let origin = KeyOrigin::Bundle { shared_by: forwarder.user_id.clone() };
                     facts =
@@ -157,14 +172,13 @@ impl EncryptedState {
         room: &Room,
         event: &EncryptedStateEvent,
     ) -> Result<Option<RejectionReason>> {
-        let Some(key) = self.ctx.export_session(&event.session_id).await? else {
+        let Some(copy) = self.ctx.export_session(&event.session_id).await? else {
             return Ok(None);
         };
         // The machine binds the key to the room it came for: import it for that room, so that a
         // payload naming another room is still seen.
-        let key_room = key.room_id.clone();
-        let Ok(mut session) = InboundStateSession::import(&key_room, &key, KeyOrigin::Direct)
-        else {
+        let key_room = copy.key.room_id.clone();
+        let Ok(mut session) = copy.state_session(&key_room) else {
             return Ok(None);
         };
         if key_room != room.room_id() {
@@ -176,7 +190,12 @@ impl EncryptedState {
         let Ok(decrypted) = session.decrypt(event) else { return Ok(None) };
         let facts = self
             .ctx
-            .facts_for_sender_key(&event.sender, decrypted.sender_key, KeyOrigin::Direct, false)
+            .facts_for_sender_key(
+                &event.sender,
+                decrypted.sender_key,
+                decrypted.key_origin,
+                decrypted.creator_proven,
+            )
             .await?;
         Ok(validate_preview(
             room.room_id(),
@@ -252,4 +271,12 @@ impl EncryptedState {
         }
         Ok(out)
     }
+}
+
+/// The Curve25519 key of the device that created the Megolm session, as the machine reports it.
+fn megolm_sender_key(info: &EncryptionInfo) -> Option<Curve25519PublicKey> {
+    let AlgorithmInfo::MegolmV1AesSha2 { curve25519_key, .. } = &info.algorithm_info else {
+        return None;
+    };
+    Curve25519PublicKey::from_base64(curve25519_key).ok()
 }

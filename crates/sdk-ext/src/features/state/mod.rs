@@ -104,21 +104,27 @@ impl EncryptedState {
             .collect()
     }
 
-    /// The current decrypted value of a slot, with its provenance.
+    /// The current decrypted value of a slot, with its provenance (its device's verification
+    /// as known now).
     pub(crate) async fn current(
         &self,
         room: &Room,
         slot: &StateSlot,
     ) -> Result<Option<StateRecord>> {
-        Ok(self.ctx.store.current_state(room.room_id(), slot).await?)
+        let mut record = self.ctx.store.current_state(room.room_id(), slot).await?;
+        self.ctx.refresh_verification(record.as_mut_slice()).await;
+        Ok(record)
     }
 
-    /// Current values, rejections with reasons, events waiting for keys.
+    /// Current values (their devices' verification as known now), rejections with reasons,
+    /// events waiting for keys.
     pub(crate) async fn view(&self, room: &Room) -> Result<RoomStateView> {
         let store = &self.ctx.store;
         let room_id = room.room_id();
+        let mut state = store.room_state(room_id).await?;
+        self.ctx.refresh_verification(&mut state).await;
         Ok(RoomStateView {
-            state: store.room_state(room_id).await?,
+            state,
             rejected: store.rejected_events(room_id).await?,
             pending: store.pending_in_room(room_id).await?,
         })
