@@ -3,15 +3,17 @@
 
 use anyhow::{Context, Result};
 use crypto_ext::Provenance;
+use crypto_ext::{KeyOrigin, OwnDevice, testing::Crafter};
 use integration_tests::{
-    DEFAULT_TIMEOUT, StateUser, TestUser, keep_syncing, shared_room, sync_until, wait_until,
+    DEFAULT_TIMEOUT, StateUser, TestUser, join, keep_syncing, shared_room, sync_until, wait_until,
 };
 use matrix_sdk::{
     Room,
-    deserialized_responses::{VerificationLevel, VerificationState},
+    deserialized_responses::{DeviceLinkProblem, VerificationLevel, VerificationState},
     ruma::{OwnedEventId, RoomId},
 };
-use sdk_ext::{RejectionReason, RoomStateExt, StateOrigin, StateSenderTrust};
+use sdk_ext::{RejectionReason, RoomStateExt, StateOrigin, StateSenderTrust, UnprovenCreators};
+use serde_json::json;
 
 fn init() {
     integration_tests::init_tracing("warn");
@@ -166,5 +168,112 @@ async fn a_device_cross_signed_after_its_state_arrived_reads_as_cross_signed() -
     })
     .await?;
     assert!(!rejected_for(&strict_room, &sent, &untrusted).await);
+    Ok(())
+}
+
+/// A sharer passes its own session off as another member's: Carol crafts a session naming
+/// Alice's device as its creator, the name it encrypts is posted in Alice's name (as Alice's
+/// homeserver could), and Carol hands the key on with her invites to Bob and Dave. The name is
+/// never shown as Alice's with her trust: Bob (the default, `UnprovenCreators::Accept`) shows it
+/// as "creator unproven", shared by Carol, with an insecure source; Dave
+/// (`UnprovenCreators::Reject`) rejects it. The control: a topic Alice sets later, whose key
+/// her own device sends them, is proven for both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sharer_cannot_pass_its_session_off_as_another_members() -> Result<()> {
+    init();
+    let alice = StateUser::register("alice").await?;
+    let carol = StateUser::register("carol").await?;
+    let bob = StateUser::register("bob").await?;
+    let dave = StateUser::register_with("dave", |c| c.unproven_creators = UnprovenCreators::Reject)
+        .await?;
+    let room = shared_room(&alice, &[&carol]).await?;
+    let room_id = room.room_id().to_owned();
+    room.enable_state_encryption().await?;
+
+    // Carol's session, claiming Alice's device as its creator.
+    let device = alice.client.encryption().get_own_device().await?.context("own device")?;
+    let alice_device = OwnDevice {
+        user_id: alice.user_id().to_owned(),
+        device_id: device.device_id().to_owned(),
+        curve25519: device.curve25519_key().context("curve25519 key")?,
+        ed25519: device.ed25519_key().context("ed25519 key")?,
+    };
+    let mut crafter = Crafter::new();
+    let key = crafter.exported_key(&room_id, &alice_device);
+    let session_id = key.session_id.clone();
+    let payload = json!({
+        "type": "m.room.name",
+        "state_key": "",
+        "content": { "name": "Passed off as Alice's" },
+        "room_id": room_id,
+    });
+    let content = crafter.encrypt(&alice_device, &payload);
+    let forged = room
+        .send_state_event_raw(
+            "m.room.encrypted",
+            "m.room.name:",
+            content.cast_unchecked::<matrix_sdk::ruma::events::AnyStateEventContent>(),
+        )
+        .await?
+        .event_id;
+
+    // Carol invites Bob and Dave and hands them the key, as an inviter's keys travel.
+    let carol_room = carol.room(&room_id);
+    let keys = json!({ "room_id": room_id, "keys": [key] });
+    for invitee in [&bob, &dave] {
+        carol_room.invite_user_by_id(invitee.user_id()).await?;
+        sync_until(&invitee.client, "the invite arrives", DEFAULT_TIMEOUT, || async {
+            invitee.client.get_room(&room_id).is_some()
+        })
+        .await?;
+        carol
+            .send_to_devices(invitee.user_id(), crypto_ext::identifiers::INVITE_STATE_KEYS, &keys)
+            .await?;
+        sync_until(&invitee.client, "the invitee holds the key", DEFAULT_TIMEOUT, || async {
+            invitee.ext.store().inbound_session(&session_id).await.is_ok_and(|s| s.is_some())
+        })
+        .await?;
+        join(invitee, &room_id).await?;
+    }
+
+    let bob_room = bob.room(&room_id);
+    sync_until(&bob.client, "Bob shows the name, unproven", DEFAULT_TIMEOUT, || async {
+        provenance(&bob_room, "m.room.name").await.is_some_and(|p| p.event_id == forged)
+    })
+    .await?;
+    let name = provenance(&bob_room, "m.room.name").await.context("name")?;
+    assert_eq!(name.sender, alice.user_id());
+    assert!(!name.creator_proven, "only Carol's word names Alice's device");
+    assert_eq!(name.key_origin, KeyOrigin::Invite { shared_by: carol.user_id().to_owned() });
+    assert_eq!(
+        name.verification,
+        Some(VerificationState::Unverified(VerificationLevel::None(
+            DeviceLinkProblem::InsecureSource
+        )))
+    );
+
+    let dave_room = dave.room(&room_id);
+    let unproven = RejectionReason::CreatorUnproven { shared_by: Some(carol.user_id().to_owned()) };
+    sync_until(&dave.client, "Dave rejects the name", DEFAULT_TIMEOUT, || {
+        rejected_for(&dave_room, &forged, &unproven)
+    })
+    .await?;
+    assert_eq!(dave_room.encrypted_name().await?, None);
+
+    // Control: state Alice sets herself, its key sent by her own device, is proven.
+    sync_until(&alice.client, "Alice sees Bob and Dave joined", DEFAULT_TIMEOUT, || async {
+        integration_tests::is_joined(&room, bob.user_id()).await
+            && integration_tests::is_joined(&room, dave.user_id()).await
+    })
+    .await?;
+    let genuine = room.set_encrypted_topic("Alice's own topic").await?.event_id;
+    for (reader, reader_room) in [(&bob, &bob_room), (&dave, &dave_room)] {
+        sync_until(&reader.client, "the reader accepts Alice's topic", DEFAULT_TIMEOUT, || async {
+            provenance(reader_room, "m.room.topic")
+                .await
+                .is_some_and(|p| p.event_id == genuine && p.creator_proven)
+        })
+        .await?;
+    }
     Ok(())
 }
