@@ -161,6 +161,17 @@ impl TestUser {
         Ok(Self { client, password: self.password.clone(), store_dir })
     }
 
+    /// This client's device and its identity keys (as a crafted session would name its creator).
+    pub async fn own_device(&self) -> Result<sdk_ext::OwnDevice> {
+        let device = self.client.encryption().get_own_device().await?.context("own device")?;
+        Ok(sdk_ext::OwnDevice {
+            user_id: self.user_id().to_owned(),
+            device_id: device.device_id().to_owned(),
+            curve25519: device.curve25519_key().context("curve25519 key")?,
+            ed25519: device.ed25519_key().context("ed25519 key")?,
+        })
+    }
+
     /// The user's Matrix ID.
     pub fn user_id(&self) -> &matrix_sdk::ruma::UserId {
         self.client.user_id().expect("a TestUser is always logged in")

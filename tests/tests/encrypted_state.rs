@@ -14,7 +14,7 @@ use matrix_sdk::{
         OwnedEventId, RoomId, events::room::encrypted::OriginalSyncRoomEncryptedEvent, serde::Raw,
     },
 };
-use sdk_ext::{OwnDevice, RejectionReason, RoomStateExt, StateOrigin, StateUpdate};
+use sdk_ext::{RejectionReason, RoomStateExt, StateOrigin, StateUpdate};
 use serde_json::{Value, json};
 
 fn init() {
@@ -407,13 +407,7 @@ async fn state_from_a_device_that_appears_later_is_accepted_when_it_does() -> Re
 
     // A second device of Alice's, logged in but not synced yet: it has uploaded no keys.
     let alice2 = alice.login_new_device().await?;
-    let device = alice2.client.encryption().get_own_device().await?.context("own device")?;
-    let new_device = OwnDevice {
-        user_id: alice.user_id().to_owned(),
-        device_id: device.device_id().to_owned(),
-        curve25519: device.curve25519_key().context("curve25519 key")?,
-        ed25519: device.ed25519_key().context("ed25519 key")?,
-    };
+    let new_device = alice2.own_device().await?;
 
     // A session of the new device's encrypts the topic; Alice's first device sends the event,
     // invites Bob and hands him the key with the invite (taken from the inviter; its creator,

@@ -3,7 +3,7 @@
 
 use anyhow::{Context, Result};
 use crypto_ext::Provenance;
-use crypto_ext::{KeyOrigin, OwnDevice, testing::Crafter};
+use crypto_ext::{KeyOrigin, testing::Crafter};
 use integration_tests::{
     DEFAULT_TIMEOUT, StateUser, TestUser, join, keep_syncing, shared_room, sync_until, wait_until,
 };
@@ -191,13 +191,7 @@ async fn a_sharer_cannot_pass_its_session_off_as_another_members() -> Result<()>
     room.enable_state_encryption().await?;
 
     // Carol's session, claiming Alice's device as its creator.
-    let device = alice.client.encryption().get_own_device().await?.context("own device")?;
-    let alice_device = OwnDevice {
-        user_id: alice.user_id().to_owned(),
-        device_id: device.device_id().to_owned(),
-        curve25519: device.curve25519_key().context("curve25519 key")?,
-        ed25519: device.ed25519_key().context("ed25519 key")?,
-    };
+    let alice_device = alice.own_device().await?;
     let mut crafter = Crafter::new();
     let key = crafter.exported_key(&room_id, &alice_device);
     let session_id = key.session_id.clone();

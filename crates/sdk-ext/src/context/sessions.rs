@@ -214,21 +214,18 @@ mod tests {
         }
     }
 
+    /// A key the client received from its creator is `Direct` and proven; an imported one keeps
+    /// an unproven creator, whatever it claims.
     #[test]
-    fn a_key_the_client_received_from_its_creator_is_direct_and_proven() {
+    fn a_client_key_keeps_its_real_origin() {
         let room_id = room_id!("!room:example.org");
-        let key = Crafter::new().exported_key(room_id, &creator());
-        let session = ClientKey { key, imported: false }.state_session(room_id).unwrap();
-        assert_eq!(session.key_origin(), &KeyOrigin::Direct);
-        assert!(session.creator_proven());
-    }
-
-    #[test]
-    fn a_key_the_client_imported_keeps_an_unproven_creator() {
-        let room_id = room_id!("!room:example.org");
-        let key = Crafter::new().exported_key(room_id, &creator());
-        let session = ClientKey { key, imported: true }.state_session(room_id).unwrap();
-        assert_eq!(session.key_origin(), &KeyOrigin::Imported);
-        assert!(!session.creator_proven());
+        for (imported, origin, proven) in
+            [(false, KeyOrigin::Direct, true), (true, KeyOrigin::Imported, false)]
+        {
+            let key = Crafter::new().exported_key(room_id, &creator());
+            let session = ClientKey { key, imported }.state_session(room_id).unwrap();
+            assert_eq!(session.key_origin(), &origin);
+            assert_eq!(session.creator_proven(), proven);
+        }
     }
 }
