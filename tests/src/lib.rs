@@ -11,7 +11,9 @@ mod stock;
 mod sync;
 mod user;
 
-pub use room::{is_joined, join, restricted_room, set_power_levels, shared_room};
+pub use room::{
+    edit_power_levels, is_joined, join, restricted_room, set_power_levels, shared_room,
+};
 pub use state::{
     StateUser, alice_and_bob_with_encrypted_state, server_state, state_config,
     stores_encrypted_state,

@@ -98,6 +98,23 @@ pub async fn set_power_levels(
     users: &[(&UserId, i64)],
     events: &[(&str, i64)],
 ) -> Result<()> {
+    edit_power_levels(room, |content| {
+        for (user, level) in users {
+            content["users"][user.as_str()] = (*level).into();
+        }
+        for (event_type, level) in events {
+            content["events"][*event_type] = (*level).into();
+        }
+    })
+    .await
+}
+
+/// Changes the room's power levels as `room`'s user: `edit` changes the current content, which
+/// is then sent.
+pub async fn edit_power_levels(
+    room: &Room,
+    edit: impl FnOnce(&mut serde_json::Value),
+) -> Result<()> {
     let raw = room
         .get_state_event(matrix_sdk::ruma::events::StateEventType::RoomPowerLevels, "")
         .await?
@@ -107,12 +124,7 @@ pub async fn set_power_levels(
     };
     let mut content: serde_json::Value =
         raw.get_field("content")?.context("power levels content")?;
-    for (user, level) in users {
-        content["users"][user.as_str()] = (*level).into();
-    }
-    for (event_type, level) in events {
-        content["events"][*event_type] = (*level).into();
-    }
+    edit(&mut content);
     room.send_state_event_raw("m.room.power_levels", "", content).await?;
     Ok(())
 }

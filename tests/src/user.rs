@@ -12,7 +12,7 @@ use matrix_sdk::{
     encryption::EncryptionSettings,
     ruma::api::client::{
         account::register::v3::Request as RegistrationRequest,
-        uiaa::{AuthData, Dummy, MatrixUserIdentifier, Password, UserIdentifier},
+        uiaa::{AuthData, Dummy},
     },
 };
 use tempfile::TempDir;
@@ -99,28 +99,7 @@ impl TestUser {
 
     /// Uploads cross-signing keys (if the account has none yet) and checks they are in place.
     pub async fn bootstrap_cross_signing(&self) -> Result<()> {
-        let encryption = self.client.encryption();
-        if let Err(error) = encryption.bootstrap_cross_signing_if_needed(None).await {
-            // Servers that require user-interactive auth for the first upload get the password.
-            let Some(uiaa) = error.as_uiaa_response() else {
-                return Err(error).context("bootstrapping cross-signing");
-            };
-            let user_id = self.client.user_id().context("client is logged in")?;
-            let mut password = Password::new(
-                UserIdentifier::Matrix(MatrixUserIdentifier::new(user_id.to_string())),
-                self.password.clone(),
-            );
-            password.session = uiaa.session.clone();
-            encryption
-                .bootstrap_cross_signing(Some(AuthData::Password(password)))
-                .await
-                .context("bootstrapping cross-signing with a password")?;
-        }
-        let status = encryption.cross_signing_status().await.context("no cross-signing status")?;
-        if !status.is_complete() {
-            bail!("cross-signing is incomplete after bootstrap: {status:?}");
-        }
-        Ok(())
+        example_bots::set_up_cross_signing(&self.client, &self.password).await
     }
 
     /// Simulates an app restart: drops the client and builds a new one on the same stores,

@@ -1,0 +1,12 @@
+//! The topic bot (see `example_bots::topic`): logs in from the environment and serves.
+//!
+//! ```sh
+//! HOMESERVER=http://127.0.0.1:8008 BOT_USER=bot BOT_PASSWORD=secret \
+//!     cargo run -p example-bots --bin topic_bot
+//! ```
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let (client, extension) = example_bots::login_from_env().await?;
+    example_bots::serve(&client, &extension, example_bots::topic::TopicBot).await
+}
