@@ -61,6 +61,19 @@ fn check_no_base_encrypted_state(root: &Path) -> Result<()> {
     Ok(())
 }
 
+/// The crates an app depends on: packaged (`cargo package`) in every run.
+const LIBRARY_CRATES: [&str; 3] = ["crypto-ext", "state-store-ext", "sdk-ext"];
+
+/// `cargo <command> -p <each library crate> <extra..>`.
+fn for_library_crates<'a>(command: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec![command];
+    for krate in LIBRARY_CRATES {
+        args.extend(["--package", krate]);
+    }
+    args.extend(extra);
+    args
+}
+
 /// The PID of the Synapse this process runs, for the Ctrl-C / SIGTERM handler.
 static RUNNING_PID: Mutex<Option<u32>> = Mutex::new(None);
 
@@ -177,6 +190,16 @@ pub fn run(root: &Path) -> Result<()> {
     step(&mut steps, "sdk-ext layer rule", || crate::layers::run(root, &[]));
     step(&mut steps, "clippy", || {
         cargo(&["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"])
+    });
+    step(&mut steps, "docs of the library crates and bots, rustdoc warnings denied", || {
+        let mut args = for_library_crates("doc", &["--no-deps"]);
+        args.extend(["--package", "example-bots"]);
+        cmd::run(root, "cargo", &args, &[("RUSTDOCFLAGS", "-D warnings")])
+    });
+    // Without verification: verifying would build each crate again from its archive against
+    // crates.io. `--allow-dirty`: the check is of the manifests and file lists, not of git.
+    step(&mut steps, "packaging of the library crates", || {
+        cargo(&for_library_crates("package", &["--no-verify", "--allow-dirty"]))
     });
     // One build of every test target, before the server starts, so Synapse never idles
     // through a compile.

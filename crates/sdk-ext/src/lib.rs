@@ -12,7 +12,7 @@ mod features;
 // Top layer: the extension, its dispatcher, its tasks and its traits.
 mod extension;
 
-#[doc = include_str!("../../../docs/guide.md")]
+#[doc = include_str!("../guide.md")]
 pub mod guide {}
 
 pub use config::{KeyRequestConfig, RestrictedPreviewConfig, StateExtConfig, StoreConfig};

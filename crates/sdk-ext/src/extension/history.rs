@@ -22,7 +22,7 @@ pub trait RoomHistoryExt {
     ///
     /// # Errors
     ///
-    /// [`Error::NoCrossSigning`] when our user has no cross-signing identity (the invitee could
+    /// [`Error::NoCrossSigning`](crate::Error::NoCrossSigning) when our user has no cross-signing identity (the invitee could
     /// not tell our keys from a forger's), and homeserver errors.
     fn invite_with_history(
         &self,

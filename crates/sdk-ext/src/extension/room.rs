@@ -59,8 +59,8 @@ pub trait RoomStateExt {
     ///
     /// # Errors
     ///
-    /// [`Error::CriticalType`] for critical state (never sent, not even in clear),
-    /// [`Error::NotEnabled`] when the room has not switched on encrypted state, a packed key
+    /// [`Error::CriticalType`](crate::Error::CriticalType) for critical state (never sent, not even in clear),
+    /// [`Error::NotEnabled`](crate::Error::NotEnabled) when the room has not switched on encrypted state, a packed key
     /// over 255 bytes, homeserver errors.
     fn set_encrypted_state(
         &self,
@@ -99,7 +99,7 @@ pub trait RoomStateExt {
     ///
     /// # Errors
     ///
-    /// [`Error::NotInstalled`], store errors.
+    /// [`Error::NotInstalled`](crate::Error::NotInstalled), store errors.
     fn encrypted_state(
         &self,
         event_type: &str,
