@@ -11,10 +11,13 @@ use integration_tests::{
 use matrix_sdk::{
     deserialized_responses::TimelineEventKind,
     ruma::{
-        OwnedEventId, RoomId, events::room::encrypted::OriginalSyncRoomEncryptedEvent, serde::Raw,
+        OwnedEventId, RoomId,
+        api::client::room::create_room::v3::{Request as CreateRoomRequest, RoomPreset},
+        events::room::encrypted::OriginalSyncRoomEncryptedEvent,
+        serde::Raw,
     },
 };
-use sdk_ext::{RejectionReason, RoomStateExt, StateOrigin, StateUpdate};
+use sdk_ext::{Error, RejectionReason, RoomStateExt, StateOrigin, StateSlot, StateUpdate};
 use serde_json::{Value, json};
 
 fn init() {
@@ -80,12 +83,12 @@ async fn critical_state_is_refused_before_anything_is_sent() -> Result<()> {
     room.enable_state_encryption().await?;
     for event_type in ["m.room.power_levels", "m.room.join_rules", "m.room.tombstone"] {
         let error = room.set_encrypted_state(event_type, "", json!({})).await.unwrap_err();
-        assert!(matches!(error, sdk_ext::Error::CriticalType(ref t) if t == event_type), "{error}");
+        assert!(matches!(error, Error::CriticalType(ref t) if t == event_type), "{error}");
     }
     // A room that has not switched on encrypted state refuses too, rather than leaking.
     let plain = shared_room(&alice, &[]).await?;
     let error = plain.set_encrypted_topic("x").await.unwrap_err();
-    assert!(matches!(error, sdk_ext::Error::NotEnabled(_)), "{error}");
+    assert!(matches!(error, Error::NotEnabled(_)), "{error}");
     Ok(())
 }
 
@@ -575,5 +578,74 @@ async fn shutdown_stops_processing_and_a_new_install_catches_up() -> Result<()> 
 
     bob.ext.refresh().await?;
     assert_eq!(bob_room.encrypted_topic().await?.as_deref(), Some("while Bob's extension was off"));
+    Ok(())
+}
+
+/// A room created through `StateExtension::create_room` has the MSC4362 flag in its first
+/// `m.room.encryption` (what Element clients honour), its name never reaches the homeserver in
+/// clear, and a member reads it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_room_created_with_encrypted_state_carries_the_flag_from_its_creation() -> Result<()> {
+    init();
+    let alice = StateUser::register("alice").await?;
+    let bob = StateUser::register("bob").await?;
+    let mut request = CreateRoomRequest::new();
+    request.preset = Some(RoomPreset::PrivateChat);
+    request.invite = vec![bob.user_id().to_owned()];
+    request.name = Some("Born encrypted".to_owned());
+    let room = alice.ext.create_room(request).await?;
+    let room_id = room.room_id().to_owned();
+    assert!(room.is_state_encrypted().await, "on from the start, without waiting for a sync");
+
+    let state = server_state(&alice, &room_id).await?;
+    let encryption: Vec<Value> = state
+        .iter()
+        .filter(|e| {
+            e.get_field::<String>("type").ok().flatten().as_deref() == Some("m.room.encryption")
+        })
+        .filter_map(|e| e.get_field::<Value>("content").ok().flatten())
+        .collect();
+    assert_eq!(encryption.len(), 1, "one m.room.encryption, from the creation: {encryption:?}");
+    assert_eq!(encryption[0][identifiers::ENCRYPT_STATE_EVENTS_UNSTABLE], Value::Bool(true));
+    let dump = serde_json::to_string(&state)?;
+    assert!(!dump.contains("Born encrypted"), "the name reached the server in clear");
+
+    join(&bob, &room_id).await?;
+    let bob_room = bob.room(&room_id);
+    sync_until(&bob.client, "Bob reads the name", DEFAULT_TIMEOUT, || async {
+        bob_room.encrypted_name().await.ok().flatten().as_deref() == Some("Born encrypted")
+    })
+    .await?;
+    Ok(())
+}
+
+/// A member whose power is below what the name needs is refused by our API before anything is
+/// sent: no encrypted event, no key shared; an admin's name stays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_under_powered_name_is_refused_before_anything_is_sent() -> Result<()> {
+    init();
+    let (alice, bob, room) = alice_and_bob_with_encrypted_state().await?;
+    let room_id = room.room_id().to_owned();
+    let bob_room = bob.room(&room_id);
+    sync_until(&bob.client, "Bob sees state encryption on", DEFAULT_TIMEOUT, || async {
+        bob_room.is_state_encrypted().await
+    })
+    .await?;
+
+    let error = bob_room.set_encrypted_name("Not Bob's to set").await.unwrap_err();
+    let Error::NotAllowed(RejectionReason::InsufficientPower { event_type, required, actual }) =
+        &error
+    else {
+        panic!("expected a power refusal, got {error:?}");
+    };
+    assert_eq!((event_type.as_str(), *required, *actual), ("m.room.name", 50, 0));
+    let slot = StateSlot::new("m.room.name", "");
+    assert!(bob.ext.store().outbound_session(&room_id, &slot).await?.is_none(), "no key shared");
+    let sent_by_bob = server_state(&alice, &room_id).await?.iter().any(|e| {
+        e.get_field::<String>("type").ok().flatten().as_deref() == Some("m.room.encrypted")
+            && e.get_field::<String>("sender").ok().flatten().as_deref()
+                == Some(bob.user_id().as_str())
+    });
+    assert!(!sent_by_bob, "nothing reached the homeserver");
     Ok(())
 }

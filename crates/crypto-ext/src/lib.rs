@@ -23,7 +23,8 @@ pub use state_sessions::{
 };
 pub use validation::{
     AcceptedState, DecryptionFacts, Provenance, RejectedState, RejectionReason, SessionOwner,
-    StateSenderTrust, UnprovenCreators, ValidationInput, Verdict, validate, validate_preview,
+    StateSenderTrust, UnprovenCreators, ValidationInput, Verdict, may_send_state, validate,
+    validate_preview,
 };
 pub use vodozemac;
 

@@ -21,6 +21,10 @@ pub enum Error {
     /// The state type is critical and must stay in plaintext.
     #[error("{0} is critical state: it is never encrypted")]
     CriticalType(String),
+    /// Our power in the room does not allow this state (the level its type needs, or a state
+    /// key naming another user): every member's client would reject it, so nothing is sent.
+    #[error("our power in the room does not allow this state: {0}")]
+    NotAllowed(crypto_ext::RejectionReason),
     /// Encrypting failed (packed state key too long, ...).
     #[error(transparent)]
     Encrypt(#[from] crypto_ext::EncryptStateError),

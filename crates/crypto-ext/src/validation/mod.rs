@@ -12,6 +12,6 @@ pub mod resolution;
 pub use facts::{DecryptionFacts, SessionOwner};
 pub use pipeline::{
     AcceptedState, Provenance, RejectedState, StateSenderTrust, UnprovenCreators, ValidationInput,
-    Verdict, validate, validate_preview,
+    Verdict, may_send_state, validate, validate_preview,
 };
 pub use reason::RejectionReason;

@@ -365,6 +365,23 @@ fn rule_power(
     Ok(())
 }
 
+/// Whether `sender` may set `slot` under `power_levels`, as every reader's pipeline will judge
+/// it (rule 4: the power the inner type needs, and a state key starting with `@` only for the
+/// sender's own user id). A sender checks it before sending, so that it never sends state its
+/// readers reject.
+///
+/// # Errors
+///
+/// [`RejectionReason::InsufficientPower`] or [`RejectionReason::StateKeyOfOtherUser`].
+pub fn may_send_state(
+    power_levels: &RoomPowerLevels,
+    sender: &UserId,
+    slot: &StateSlot,
+) -> Result<(), RejectionReason> {
+    rule_power(power_levels, sender, slot)?;
+    rule_own_state_key(sender, slot)
+}
+
 /// Rule 4, state key: a state key starting with `@` is the sender's own user id.
 fn rule_own_state_key(sender: &UserId, slot: &StateSlot) -> Result<(), RejectionReason> {
     if slot.state_key.starts_with('@') && slot.state_key != sender.as_str() {

@@ -420,3 +420,31 @@ async fn the_trust_requirement_keeps_out_devices_their_owner_never_signed() {
     // The owner may sign the device later: the rejection is validated again then.
     assert!(untrusted.is_some_and(RejectionReason::is_transient));
 }
+
+/// A sender checks before sending what every reader's pipeline will judge: the power the inner
+/// type needs and the `@user` state-key rule.
+#[test]
+fn a_sender_is_held_to_the_readers_power_and_state_key_rules() {
+    use crypto_ext::{StateSlot, may_send_state};
+    let admin = ruma::user_id!("@admin:example.org");
+    let member = ruma::user_id!("@member:example.org");
+    let levels = power_levels(&[(admin, 100)], &[("m.room.name", 100)]);
+    let name = StateSlot::new("m.room.name", "");
+    assert_eq!(may_send_state(&levels, admin, &name), Ok(()));
+    assert_eq!(
+        may_send_state(&levels, member, &name),
+        Err(RejectionReason::InsufficientPower {
+            event_type: "m.room.name".to_owned(),
+            required: 100,
+            actual: 0,
+        })
+    );
+    let levels = power_levels(&[], &[("org.example.status", 0)]);
+    let own = StateSlot::new("org.example.status", member.as_str());
+    assert_eq!(may_send_state(&levels, member, &own), Ok(()));
+    let other = StateSlot::new("org.example.status", admin.as_str());
+    assert_eq!(
+        may_send_state(&levels, member, &other),
+        Err(RejectionReason::StateKeyOfOtherUser { state_key: admin.as_str().to_owned() })
+    );
+}

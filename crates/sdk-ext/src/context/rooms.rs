@@ -3,16 +3,22 @@
 use crypto_ext::identifiers;
 use matrix_sdk::{Room, deserialized_responses::RawAnySyncOrStrippedState};
 use ruma::{
-    OwnedUserId, UserId,
+    OwnedUserId, RoomVersionId, UserId,
+    api::client::state::get_state_event_for_key,
     events::{
         StateEventType,
-        room::{member::MembershipState, power_levels::RoomPowerLevels},
+        room::{
+            member::MembershipState,
+            power_levels::{RoomPowerLevels, RoomPowerLevelsEventContent, RoomPowerLevelsSource},
+        },
     },
+    room_version_rules::RoomVersionRules,
 };
 use serde_json::Value;
 use tracing::warn;
 
 use super::handle::Context;
+use crate::Result;
 
 /// The room's plaintext power levels (the spec's defaults when the room has none).
 pub(crate) async fn power_levels(room: &Room) -> RoomPowerLevels {
@@ -65,6 +71,48 @@ pub(crate) async fn encrypts_state(room: &Room) -> bool {
 }
 
 impl Context {
+    /// The room's power levels, to judge what we may send: as the client's store knows them,
+    /// or, while it does not (a room created a moment ago, before the sync that brings its
+    /// state), as the homeserver serves them, with the creators its `m.room.create` names.
+    pub(crate) async fn power_levels_for_sending(&self, room: &Room) -> Result<RoomPowerLevels> {
+        if let Ok(levels) = room.power_levels().await {
+            return Ok(levels);
+        }
+        let create = self.state_from_server(room, StateEventType::RoomCreate).await?;
+        let content = self.state_from_server(room, StateEventType::RoomPowerLevels).await?;
+        let content: RoomPowerLevelsEventContent =
+            serde_json::from_value(content["content"].clone())?;
+        let version = create["content"]["room_version"].as_str().unwrap_or("1");
+        let rules = RoomVersionId::try_from(version)
+            .ok()
+            .and_then(|version| version.rules())
+            .unwrap_or(RoomVersionRules::V1);
+        let mut creators: Vec<OwnedUserId> =
+            serde_json::from_value(create["sender"].clone()).into_iter().collect();
+        if let Ok(additional) = serde_json::from_value::<Vec<OwnedUserId>>(
+            create["content"]["additional_creators"].clone(),
+        ) {
+            creators.extend(additional);
+        }
+        Ok(RoomPowerLevels::new(
+            RoomPowerLevelsSource::Original(content),
+            &rules.authorization,
+            creators,
+        ))
+    }
+
+    /// The state event of `event_type` (empty state key) of `room`, as the homeserver serves it.
+    async fn state_from_server(&self, room: &Room, event_type: StateEventType) -> Result<Value> {
+        let mut request = get_state_event_for_key::v3::Request::new(
+            room.room_id().to_owned(),
+            event_type,
+            String::new(),
+        );
+        request.format = get_state_event_for_key::v3::StateEventFormat::Event;
+        let response = self.client.send(request).await?;
+        Ok(serde_json::from_str(response.event_or_content.get())?)
+    }
+
     /// Whether the room switched on encrypted state (from its `m.room.encryption`, or because
     /// we just sent that ourselves).
     pub(crate) async fn state_encryption_enabled(&self, room: &Room) -> bool {

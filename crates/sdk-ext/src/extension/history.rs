@@ -16,9 +16,12 @@ pub trait RoomHistoryExt {
     /// `world_readable`), `m.history_not_shared` notices for the others, and our state sessions
     /// at the index of each slot's current event (room state is visible to every member).
     ///
-    /// The invite is sent as a plain `/invite` request, so matrix-sdk's own share-on-invite does
-    /// not send a second, different bundle for the same invite. Invitees running matrix-sdk
-    /// 0.18 (stock or with this crate) import the bundle when they accept the invite.
+    /// The bundle is uploaded and announced first, then the invite is sent (as matrix-sdk and
+    /// matrix-js-sdk do), so an invitee who accepts at once already has it; if the invite
+    /// fails, calling again shares a new bundle and invites again. The invite is a plain
+    /// `/invite` request, so matrix-sdk's own share-on-invite does not send a second, different
+    /// bundle for the same invite. Invitees running matrix-sdk 0.18 (stock or with this crate)
+    /// import the bundle when they accept the invite.
     ///
     /// # Errors
     ///

@@ -16,7 +16,10 @@ use std::{
 
 use crypto_ext::OwnDevice;
 use matrix_sdk::{Client, Room};
-use ruma::{OwnedDeviceId, OwnedUserId, RoomId};
+use ruma::{
+    OwnedDeviceId, OwnedUserId, RoomId,
+    api::client::room::create_room::v3::Request as CreateRoomRequest,
+};
 use state_store_ext::{MemoryStateStore, SqliteStateStore, StateStore};
 use tokio::sync::broadcast;
 use tracing::{info, warn};
@@ -139,6 +142,23 @@ impl StateExtension {
     /// Store or homeserver errors.
     pub async fn refresh(&self) -> Result<()> {
         self.inner.state.scan_all().await
+    }
+
+    /// Creates a room whose state is encrypted from its creation: the room's first
+    /// `m.room.encryption` carries the MSC4362 flag (with the algorithm settings of any
+    /// `m.room.encryption` in `request.initial_state`, which it replaces), so every client
+    /// honours it, Element Web and Element X included (matrix-sdk-crypto refuses a *change* of a
+    /// room's encryption settings, so a room switched on later stays plaintext state for them).
+    /// `request.name` and `request.topic` are not sent in the request (the homeserver would
+    /// keep them in clear) but set encrypted once the room exists.
+    ///
+    /// # Errors
+    ///
+    /// The homeserver's refusal, and the errors of
+    /// [`RoomStateExt::set_encrypted_state`](crate::RoomStateExt::set_encrypted_state) for the
+    /// name and topic.
+    pub async fn create_room(&self, request: CreateRoomRequest) -> Result<Room> {
+        self.inner.state.create_room(request).await
     }
 
     /// The preview of a restricted room we have not joined (its name, topic, avatar and alias),

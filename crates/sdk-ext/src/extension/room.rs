@@ -34,6 +34,12 @@ pub trait RoomStateExt {
     /// Switches the room to encrypted state: sends `m.room.encryption` with the MSC4362 flag
     /// (keeping the room's current algorithm settings).
     ///
+    /// Prefer [`StateExtension::create_room`] for new rooms: clients on matrix-sdk-crypto
+    /// (Element Web, Element X) refuse a change of an end-to-end encrypted room's encryption
+    /// settings, so they do not take this flag and keep sending the room's state in clear (a
+    /// warning is logged when the room was already encrypted). Our clients and stock matrix-sdk
+    /// with its experimental encrypted state honour it.
+    ///
     /// # Errors
     ///
     /// The homeserver's refusal (e.g. not enough power).
@@ -60,8 +66,9 @@ pub trait RoomStateExt {
     /// # Errors
     ///
     /// [`Error::CriticalType`](crate::Error::CriticalType) for critical state (never sent, not even in clear),
-    /// [`Error::NotEnabled`](crate::Error::NotEnabled) when the room has not switched on encrypted state, a packed key
-    /// over 255 bytes, homeserver errors.
+    /// [`Error::NotEnabled`](crate::Error::NotEnabled) when the room has not switched on encrypted state,
+    /// [`Error::NotAllowed`](crate::Error::NotAllowed) when our power in the room does not allow
+    /// this state (nothing is sent then), a packed key over 255 bytes, homeserver errors.
     fn set_encrypted_state(
         &self,
         event_type: &str,

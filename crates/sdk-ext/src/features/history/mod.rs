@@ -92,13 +92,6 @@ impl History {
         }
 
         let room_id = room.room_id().to_owned();
-        client
-            .send(Request::new(
-                room_id.clone(),
-                InvitationRecipient::UserId(InviteUserId::new(user_id.to_owned())),
-            ))
-            .await?;
-
         let history_shared = matches!(
             current_history_visibility(room).await?,
             HistoryVisibility::Shared | HistoryVisibility::WorldReadable
@@ -156,6 +149,16 @@ impl History {
                 devices_reached.push(device_id);
             }
         }
+        // The invite goes out once the bundle is announced, so an invitee who accepts at once
+        // has it (as matrix-sdk and matrix-js-sdk do). Should it fail, a retry shares a new
+        // bundle and invites again; the invitee imports only the bundles of the invite they
+        // accept.
+        client
+            .send(Request::new(
+                room_id.clone(),
+                InvitationRecipient::UserId(InviteUserId::new(user_id.to_owned())),
+            ))
+            .await?;
         info!(
             %user_id, shared_message_keys, shared_state_keys, withheld_keys,
             reached = devices_reached.len(), skipped = devices_skipped.len(),

@@ -7,12 +7,14 @@ use std::collections::BTreeSet;
 
 use crypto_ext::{
     InboundStateSession, OutboundStateSession, StateSlot, critical::is_critical, identifiers,
+    may_send_state,
 };
 use matrix_sdk::{
     Room, deserialized_responses::RawAnySyncOrStrippedState, encryption::identities::Device,
 };
 use ruma::{
     OwnedDeviceId, OwnedEventId, OwnedRoomId, OwnedUserId,
+    api::client::room::create_room::v3::Request as CreateRoomRequest,
     events::{AnyStateEventContent, StateEventType},
     serde::Raw,
 };
@@ -27,14 +29,60 @@ impl EncryptedState {
     /// Sends `m.room.encryption` with the MSC4362 flag, keeping the room's current algorithm
     /// settings.
     pub(crate) async fn enable(&self, room: &Room) -> Result<()> {
-        let mut content = room_encryption_content(room)
-            .await
-            .unwrap_or_else(|| json!({ "algorithm": identifiers::MEGOLM_V1 }));
+        let current = room_encryption_content(room).await;
+        if current.is_some() {
+            warn!(
+                room_id = %room.room_id(),
+                "switching an end-to-end encrypted room to encrypted state: clients on \
+                 matrix-sdk-crypto (Element Web, Element X) refuse any change of a room's \
+                 encryption settings and keep sending this room's state in clear; create rooms \
+                 with StateExtension::create_room instead"
+            );
+        }
+        let mut content = current.unwrap_or_else(|| json!({ "algorithm": identifiers::MEGOLM_V1 }));
         content[identifiers::ENCRYPT_STATE_EVENTS_UNSTABLE] = Value::Bool(true);
         room.send_state_event_raw("m.room.encryption", "", content).await?;
         self.ctx.mark_state_encryption_enabled(room);
         info!(room_id = %room.room_id(), "state encryption enabled");
         Ok(())
+    }
+
+    /// Creates a room whose state is encrypted from its creation (see
+    /// [`crate::StateExtension::create_room`]).
+    pub(crate) async fn create_room(&self, mut request: CreateRoomRequest) -> Result<Room> {
+        // The caller's own encryption settings (rotation periods) are kept, with the flag.
+        let mut content = json!({ "algorithm": identifiers::MEGOLM_V1 });
+        request.initial_state.retain(|event| {
+            if event.get_field::<String>("type").ok().flatten().as_deref()
+                != Some("m.room.encryption")
+            {
+                return true;
+            }
+            if let Ok(Some(given)) = event.get_field::<Value>("content")
+                && given.is_object()
+            {
+                content = given;
+            }
+            false
+        });
+        content[identifiers::ENCRYPT_STATE_EVENTS_UNSTABLE] = Value::Bool(true);
+        let encryption =
+            json!({ "type": "m.room.encryption", "state_key": "", "content": content });
+        request.initial_state.push(Raw::new(&encryption)?.cast_unchecked());
+        // The homeserver would store these in clear: they are sent encrypted once the room
+        // exists.
+        let name = request.name.take();
+        let topic = request.topic.take();
+        let room = self.ctx.client.create_room(request).await?;
+        self.ctx.mark_state_encryption_enabled(&room);
+        info!(room_id = %room.room_id(), "room created with encrypted state");
+        if let Some(name) = name {
+            self.set(&room, "m.room.name", "", json!({ "name": name })).await?;
+        }
+        if let Some(topic) = topic {
+            self.set(&room, "m.room.topic", "", json!({ "topic": topic })).await?;
+        }
+        Ok(room)
     }
 
     /// Redacts the plaintext name, topic and avatar and sends each value encrypted (enabling
@@ -81,8 +129,13 @@ impl EncryptedState {
         if !self.is_enabled(room).await {
             return Err(Error::NotEnabled(room.room_id().to_owned()));
         }
+        // Judged as every reader's pipeline will judge it: state they would reject is not sent,
+        // nor is its key shared.
+        let slot = StateSlot::new(event_type, state_key);
+        let levels = self.ctx.power_levels_for_sending(room).await?;
+        may_send_state(&levels, &self.ctx.own_device.user_id, &slot).map_err(Error::NotAllowed)?;
         let content: Raw<AnyStateEventContent> = Raw::new(&content)?.cast_unchecked();
-        self.send(room, StateSlot::new(event_type, state_key), content).await
+        self.send(room, slot, content).await
     }
 
     async fn send(
