@@ -649,3 +649,53 @@ async fn an_under_powered_name_is_refused_before_anything_is_sent() -> Result<()
     assert!(!sent_by_bob, "nothing reached the homeserver");
     Ok(())
 }
+
+/// An existing room moves to encrypted state by an upgrade, which Element clients honour: the
+/// new room carries the flag from its creation and names the old one as predecessor, the name
+/// set in clear arrives there encrypted (never in clear), the old room's tombstone points to
+/// the new one, and a member invited with history reads the name.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_existing_room_upgrades_to_a_room_with_encrypted_state() -> Result<()> {
+    init();
+    let alice = StateUser::register("alice").await?;
+    let bob = StateUser::register("bob").await?;
+    let old = shared_room(&alice, &[&bob]).await?;
+    let old_id = old.room_id().to_owned();
+    old.set_name("Named in clear".to_owned()).await?;
+    sync_until(&alice.client, "Alice's client has the plaintext name", DEFAULT_TIMEOUT, || async {
+        old.name().as_deref() == Some("Named in clear")
+    })
+    .await?;
+
+    let upgrade = old.upgrade_to_encrypted_state().await?;
+    let new_id = upgrade.room.room_id().to_owned();
+    assert!(upgrade.carried.contains(&StateSlot::new("m.room.name", "")), "{:?}", upgrade.carried);
+    assert_eq!(upgrade.invited.len(), 1, "{upgrade:?}");
+    assert_eq!(upgrade.invited[0].invitee, bob.user_id());
+    assert!(upgrade.not_invited.is_empty(), "{upgrade:?}");
+
+    let field = |state: &[Raw<matrix_sdk::ruma::events::AnyStateEvent>], event_type: &str| {
+        state
+            .iter()
+            .filter(|e| e.get_field::<String>("type").ok().flatten().as_deref() == Some(event_type))
+            .filter_map(|e| e.get_field::<Value>("content").ok().flatten())
+            .collect::<Vec<Value>>()
+    };
+    let new_state = server_state(&alice, &new_id).await?;
+    let encryption = field(&new_state, "m.room.encryption");
+    assert_eq!(encryption.len(), 1, "{encryption:?}");
+    assert_eq!(encryption[0][identifiers::ENCRYPT_STATE_EVENTS_UNSTABLE], Value::Bool(true));
+    let create = field(&new_state, "m.room.create");
+    assert_eq!(create[0]["predecessor"]["room_id"], json!(old_id));
+    assert!(!serde_json::to_string(&new_state)?.contains("Named in clear"), "in clear");
+    let tombstone = field(&server_state(&alice, &old_id).await?, "m.room.tombstone");
+    assert_eq!(tombstone[0]["replacement_room"], json!(new_id));
+
+    join(&bob, &new_id).await?;
+    let bob_room = bob.room(&new_id);
+    sync_until(&bob.client, "Bob reads the carried name", DEFAULT_TIMEOUT, || async {
+        bob_room.encrypted_name().await.ok().flatten().as_deref() == Some("Named in clear")
+    })
+    .await?;
+    Ok(())
+}

@@ -24,7 +24,7 @@ pub use error::{Error, Result};
 pub use extension::{StateExtension, history::RoomHistoryExt, room::RoomStateExt};
 pub use outcomes::{
     BundleImportError, BundleOutcome, ImportedBundle, InviteReport, KeyRequestRefusal,
-    PreviewRefusal, SkippedDevice,
+    PreviewRefusal, RoomUpgrade, SkippedDevice,
 };
 pub use state_store_ext::{PendingEvent, StateOrigin, StateRecord};
 pub use updates::StateUpdate;

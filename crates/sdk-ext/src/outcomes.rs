@@ -137,6 +137,21 @@ pub enum SkippedDevice {
     DeliveryFailed(OwnedDeviceId),
 }
 
+/// What [`RoomStateExt::upgrade_to_encrypted_state`](crate::RoomStateExt::upgrade_to_encrypted_state)
+/// did.
+#[derive(Debug)]
+pub struct RoomUpgrade {
+    /// The new room, created with encrypted state; the old one's tombstone points to it.
+    pub room: matrix_sdk::Room,
+    /// The slots whose current values were carried over, encrypted.
+    pub carried: Vec<crypto_ext::StateSlot>,
+    /// The old room's members invited to the new one with history, each with its report.
+    pub invited: Vec<InviteReport>,
+    /// The members whose invite failed, with the reason; invite them again with
+    /// [`RoomHistoryExt::invite_with_history`](crate::RoomHistoryExt::invite_with_history).
+    pub not_invited: Vec<(OwnedUserId, String)>,
+}
+
 /// What [`RoomHistoryExt::invite_with_history`](crate::RoomHistoryExt::invite_with_history) did.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct InviteReport {

@@ -23,6 +23,22 @@ use super::{
 use crate::Result;
 
 impl Context {
+    /// Fails with [`Error::NoCrossSigning`](crate::Error::NoCrossSigning) when our user has no
+    /// cross-signing identity: keys we share would give their recipients no way to tell our
+    /// keys from a forger's.
+    pub(crate) async fn require_cross_signing(&self) -> Result<()> {
+        let identity = self
+            .client
+            .encryption()
+            .get_user_identity(&self.own_device.user_id)
+            .await
+            .map_err(matrix_sdk::Error::from)?;
+        if identity.is_none() {
+            return Err(crate::Error::NoCrossSigning);
+        }
+        Ok(())
+    }
+
     /// Looks with `look`; when what it returns is not `found`, asks the homeserver for the
     /// user's devices (as `ask` allows for `lookup`) and looks again.
     async fn look_up<T, F: Future<Output = Result<T>>>(

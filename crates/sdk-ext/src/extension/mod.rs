@@ -8,6 +8,7 @@ pub(crate) mod history;
 mod inner;
 pub(crate) mod room;
 mod tasks;
+mod upgrade;
 
 use std::{
     collections::BTreeMap,

@@ -9,7 +9,8 @@ use state_store_ext::StateRecord;
 
 use super::StateExtension;
 use crate::{
-    EncryptedAvatar, Result, RoomPreview, RoomStateView, SentState, context::encrypts_state,
+    EncryptedAvatar, Result, RoomPreview, RoomStateView, RoomUpgrade, SentState,
+    context::encrypts_state,
 };
 
 /// Encrypted state on a `matrix_sdk::Room` (MSC3414 / MSC4362).
@@ -55,6 +56,23 @@ pub trait RoomStateExt {
     ///
     /// As [`RoomStateExt::set_encrypted_state`].
     fn migrate_to_encrypted_state(&self) -> impl Future<Output = Result<Vec<StateSlot>>> + Send;
+
+    /// Moves the room to encrypted state the way every client honours, Element Web and
+    /// Element X included: a room upgrade. A new room is created with the MSC4362 flag in its
+    /// first `m.room.encryption` (same room version, the old room as predecessor, its power
+    /// levels, join rules, history visibility and guest access); the current value of each
+    /// non-critical slot (the decrypted view, or the plaintext name, topic, avatar and alias) is
+    /// set there encrypted, except slots keyed by another user; the old room gets an
+    /// `m.room.tombstone` pointing to the new one; and the old room's joined members are
+    /// invited with history (their clients follow the tombstone).
+    ///
+    /// # Errors
+    ///
+    /// Checked before anything is created: [`Error::NoCrossSigning`](crate::Error::NoCrossSigning),
+    /// [`Error::NotAllowed`](crate::Error::NotAllowed) when we may not tombstone the room.
+    /// Then homeserver errors. A member whose invite fails is listed in
+    /// [`RoomUpgrade::not_invited`], not an error.
+    fn upgrade_to_encrypted_state(&self) -> impl Future<Output = Result<RoomUpgrade>> + Send;
 
     /// Sets any non-critical state, encrypted: `event_type` and `state_key` travel inside the
     /// ciphertext, the server sees `m.room.encrypted` with the packed key.
@@ -161,6 +179,10 @@ impl RoomStateExt for Room {
 
     async fn migrate_to_encrypted_state(&self) -> Result<Vec<StateSlot>> {
         StateExtension::of_room(self)?.inner.state.migrate(self).await
+    }
+
+    async fn upgrade_to_encrypted_state(&self) -> Result<RoomUpgrade> {
+        StateExtension::of_room(self)?.inner.upgrade(self).await
     }
 
     async fn set_encrypted_state(

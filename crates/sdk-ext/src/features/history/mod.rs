@@ -28,7 +28,7 @@ use tokio::sync::Mutex;
 use tracing::{info, instrument, warn};
 
 use crate::{
-    Error, InviteReport, Result, SkippedDevice,
+    InviteReport, Result, SkippedDevice,
     context::{Ask, ClientKey, Context},
 };
 
@@ -80,16 +80,7 @@ impl History {
     pub(crate) async fn invite(&self, room: &Room, user_id: &UserId) -> Result<Invited> {
         let ctx = &self.ctx;
         let client = &ctx.client;
-        let own_user = &ctx.own_device.user_id;
-        if client
-            .encryption()
-            .get_user_identity(own_user)
-            .await
-            .map_err(matrix_sdk::Error::from)?
-            .is_none()
-        {
-            return Err(Error::NoCrossSigning);
-        }
+        ctx.require_cross_signing().await?;
 
         let room_id = room.room_id().to_owned();
         let history_shared = matches!(
