@@ -144,9 +144,10 @@ impl EncryptedState {
                 | UnableToDecryptReason::SenderIdentityNotTrusted(_) => Ok(Decryption::Missing),
                 // The client's machine holds the key but refused the event (a packed key that
                 // does not match, another room's payload, ...). Look inside ourselves, so the
-                // rejection says exactly why; the event stays refused whatever we find.
+                // rejection says exactly why (as the budget allows); the event stays refused
+                // whatever we find.
                 reason => Ok(Decryption::Refused(
-                    self.explain_refusal(room, event).await?.unwrap_or_else(|| {
+                    self.explain_within_budget(room, event).await?.unwrap_or_else(|| {
                         RejectionReason::MalformedEvent {
                             detail: format!("refused by the client's decryptor: {reason:?}"),
                         }
@@ -159,6 +160,32 @@ impl EncryptedState {
                 }))
             }
         }
+    }
+
+    /// [`EncryptedState::explain_refusal`], at most once per event and within the export
+    /// budget (see `explain`); `None` when over budget.
+    async fn explain_within_budget(
+        &self,
+        room: &Room,
+        event: &EncryptedStateEvent,
+    ) -> Result<Option<RejectionReason>> {
+        let now = std::time::Instant::now();
+        {
+            let mut explanations = self.explanations.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(found) = explanations.remembered(&event.event_id) {
+                return Ok(found);
+            }
+            if !explanations.may_export(now) {
+                debug!(event_id = %event.event_id, "refusal not explained: export budget spent");
+                return Ok(None);
+            }
+        }
+        let found = self.explain_refusal(room, event).await?;
+        self.explanations
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remember(event.event_id.clone(), found.clone());
+        Ok(found)
     }
 
     /// Why the client's machine refused an event, found by decrypting it with a copy of its

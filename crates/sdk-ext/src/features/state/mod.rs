@@ -4,6 +4,7 @@
 //! sending, enabling, migrating, sharing and rotating in `send`.
 
 mod decrypt;
+mod explain;
 mod scan;
 mod send;
 
@@ -32,6 +33,8 @@ pub(crate) struct EncryptedState {
     /// Rooms with events rejected because their sender's device was unknown, with those
     /// senders: a device update of one of them validates the room's events again.
     unknown_device_senders: StdMutex<BTreeMap<OwnedRoomId, BTreeSet<OwnedUserId>>>,
+    /// Refusals of the client's machine explained, and the exports that cost (bounded).
+    explanations: StdMutex<explain::Explanations>,
 }
 
 impl EncryptedState {
@@ -42,6 +45,7 @@ impl EncryptedState {
             room_locks: StdMutex::default(),
             waiting_rooms: StdMutex::default(),
             unknown_device_senders: StdMutex::default(),
+            explanations: StdMutex::new(explain::Explanations::new(std::time::Instant::now())),
         }
     }
 
