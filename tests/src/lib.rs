@@ -5,12 +5,14 @@
 //! it.
 
 pub mod demo;
+mod js;
 mod room;
 mod state;
 mod stock;
 mod sync;
 mod user;
 
+pub use js::{JS_PEER_ENV, JsPeer};
 pub use room::{
     edit_power_levels, is_joined, join, restricted_room, set_power_levels, shared_room,
 };

@@ -39,6 +39,26 @@ fn build_stock_client(root: &Path) -> Result<std::path::PathBuf> {
     Ok(stock_client_bin(root))
 }
 
+/// The matrix-js-sdk peer (Element Web's engine) the interop tests drive.
+const JS_PEER_DIR: &str = "interop/js-peer";
+/// The environment variable through which the interop tests find the peer's program.
+const JS_PEER_ENV: &str = "JS_PEER";
+
+/// Installs the matrix-js-sdk peer's packages exactly as its lock file pins them (`npm ci`),
+/// with Node.js and npm as present on the machine; says what is missing when they are not.
+fn install_js_peer(root: &Path) -> Result<std::path::PathBuf> {
+    for tool in ["node", "npm"] {
+        if !cmd::succeeds(tool, &["--version"]) {
+            bail!(
+                "`{tool}` not found: the matrix-js-sdk interop tests need Node.js 20 or newer with \
+                 npm (Debian: `apt-get install nodejs npm`)"
+            );
+        }
+    }
+    cmd::run(&root.join(JS_PEER_DIR), "npm", &["ci", "--no-audit", "--no-fund"], &[])?;
+    Ok(root.join(JS_PEER_DIR).join("peer.mjs"))
+}
+
 /// Fails if any workspace crate turns on matrix-sdk-base's `experimental-encrypted-state-events`,
 /// the stock path that applies decrypted state without validation (cargo would unify it into
 /// every crate of the build).
@@ -208,7 +228,10 @@ pub fn run(root: &Path) -> Result<()> {
     let stock_built = step(&mut steps, "build the stock matrix-sdk client (interop)", || {
         build_stock_client(root).map(drop)
     });
-    if built && stock_built {
+    let js_installed = step(&mut steps, "install the matrix-js-sdk peer (npm ci)", || {
+        install_js_peer(root).map(drop)
+    });
+    if built && stock_built && js_installed {
         step(&mut steps, "doc tests", || cargo(&["test", "--workspace", "--doc"]));
         step(&mut steps, "unit tests", || runner.run(root, false, &[]));
         step(&mut steps, "benchmarks, once at a tiny size", || {
@@ -217,8 +240,14 @@ pub fn run(root: &Path) -> Result<()> {
         step(&mut steps, "integration suite against Synapse", || {
             let stock = stock_client_bin(root);
             let stock = stock.to_str().unwrap_or_default();
+            let js_peer = root.join(JS_PEER_DIR).join("peer.mjs");
+            let js_peer = js_peer.to_str().unwrap_or_default();
             let guard = SynapseGuard::start(root, "test")?;
-            let envs = [(URL_ENV, guard.0.url.as_str()), (STOCK_CLIENT_ENV, stock)];
+            let envs = [
+                (URL_ENV, guard.0.url.as_str()),
+                (STOCK_CLIENT_ENV, stock),
+                (JS_PEER_ENV, js_peer),
+            ];
             let result = runner.run(root, true, &envs);
             if result.is_err() {
                 eprintln!(
