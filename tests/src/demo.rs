@@ -239,21 +239,17 @@ pub async fn run(narrator: &mut Narrator) -> Result<DemoOutcome> {
     ));
 
     // A public room: anyone may join without an invite, so no bundle reaches them.
+    // Created with encrypted state from the start: the flag is in its first m.room.encryption,
+    // which Element clients honour too, and the name never goes out in clear.
     let mut request = matrix_sdk::ruma::api::client::room::create_room::v3::Request::new();
     request.preset =
         Some(matrix_sdk::ruma::api::client::room::create_room::v3::RoomPreset::PublicChat);
-    request.initial_state = vec![
-        matrix_sdk::ruma::events::InitialStateEvent::with_empty_state_key(
-            matrix_sdk::ruma::events::room::encryption::RoomEncryptionEventContent::with_recommended_defaults(),
-        )
-        .to_raw_any(),
-    ];
-    let square = alice.client.create_room(request).await.context("creating the public room")?;
-    square.enable_state_encryption().await?;
     let square_name = "Town square".to_owned();
-    square.set_encrypted_name(&square_name).await?;
+    request.name = Some(square_name.clone());
+    let square = alice.ext.create_room(request).await.context("creating the public room")?;
     narrator.say(format!(
-        "Alice opened the public room {} and named it {square_name:?}, encrypted",
+        "Alice opened the public room {} with encrypted state from its creation and named it \
+         {square_name:?}, encrypted",
         square.room_id()
     ));
     let dave = StateUser::register("dave").await?;
