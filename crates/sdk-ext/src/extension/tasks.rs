@@ -5,6 +5,7 @@
 
 use std::{collections::BTreeSet, pin::Pin, sync::Weak, time::Duration};
 
+use crypto_ext::identifiers;
 use futures_util::{Stream, StreamExt};
 use matrix_sdk::{
     Client,
@@ -13,7 +14,7 @@ use matrix_sdk::{
 };
 use matrix_sdk_base::{RoomInfoNotableUpdate, RoomInfoNotableUpdateReasons};
 use matrix_sdk_crypto::store::types::RoomKeyInfo;
-use ruma::{OwnedRoomId, OwnedUserId, RoomId};
+use ruma::{OwnedRoomId, OwnedUserId, RoomId, events::AnySyncStateEvent, serde::Raw};
 use tokio::sync::broadcast::{Receiver, error::RecvError};
 use tracing::warn;
 
@@ -121,7 +122,12 @@ impl Handler {
         let Some(inner) = self.inner.upgrade() else { return false };
         let result = match update {
             Ok(updates) => {
-                let scanned = inner.state.scan_rooms(updates.joined.keys()).await;
+                let timelines = updates
+                    .joined
+                    .iter()
+                    .map(|(room_id, update)| (room_id.clone(), encrypted_state_of(update)))
+                    .collect();
+                let scanned = inner.state.scan_rooms(&timelines).await;
                 // Bundles whose download failed are retried with the room's next sync; keys
                 // still missing are asked for.
                 for room_id in updates.joined.keys() {
@@ -235,6 +241,23 @@ async fn share_previews(inner: &Inner, updated: Option<&BTreeSet<OwnedRoomId>>) 
     if let Err(error) = inner.restricted.share_previews(updated).await {
         warn!(%error, "pushing restricted rooms' previews failed");
     }
+}
+
+/// The encrypted state events of a sync's timeline for one room (the client stores only each
+/// slot's current event).
+fn encrypted_state_of(update: &JoinedRoomUpdate) -> Vec<Raw<AnySyncStateEvent>> {
+    update
+        .timeline
+        .events
+        .iter()
+        .map(|event| event.raw())
+        .filter(|raw| {
+            raw.get_field::<String>("type").ok().flatten().as_deref()
+                == Some(identifiers::ROOM_ENCRYPTED)
+                && raw.get_field::<String>("state_key").is_ok_and(|key| key.is_some())
+        })
+        .map(|raw| raw.cast_ref_unchecked::<AnySyncStateEvent>().clone())
+        .collect()
 }
 
 /// Whether a sync changed a room's state (membership, join rules, encrypted state...).

@@ -2,7 +2,7 @@
 //!
 //! Scans after each sync, retries when keys arrive, and tells subscribers after the commit.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use crypto_ext::{
     EncryptedStateEvent, RejectedState, StateSenderTrust, StateSlot, UnprovenCreators,
@@ -47,14 +47,14 @@ impl EncryptedState {
         Ok(())
     }
 
-    /// The rooms `room_ids` (those a sync touched).
-    pub(crate) async fn scan_rooms<'a>(
+    /// The rooms a sync touched, each with the encrypted state events of its timeline.
+    pub(crate) async fn scan_rooms(
         &self,
-        room_ids: impl IntoIterator<Item = &'a OwnedRoomId>,
+        rooms: &BTreeMap<OwnedRoomId, Vec<Raw<AnySyncStateEvent>>>,
     ) -> Result<()> {
-        for room_id in room_ids {
+        for (room_id, timeline) in rooms {
             if let Some(room) = self.ctx.client.get_room(room_id) {
-                self.scan_room(&room).await?;
+                self.scan_room_with(&room, timeline).await?;
             }
         }
         Ok(())
@@ -62,10 +62,19 @@ impl EncryptedState {
 
     /// Processes the encrypted state the client stores for `room` that we have not seen yet
     /// (and events rejected for a reason that may have cleared).
-    #[instrument(skip_all, fields(room_id = %room.room_id()))]
     pub(crate) async fn scan_room(&self, room: &Room) -> Result<()> {
+        self.scan_room_with(room, &[]).await
+    }
+
+    /// [`EncryptedState::scan_room`], with the encrypted state events of a sync's timeline
+    /// too: the client stores only a slot's current event, and an update that follows another
+    /// in the same sync (a forged one, say) must not hide it.
+    #[instrument(skip_all, fields(room_id = %room.room_id()))]
+    async fn scan_room_with(&self, room: &Room, timeline: &[Raw<AnySyncStateEvent>]) -> Result<()> {
         let _serial = self.processing.lock().await;
-        let raws = room.get_state_events(StateEventType::RoomEncrypted).await?;
+        let mut raws: Vec<RawAnySyncOrStrippedState> =
+            timeline.iter().cloned().map(RawAnySyncOrStrippedState::Sync).collect();
+        raws.extend(room.get_state_events(StateEventType::RoomEncrypted).await?);
         let enabled = self.ctx.state_encryption_enabled(room).await;
         if raws.is_empty() && !enabled {
             self.set_waiting_room(room.room_id(), false);
@@ -100,7 +109,7 @@ impl EncryptedState {
                 Err(error) => {
                     if let Some(rejected) =
                         RejectedState::malformed(room_id, &raw, &error.to_string())
-                        && !known.contains(&rejected.event_id)
+                        && known.insert(rejected.event_id.clone())
                     {
                         warn!(event_id = %rejected.event_id, %error, "malformed encrypted state");
                         batch.push_rejected(rejected);
@@ -108,7 +117,8 @@ impl EncryptedState {
                     continue;
                 }
             };
-            if !known.contains(&event.event_id) {
+            // Known, or met twice (in the timeline and as the current event).
+            if known.insert(event.event_id.clone()) {
                 fresh.push((raw, event));
             }
         }
