@@ -25,22 +25,31 @@ async fn created_room(alice: &StateUser, invitees: &[&JsPeer]) -> Result<matrix_
     Ok(alice.ext.create_room(request).await?)
 }
 
+/// Alice and a matrix-js-sdk user at power 50 (`events` set the types' levels), joined to a
+/// room Alice created with encrypted state.
+async fn alice_and_element(
+    events: &[(&str, i64)],
+) -> Result<(StateUser, JsPeer, matrix_sdk::Room)> {
+    init();
+    let alice = StateUser::register("alice").await?;
+    let mut element = JsPeer::register("element").await?;
+    let room = created_room(&alice, &[&element]).await?;
+    element.join(room.room_id()).await?;
+    sync_until(&alice.client, "the Element user joined", DEFAULT_TIMEOUT, || async {
+        is_joined(&room, &element.user_id).await
+    })
+    .await?;
+    set_power_levels(&room, &[(&element.user_id, 50)], events).await?;
+    Ok((alice, element, room))
+}
+
 /// In a room created through our API, our encrypted name shows in the matrix-js-sdk client,
 /// and its name change goes out encrypted (the homeserver's copy is ciphertext) and reads
 /// through our API.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn element_and_ours_read_each_other_in_a_room_created_with_encrypted_state() -> Result<()> {
-    init();
-    let alice = StateUser::register("alice").await?;
-    let mut element = JsPeer::register("element").await?;
-    let room = created_room(&alice, &[&element]).await?;
+    let (alice, mut element, room) = alice_and_element(&[]).await?;
     let room_id: OwnedRoomId = room.room_id().to_owned();
-    element.join(&room_id).await?;
-    sync_until(&alice.client, "the Element user joined", DEFAULT_TIMEOUT, || async {
-        is_joined(&room, &element.user_id).await
-    })
-    .await?;
-    set_power_levels(&room, &[(&element.user_id, 50)], &[]).await?;
 
     room.set_encrypted_name("Set through sdk-ext").await?;
     let (matched, seen) = element.wait_for_state(&room_id, "Set through sdk-ext", None, 30).await?;
@@ -86,20 +95,12 @@ async fn an_element_invitee_who_accepts_at_once_reads_history_and_the_name() -> 
 /// A matrix-js-sdk member whose power allows `m.room.encrypted` but not the name sets the name
 /// encrypted (the homeserver sees only the outer type): our readers reject it for power, and
 /// the room's real name stays, also when both reach our client in one sync (matrix-js-sdk
-/// itself shows the forged name: it does not judge the inner type's power). The control: the same member's name once promoted is taken.
+/// itself shows the forged name: it does not judge the inner type's power). The control: the
+/// same member's name once promoted is taken.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_under_powered_element_member_cannot_rename_the_room_for_us() -> Result<()> {
-    init();
-    let alice = StateUser::register("alice").await?;
-    let mut element = JsPeer::register("element").await?;
-    let room = created_room(&alice, &[&element]).await?;
+    let (alice, mut element, room) = alice_and_element(&[("m.room.name", 100)]).await?;
     let room_id: OwnedRoomId = room.room_id().to_owned();
-    element.join(&room_id).await?;
-    sync_until(&alice.client, "the Element user joined", DEFAULT_TIMEOUT, || async {
-        is_joined(&room, &element.user_id).await
-    })
-    .await?;
-    set_power_levels(&room, &[(&element.user_id, 50)], &[("m.room.name", 100)]).await?;
     room.set_encrypted_name("The real name").await?;
     // Our client does not sync until the forged update is sent too: both arrive in one sync,
     // and the rejected update must not hide the genuine one before it.

@@ -8,7 +8,9 @@ use matrix_sdk::{
     deserialized_responses::{VerificationLevel, VerificationState},
     encryption::identities::Device,
 };
-use ruma::{DeviceId, UserId};
+use std::collections::BTreeMap;
+
+use ruma::{DeviceId, OwnedDeviceId, OwnedUserId, UserId};
 use state_store_ext::{StateOrigin, StateRecord};
 
 use super::handle::Context;
@@ -50,6 +52,9 @@ impl Context {
     /// claims keeps its `Unverified(None(InsecureSource))`, and our own device its stored state.
     /// A device the store no longer knows keeps the state last seen.
     pub(crate) async fn refresh_verification(&self, records: &mut [StateRecord]) {
+        // Many slots share a few devices: each device is looked up once.
+        let mut looked_up: BTreeMap<(OwnedUserId, OwnedDeviceId), Option<VerificationState>> =
+            BTreeMap::new();
         for record in records {
             let StateOrigin::Encrypted(provenance) = &mut record.origin else { continue };
             let Some(device_id) = &provenance.sender_device else { continue };
@@ -58,7 +63,16 @@ impl Context {
             if !provenance.creator_proven || own {
                 continue;
             }
-            if let Some(now) = self.current_verification(&provenance.sender, device_id).await {
+            let key = (provenance.sender.clone(), device_id.clone());
+            let now = match looked_up.get(&key) {
+                Some(now) => now.clone(),
+                None => {
+                    let now = self.current_verification(&key.0, &key.1).await;
+                    looked_up.insert(key, now.clone());
+                    now
+                }
+            };
+            if let Some(now) = now {
                 provenance.verification = Some(now);
             }
         }

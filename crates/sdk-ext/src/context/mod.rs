@@ -18,7 +18,8 @@ mod throttle;
 pub(crate) use handle::{Context, OlmSender};
 pub(crate) use preview::PreviewEvent;
 pub(crate) use rooms::{
-    encrypts_state, is_joined, is_moderator, is_moderator_in, power_levels, room_encryption_content,
+    encrypts_state, is_joined, is_moderator, is_moderator_in, power_levels,
+    room_encryption_content, state_content,
 };
 pub(crate) use sessions::ClientKey;
 pub(crate) use throttle::Ask;

@@ -59,7 +59,13 @@ pub(crate) async fn is_moderator(room: &Room, user_id: &UserId) -> bool {
 
 /// The content of the room's `m.room.encryption`, from its state or its invite's stripped state.
 pub(crate) async fn room_encryption_content(room: &Room) -> Option<Value> {
-    match room.get_state_event(StateEventType::RoomEncryption, "").await.ok()?? {
+    state_content(room, StateEventType::RoomEncryption).await
+}
+
+/// The content of the room's state event of `event_type` (empty state key), from its state or
+/// its invite's stripped state.
+pub(crate) async fn state_content(room: &Room, event_type: StateEventType) -> Option<Value> {
+    match room.get_state_event(event_type, "").await.ok()?? {
         RawAnySyncOrStrippedState::Sync(raw) => raw.get_field("content").ok()?,
         RawAnySyncOrStrippedState::Stripped(raw) => raw.get_field("content").ok()?,
     }

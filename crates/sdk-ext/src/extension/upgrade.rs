@@ -7,7 +7,7 @@
 //! is) and invites the old room's members with history.
 
 use crypto_ext::{StateSlot, critical::is_critical, identifiers::AESTHETIC_SLOTS, may_send_state};
-use matrix_sdk::{Room, RoomMemberships, deserialized_responses::RawAnySyncOrStrippedState};
+use matrix_sdk::{Room, RoomMemberships};
 use ruma::{
     api::client::room::create_room::v3::Request as CreateRoomRequest, events::StateEventType,
     serde::Raw,
@@ -17,7 +17,7 @@ use state_store_ext::StateRecord;
 use tracing::{info, warn};
 
 use super::{history::RoomHistoryExt, inner::Inner};
-use crate::{Error, Result, RoomUpgrade};
+use crate::{Error, Result, RoomUpgrade, context::state_content};
 
 /// Plaintext state copied into the new room as it is (rules of access, not metadata).
 const COPIED_IN_CLEAR: [&str; 3] =
@@ -43,11 +43,11 @@ impl Inner {
             }))?
             .cast_unchecked(),
         );
-        if let Some(content) = plaintext_content(old, "m.room.power_levels").await? {
+        if let Some(content) = plaintext_content(old, "m.room.power_levels").await {
             request.power_level_content_override = Some(Raw::new(&content)?.cast_unchecked());
         }
         for event_type in COPIED_IN_CLEAR {
-            if let Some(content) = plaintext_content(old, event_type).await? {
+            if let Some(content) = plaintext_content(old, event_type).await {
                 let event = json!({ "type": event_type, "state_key": "", "content": content });
                 request.initial_state.push(Raw::new(&event)?.cast_unchecked());
             }
@@ -108,7 +108,7 @@ impl Inner {
             if values.iter().any(|(slot, _)| slot.event_type == *event_type) {
                 continue;
             }
-            if let Some(content) = plaintext_content(room, event_type).await? {
+            if let Some(content) = plaintext_content(room, event_type).await {
                 values.push((StateSlot::new(*event_type, ""), content));
             }
         }
@@ -121,14 +121,10 @@ impl Inner {
     }
 }
 
-/// The content of `room`'s plaintext state event of `event_type` (empty state key), when it
-/// has one that is not redacted.
-async fn plaintext_content(room: &Room, event_type: &str) -> Result<Option<Value>> {
-    let Some(RawAnySyncOrStrippedState::Sync(raw)) =
-        room.get_state_event(StateEventType::from(event_type), "").await?
-    else {
-        return Ok(None);
-    };
-    let content: Option<Value> = raw.get_field("content").ok().flatten();
-    Ok(content.filter(|c| c.as_object().is_some_and(|fields| !fields.is_empty())))
+/// The content of `room`'s state event of `event_type` (empty state key), when it has one that
+/// is not redacted.
+async fn plaintext_content(room: &Room, event_type: &str) -> Option<Value> {
+    state_content(room, StateEventType::from(event_type))
+        .await
+        .filter(|content| content.as_object().is_some_and(|fields| !fields.is_empty()))
 }
