@@ -109,7 +109,7 @@ async fn ours_join(room: &Room) -> Result<Duration> {
     };
     let decrypted = tokio::task::spawn_blocking(move || decrypt_batch(groups)).await?;
     let mut records: Vec<StateRecord> = Vec::with_capacity(decrypted.len());
-    for (event, decrypted) in &decrypted {
+    for (position, (event, decrypted)) in (1..).zip(&decrypted) {
         let Ok(decrypted) = decrypted else { continue };
         let verdict = validate(ValidationInput {
             room_id: &room.room_id,
@@ -121,7 +121,7 @@ async fn ours_join(room: &Room) -> Result<Duration> {
             sender_trust: Default::default(),
         });
         if let Verdict::Accepted(accepted) = verdict {
-            records.push(accepted.into());
+            records.push(StateRecord::accepted(accepted, position));
         }
     }
     ensure!(

@@ -38,6 +38,13 @@ pub enum EncryptStateError {
         /// The refused type.
         event_type: String,
     },
+    /// The type is only honoured in plaintext
+    /// ([`PLAINTEXT_ONLY_STATE_TYPES`](crate::critical::PLAINTEXT_ONLY_STATE_TYPES)).
+    #[error("{event_type} is only honoured in plaintext and is never encrypted")]
+    PlaintextOnly {
+        /// The refused type.
+        event_type: String,
+    },
     /// The packed state key is invalid.
     #[error(transparent)]
     PackedStateKey(#[from] PackedStateKeyError),

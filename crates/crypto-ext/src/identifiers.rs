@@ -60,11 +60,11 @@ pub const RESTRICTED_PREVIEW: &str = "org.matrix.msc3414.restricted_preview";
 /// ignored.
 pub const RESTRICTED_PREVIEW_MAX: usize = 16;
 
-/// The state types of a room's "look" (name, topic, avatar, canonical alias), each with the
-/// empty state key: what an invite or a restricted room's preview shows, and the slots whose
-/// plaintext copies are tracked next to the encrypted ones.
-pub const AESTHETIC_SLOTS: &[&str] =
-    &["m.room.name", "m.room.topic", "m.room.avatar", "m.room.canonical_alias"];
+/// The encrypted state types of a room's "look" (name, topic, avatar), each with the empty state
+/// key: what an invite or a restricted room's preview shows, and the slots whose plaintext copies
+/// are tracked next to the encrypted ones. (The canonical alias is plaintext-only:
+/// [`crate::critical::PLAINTEXT_ONLY_STATE_TYPES`].)
+pub const AESTHETIC_SLOTS: &[&str] = &["m.room.name", "m.room.topic", "m.room.avatar"];
 
 /// The Megolm algorithm name used for room events and state.
 pub const MEGOLM_V1: &str = "m.megolm.v1.aes-sha2";

@@ -28,8 +28,9 @@ pub use validation::{
 };
 pub use vodozemac;
 
-/// Converts a JSON value into a `Raw` of any type.
-pub(crate) fn to_raw<T>(value: &serde_json::Value) -> ruma::serde::Raw<T> {
+/// Converts a JSON value into a `Raw` of any type (infallible: a `serde_json::Value` always
+/// serialises).
+pub fn to_raw<T>(value: &serde_json::Value) -> ruma::serde::Raw<T> {
     // Serialising a `serde_json::Value` cannot fail: its keys are strings and its numbers finite.
     #[allow(clippy::expect_used)]
     let json = serde_json::value::to_raw_value(value).expect("a JSON value always serialises");

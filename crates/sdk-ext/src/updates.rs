@@ -33,6 +33,15 @@ pub enum StateUpdate {
         /// Why.
         reason: RejectionReason,
     },
+    /// The accepted event holding a slot was redacted: the slot has no value now.
+    Redacted {
+        /// The room.
+        room_id: OwnedRoomId,
+        /// The slot it held.
+        slot: StateSlot,
+        /// The redacted event.
+        event_id: OwnedEventId,
+    },
     /// An encrypted state event cannot be decrypted yet and waits for its key.
     Pending {
         /// The room.

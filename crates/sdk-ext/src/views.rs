@@ -1,7 +1,7 @@
 //! What the readers return: decrypted state, previews and sent state, as values without I/O.
 
 use matrix_sdk::ruma::events::room::MediaSource;
-use ruma::{OwnedEventId, OwnedRoomAliasId, OwnedRoomId, OwnedUserId};
+use ruma::{OwnedEventId, OwnedRoomId, OwnedUserId};
 use serde_json::Value;
 use state_store_ext::{PendingEvent, StateRecord};
 
@@ -56,9 +56,13 @@ pub struct RoomStateView {
     pub rejected: Vec<crypto_ext::RejectedState>,
     /// Encrypted state events waiting for a key.
     pub pending: Vec<PendingEvent>,
+    /// The slots whose value is contested: an event of the slot met after the value shown was
+    /// not accepted (rejected, or waiting for its key), so the slot shows the last accepted
+    /// value while others (clients that apply every event) may show another.
+    pub contested: Vec<crypto_ext::StateSlot>,
 }
 
-/// What a room we have not joined shows: its name, topic, avatar and alias, decrypted from its
+/// What a room we have not joined shows: its name, topic and avatar, decrypted from its
 /// encrypted state with the keys a member sent us, either with an invite (read from the
 /// invite's stripped state) or, for a restricted room, pushed to us as a member of a room its
 /// allow-list names. A preview: the power levels are not known before joining, so only rules 1
@@ -71,8 +75,6 @@ pub struct RoomPreview {
     pub topic: Option<String>,
     /// The room avatar.
     pub avatar: Option<EncryptedAvatar>,
-    /// The room's canonical alias.
-    pub canonical_alias: Option<OwnedRoomAliasId>,
     /// Who shared the keys of the values shown (the inviter, or the restricted room's member
     /// who sent the preview).
     pub shared_by: Option<OwnedUserId>,

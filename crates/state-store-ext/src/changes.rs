@@ -14,8 +14,13 @@ use crate::records::{
 /// Everything one sync batch (or one user action) changes; the store saves it atomically.
 #[derive(Debug, Default)]
 pub struct StateChanges {
-    /// Authorised state values. Each is kept, and takes its slot if it is the newest there.
+    /// Authorised state values. Each is kept, and takes its slot if it is the latest there in
+    /// room order; saving a record again (emptied by a redaction, say) updates it in place,
+    /// also as the slot's current value.
     pub state: Vec<StateRecord>,
+    /// The last position given out in each room (see [`StateRecord::position`]), saved with the
+    /// records that use the positions.
+    pub room_positions: Vec<(OwnedRoomId, u64)>,
     /// Rejected events with their reasons. Saving a state value with the same event id later
     /// removes the rejection (a transient reason that cleared).
     pub rejected: Vec<RejectedState>,
@@ -51,6 +56,7 @@ impl StateChanges {
     /// Whether the batch changes nothing.
     pub fn is_empty(&self) -> bool {
         self.state.is_empty()
+            && self.room_positions.is_empty()
             && self.rejected.is_empty()
             && self.pending.is_empty()
             && self.resolved_pending.is_empty()

@@ -54,6 +54,12 @@ pub(crate) fn name_slot() -> StateSlot {
     StateSlot::new("m.room.name", "")
 }
 
+/// A timestamp that falls as positions grow: the tests then show that the room order decides,
+/// not the timestamp.
+fn ts_against(position: u64) -> MilliSecondsSinceUnixEpoch {
+    ts(1_000_000 - position)
+}
+
 pub(crate) fn provenance(event_id: &str, ms: u64) -> Provenance {
     Provenance {
         event_id: event_id.try_into().unwrap(),
@@ -68,33 +74,48 @@ pub(crate) fn provenance(event_id: &str, ms: u64) -> Provenance {
     }
 }
 
+/// An accepted decrypted record at `position` (its timestamp falls as positions grow).
 pub(crate) fn encrypted(
     room_id: &RoomId,
     slot: &StateSlot,
     event_id: &str,
-    ms: u64,
+    position: u64,
     name: &str,
 ) -> StateRecord {
-    record(room_id, slot, name, StateOrigin::Encrypted(provenance(event_id, ms)))
+    let origin = StateOrigin::Encrypted(provenance(event_id, 1_000_000 - position));
+    record(room_id, slot, name, origin, position)
 }
 
+/// A plaintext copy at `position` (its timestamp falls as positions grow).
 pub(crate) fn plaintext(
     room_id: &RoomId,
     slot: &StateSlot,
     event_id: &str,
-    ms: u64,
+    position: u64,
     name: &str,
 ) -> StateRecord {
     let origin = StateOrigin::Plaintext {
         event_id: event_id.try_into().unwrap(),
         sender: user_id!("@alice:example.org").to_owned(),
-        origin_server_ts: ts(ms),
+        origin_server_ts: ts_against(position),
     };
-    record(room_id, slot, name, origin)
+    record(room_id, slot, name, origin, position)
 }
 
-fn record(room_id: &RoomId, slot: &StateSlot, name: &str, origin: StateOrigin) -> StateRecord {
-    StateRecord { room_id: room_id.to_owned(), slot: slot.clone(), content: content(name), origin }
+fn record(
+    room_id: &RoomId,
+    slot: &StateSlot,
+    name: &str,
+    origin: StateOrigin,
+    position: u64,
+) -> StateRecord {
+    StateRecord {
+        room_id: room_id.to_owned(),
+        slot: slot.clone(),
+        content: content(name),
+        origin,
+        position,
+    }
 }
 
 pub(crate) fn rejected(room_id: &RoomId, event_id: &str) -> RejectedState {
@@ -107,6 +128,7 @@ pub(crate) fn rejected(room_id: &RoomId, event_id: &str) -> RejectedState {
         session_id: "s".to_owned(),
         message_index: 3,
         reason: RejectionReason::CriticalType { event_type: "m.room.tombstone".to_owned() },
+        position: 7,
     }
 }
 
@@ -153,7 +175,7 @@ macro_rules! state_store_integration_tests {
             }
 
             #[tokio::test]
-            async fn newest_event_holds_the_slot_and_every_event_is_kept() {
+            async fn the_latest_event_in_room_order_holds_the_slot_and_every_event_is_kept() {
                 let backend = backend();
                 let store = backend.open().await;
                 let (r1, r2, slot) = (room(1), room(2), name_slot());
@@ -188,30 +210,81 @@ macro_rules! state_store_integration_tests {
             }
 
             #[tokio::test]
-            async fn plaintext_and_encrypted_copies_resolve_by_timestamp_then_event_id() {
+            async fn plaintext_and_encrypted_copies_resolve_by_room_order() {
                 let backend = backend();
                 let store = backend.open().await;
                 let (r, slot) = (room(1), name_slot());
                 let changes = StateChanges {
-                    state: vec![
-                        encrypted(&r, &slot, "$enc", 30, "Encrypted"),
-                        plaintext(&r, &slot, "$plain", 40, "Stale plaintext? no, newer"),
-                    ],
+                    state: vec![plaintext(&r, &slot, "$plain", 20, "Plaintext, before the switch")],
                     ..Default::default()
                 };
                 store.save_changes(changes).await.unwrap();
                 assert_eq!(store.current_state(&r, &slot).await.unwrap().unwrap().event_id(), "$plain");
-
-                // Same timestamp: the greater event id wins, whatever the order of arrival.
+                // An encrypted value outranks the plaintext copy, later in the room or not (every
+                // client agrees, whatever it saw of the room's order).
                 let changes = StateChanges {
                     state: vec![
-                        encrypted(&r, &slot, "$zz", 50, "Z"),
-                        plaintext(&r, &slot, "$yy", 50, "Y"),
+                        encrypted(&r, &slot, "$enc", 30, "Encrypted"),
+                        plaintext(&r, &slot, "$plain2", 40, "Plaintext, later"),
                     ],
                     ..Default::default()
                 };
                 store.save_changes(changes).await.unwrap();
-                assert_eq!(store.current_state(&r, &slot).await.unwrap().unwrap().event_id(), "$zz");
+                assert_eq!(store.current_state(&r, &slot).await.unwrap().unwrap().event_id(), "$enc");
+
+                // A far-future timestamp earlier in the room pins nothing.
+                let mut pinned = encrypted(&r, &slot, "$pinned", 45, "Pinned");
+                if let crate::StateOrigin::Encrypted(provenance) = &mut pinned.origin {
+                    provenance.origin_server_ts = ts(u64::from(u32::MAX) * 1000);
+                }
+                store.save_changes(StateChanges { state: vec![pinned], ..Default::default() }).await.unwrap();
+                let later = encrypted(&r, &slot, "$later", 46, "Later");
+                store.save_changes(StateChanges { state: vec![later], ..Default::default() }).await.unwrap();
+                assert_eq!(store.current_state(&r, &slot).await.unwrap().unwrap().event_id(), "$later");
+
+                // Records stored before positions existed (position 0) keep the old rule among
+                // themselves: timestamp, then the greater event id.
+                let r2 = room(2);
+                let old = |id: &str, ms: u64| {
+                    let mut record = encrypted(&r2, &slot, id, 0, id);
+                    if let crate::StateOrigin::Encrypted(provenance) = &mut record.origin {
+                        provenance.origin_server_ts = ts(ms);
+                    }
+                    record
+                };
+                let changes = StateChanges {
+                    state: vec![old("$zz", 50), old("$yy", 50), old("$newest", 60)],
+                    ..Default::default()
+                };
+                store.save_changes(changes).await.unwrap();
+                assert_eq!(store.current_state(&r2, &slot).await.unwrap().unwrap().event_id(), "$newest");
+            }
+
+            #[tokio::test]
+            async fn a_redacted_record_saved_again_empties_the_slot_and_positions_persist() {
+                let backend = backend();
+                let store = backend.open().await;
+                let (r, slot) = (room(1), name_slot());
+                assert_eq!(store.room_position(&r).await.unwrap(), 0);
+                let changes = StateChanges {
+                    state: vec![encrypted(&r, &slot, "$a", 1, "A"), encrypted(&r, &slot, "$b", 2, "B")],
+                    room_positions: vec![(r.clone(), 2)],
+                    ..Default::default()
+                };
+                store.save_changes(changes).await.unwrap();
+                assert_eq!(store.room_position(&r).await.unwrap(), 2);
+                assert_eq!(store.room_position(&room(2)).await.unwrap(), 0);
+
+                let current = store.current_state(&r, &slot).await.unwrap().unwrap();
+                assert!(!current.is_redacted());
+                let changes = StateChanges { state: vec![current.redacted()], ..Default::default() };
+                store.save_changes(changes).await.unwrap();
+                let current = store.current_state(&r, &slot).await.unwrap().unwrap();
+                assert_eq!(current.event_id(), "$b");
+                assert!(current.is_redacted(), "the slot reads as no value");
+                let history = store.slot_history(&r, &slot).await.unwrap();
+                assert_eq!(history.len(), 2);
+                assert!(!history[0].is_redacted() && history[1].is_redacted());
             }
 
             #[tokio::test]
@@ -249,6 +322,8 @@ macro_rules! state_store_integration_tests {
                     event: ruma::serde::Raw::new(&serde_json::json!({ "event_id": id }))
                         .unwrap()
                         .cast_unchecked(),
+                    position: 4,
+                    power_levels_at: Some(serde_json::json!({ "state_default": 50 })),
                 };
                 let changes = StateChanges {
                     pending: vec![
@@ -260,7 +335,10 @@ macro_rules! state_store_integration_tests {
                 };
                 store.save_changes(changes).await.unwrap();
                 assert_eq!(store.pending_for_session("s1").await.unwrap().len(), 2);
-                assert_eq!(store.pending_in_room(&room(1)).await.unwrap().len(), 2);
+                let in_room = store.pending_in_room(&room(1)).await.unwrap();
+                assert_eq!(in_room.len(), 2);
+                assert_eq!(in_room[0].position, 4, "the room position is kept");
+                assert_eq!(in_room[0].power_levels_at.as_ref().unwrap()["state_default"], 50);
 
                 let changes = StateChanges {
                     resolved_pending: vec![("s1".to_owned(), event_id!("$p1").to_owned())],

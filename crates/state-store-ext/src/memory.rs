@@ -25,6 +25,7 @@ use crate::{
 struct Inner {
     history: BTreeMap<RoomSlot, BTreeMap<OwnedEventId, StateRecord>>,
     current: BTreeMap<RoomSlot, StateRecord>,
+    positions: BTreeMap<OwnedRoomId, u64>,
     rejected: BTreeMap<OwnedRoomId, BTreeMap<OwnedEventId, RejectedState>>,
     pending: BTreeMap<String, BTreeMap<OwnedEventId, PendingEvent>>,
     session_events: BTreeMap<(String, u32), SessionEventRef>,
@@ -81,11 +82,12 @@ impl StateStore for MemoryStateStore {
             if let Some(rejected) = inner.rejected.get_mut(&record.room_id) {
                 rejected.remove(record.event_id());
             }
-            if record.replaces(inner.current.get(&key)) {
+            if record.replaces_or_updates(inner.current.get(&key)) {
                 inner.current.insert(key.clone(), record.clone());
             }
             inner.history.entry(key).or_default().insert(record.event_id().clone(), record);
         }
+        inner.positions.extend(changes.room_positions);
         for rejected in changes.rejected {
             inner
                 .rejected
@@ -154,6 +156,10 @@ impl StateStore for MemoryStateStore {
 
     async fn room_state(&self, room_id: &RoomId) -> Result<Vec<StateRecord>> {
         Ok(self.read().current.values().filter(|r| r.room_id == room_id).cloned().collect())
+    }
+
+    async fn room_position(&self, room_id: &RoomId) -> Result<u64> {
+        Ok(self.read().positions.get(room_id).copied().unwrap_or(0))
     }
 
     async fn slot_history(&self, room_id: &RoomId, slot: &StateSlot) -> Result<Vec<StateRecord>> {

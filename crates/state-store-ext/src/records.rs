@@ -40,16 +40,22 @@ pub struct StateRecord {
     pub content: Raw<AnyStateEventContent>,
     /// Where it came from.
     pub origin: StateOrigin,
+    /// The event's position in its room, in the order this client met the room's state events
+    /// ([`crypto_ext::validation::resolution`]): the accepted record with the greatest
+    /// position holds the slot. 0 for records stored before positions existed.
+    #[serde(default)]
+    pub position: u64,
 }
 
 impl StateRecord {
-    /// The record of a slot's plaintext copy, from the state event the homeserver serves for it;
-    /// `None` when the event lacks its id, sender or timestamp. A redacted event (empty content)
-    /// reads as "no value".
+    /// The record of a slot's plaintext copy at `position`, from the state event the homeserver
+    /// serves for it; `None` when the event lacks its id, sender or timestamp. A redacted event
+    /// (empty content) reads as "no value".
     pub fn plaintext(
         room_id: &RoomId,
         slot: &StateSlot,
         raw: &Raw<AnySyncStateEvent>,
+        position: u64,
     ) -> Option<Self> {
         let event_id: OwnedEventId = raw.get_field("event_id").ok()??;
         let sender: OwnedUserId = raw.get_field("sender").ok()??;
@@ -57,14 +63,38 @@ impl StateRecord {
             raw.get_field("origin_server_ts").ok()??;
         let content = match raw.get_field("content").ok()? {
             Some(content) => content,
-            None => Raw::new(&serde_json::json!({})).ok()?.cast_unchecked(),
+            None => empty_content(),
         };
         Some(Self {
             room_id: room_id.to_owned(),
             slot: slot.clone(),
             content,
             origin: StateOrigin::Plaintext { event_id, sender, origin_server_ts },
+            position,
         })
+    }
+
+    /// The record of an accepted decrypted event at `position` in its room.
+    pub fn accepted(accepted: crypto_ext::AcceptedState, position: u64) -> Self {
+        Self {
+            room_id: accepted.room_id,
+            slot: accepted.slot,
+            content: accepted.content,
+            origin: StateOrigin::Encrypted(accepted.provenance),
+            position,
+        }
+    }
+
+    /// Whether the value was redacted (its content emptied, as a redaction does): the slot then
+    /// reads as "no value".
+    pub fn is_redacted(&self) -> bool {
+        self.content.json().get().trim() == "{}"
+    }
+
+    /// This record with its content emptied by a redaction of its event.
+    pub fn redacted(mut self) -> Self {
+        self.content = empty_content();
+        self
     }
 
     /// The event id.
@@ -99,26 +129,31 @@ impl StateRecord {
         }
     }
 
-    /// The slot ordering key (newest wins).
+    /// The slot ordering key (the latest in room order wins).
     pub fn order(&self) -> SlotOrder<'_> {
-        SlotOrder::new(self.origin_server_ts(), self.event_id())
+        SlotOrder::new(
+            self.provenance().is_some(),
+            self.position,
+            self.origin_server_ts(),
+            self.event_id(),
+        )
     }
 
     /// Whether this record takes the slot from `current`.
     pub fn replaces(&self, current: Option<&StateRecord>) -> bool {
         replaces(self.order(), current.map(StateRecord::order))
     }
+
+    /// Whether saving this record sets the slot's current value: it takes the slot from
+    /// `current`, or it is `current` saved again (redacted since).
+    pub(crate) fn replaces_or_updates(&self, current: Option<&StateRecord>) -> bool {
+        self.replaces(current) || current.is_some_and(|c| c.event_id() == self.event_id())
+    }
 }
 
-impl From<crypto_ext::AcceptedState> for StateRecord {
-    fn from(accepted: crypto_ext::AcceptedState) -> Self {
-        Self {
-            room_id: accepted.room_id,
-            slot: accepted.slot,
-            content: accepted.content,
-            origin: StateOrigin::Encrypted(accepted.provenance),
-        }
-    }
+/// An empty state content, as a redaction leaves it.
+fn empty_content() -> Raw<AnyStateEventContent> {
+    crypto_ext::to_raw(&serde_json::json!({}))
 }
 
 /// An encrypted state event we cannot decrypt yet, waiting for its session's key.
@@ -134,6 +169,16 @@ pub struct PendingEvent {
     pub message_index: u32,
     /// The event as received, to retry later.
     pub event: Raw<AnySyncStateEvent>,
+    /// The event's position in its room (see [`StateRecord::position`]), kept so that a late
+    /// key puts the event where the room had it.
+    #[serde(default)]
+    pub position: u64,
+    /// The content of the room's `m.room.power_levels` in force at the event, when the client
+    /// knew it as it met the event (in a sync's timeline), so that a late key judges the event
+    /// as a member who read it live did; absent otherwise (the power levels at the event are
+    /// then asked of the homeserver).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub power_levels_at: Option<serde_json::Value>,
 }
 
 /// Which state event a Megolm session index encrypted (to answer key requests at the right

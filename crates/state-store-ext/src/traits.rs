@@ -26,7 +26,7 @@ pub trait StateStore: Debug + Send + Sync {
     /// Saves a batch atomically.
     async fn save_changes(&self, changes: StateChanges) -> Result<()>;
 
-    /// The current value of a slot (the newest authorised event).
+    /// The current value of a slot (the authorised event latest in room order).
     async fn current_state(
         &self,
         room_id: &RoomId,
@@ -36,7 +36,10 @@ pub trait StateStore: Debug + Send + Sync {
     /// The current value of every slot of a room.
     async fn room_state(&self, room_id: &RoomId) -> Result<Vec<StateRecord>>;
 
-    /// Every authorised event of a slot, oldest first.
+    /// The last position given out in a room's order of state events (0 before any).
+    async fn room_position(&self, room_id: &RoomId) -> Result<u64>;
+
+    /// Every authorised event of a slot, in room order.
     async fn slot_history(&self, room_id: &RoomId, slot: &StateSlot) -> Result<Vec<StateRecord>>;
 
     /// The rejected events of a room with their reasons.

@@ -25,7 +25,7 @@ use vodozemac::{
 };
 
 use crate::{
-    critical::is_critical,
+    critical::{is_critical, is_plaintext_only},
     error::{EncryptStateError, PickleError},
     identifiers::{MEGOLM_V1, SHARED_HISTORY_UNSTABLE},
     state_event::{PackedStateKey, StatePayload, StateSlot},
@@ -90,11 +90,14 @@ impl OutboundStateSession {
     ///
     /// # Errors
     ///
-    /// Refuses critical slots and slots whose packed key would be too long, so that no session
+    /// Refuses critical and plaintext-only slots, and slots whose packed key would be too long, so that no session
     /// exists for a slot that can never be sent.
     pub fn new(room_id: &RoomId, slot: StateSlot) -> Result<Self, EncryptStateError> {
         if is_critical(&slot.event_type) {
             return Err(EncryptStateError::CriticalType { event_type: slot.event_type });
+        }
+        if is_plaintext_only(&slot.event_type) {
+            return Err(EncryptStateError::PlaintextOnly { event_type: slot.event_type });
         }
         slot.packed()?;
         let session = GroupSession::new(SessionConfig::version_1());

@@ -17,7 +17,7 @@ use tracing::debug;
 
 use super::{DecryptionFacts, RejectionReason, SessionOwner};
 use crate::{
-    critical::is_critical,
+    critical::{is_critical, is_plaintext_only},
     state_event::{PackedStateKey, StatePayload, StateSlot},
     state_sessions::{EncryptedStateEvent, KeyOrigin},
 };
@@ -127,6 +127,11 @@ pub struct RejectedState {
     pub message_index: u32,
     /// Why it was rejected.
     pub reason: RejectionReason,
+    /// The event's position in its room, in the order the processing client met the room's
+    /// state events ([`super::resolution`]); 0 until the caller sets it, and in records stored
+    /// before positions existed.
+    #[serde(default)]
+    pub position: u64,
 }
 
 impl RejectedState {
@@ -145,6 +150,7 @@ impl RejectedState {
             session_id: event.session_id.clone(),
             message_index: event.message_index,
             reason,
+            position: 0,
         }
     }
 
@@ -161,6 +167,7 @@ impl RejectedState {
             session_id: String::new(),
             message_index: 0,
             reason: RejectionReason::MalformedEvent { detail: detail.to_owned() },
+            position: 0,
         })
     }
 }
@@ -189,7 +196,7 @@ impl Verdict {
 /// 1. the session belongs to a device of the event's sender;
 /// 2. the plaintext is a state payload whose `{type}:{state_key}` equals the outer packed key
 ///    and whose `room_id` is the room's;
-/// 3. the inner type is not critical state;
+/// 3. the inner type is not critical state, nor only honoured in plaintext;
 /// 4. the sender's power level reaches the level the room's plaintext power levels require for
 ///    the inner type (`events[type]`, else `state_default`), and a state key starting with `@` is
 ///    the sender's own user id.
@@ -335,10 +342,13 @@ fn rule_payload_matches(
     Ok(payload)
 }
 
-/// Rule 3: the inner type is not critical.
+/// Rule 3: the inner type is neither critical nor plaintext-only.
 fn rule_not_critical(slot: &StateSlot) -> Result<(), RejectionReason> {
     if is_critical(&slot.event_type) {
         return Err(RejectionReason::CriticalType { event_type: slot.event_type.clone() });
+    }
+    if is_plaintext_only(&slot.event_type) {
+        return Err(RejectionReason::PlaintextOnly { event_type: slot.event_type.clone() });
     }
     Ok(())
 }

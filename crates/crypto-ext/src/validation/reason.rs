@@ -71,6 +71,13 @@ pub enum RejectionReason {
         /// The inner type.
         event_type: String,
     },
+    /// Rule 3: the inner type is only honoured in plaintext
+    /// ([`PLAINTEXT_ONLY_STATE_TYPES`](crate::critical::PLAINTEXT_ONLY_STATE_TYPES)).
+    #[error("{event_type} is only honoured in plaintext, where the homeserver checks it")]
+    PlaintextOnly {
+        /// The inner type.
+        event_type: String,
+    },
     /// Rule 4: the sender's power level is below what the room requires for the inner type.
     #[error("sending {event_type} needs power level {required}, the sender has {actual}")]
     InsufficientPower {
@@ -87,6 +94,24 @@ pub enum RejectionReason {
         /// The inner state key.
         state_key: String,
     },
+    /// Rule 5: the event's (session, message index) is not newer than one already accepted for
+    /// the same slot, earlier in the room: an older ciphertext posted again (a replay), which
+    /// could otherwise roll the slot back.
+    #[error(
+        "replay: index {message_index} of session {session_id} is not newer than index \
+         {accepted_index}, already accepted for this slot"
+    )]
+    Replay {
+        /// The Megolm session.
+        session_id: String,
+        /// The event's index.
+        message_index: u32,
+        /// The index of the accepted event of the same session that came first.
+        accepted_index: u32,
+    },
+    /// The event was redacted before it could be decrypted (its ciphertext is gone).
+    #[error("the event was redacted before it could be decrypted")]
+    Redacted,
 }
 
 impl RejectionReason {

@@ -18,7 +18,7 @@ mod throttle;
 pub(crate) use handle::{Context, OlmSender};
 pub(crate) use preview::PreviewEvent;
 pub(crate) use rooms::{
-    encrypts_state, is_joined, is_moderator, is_moderator_in, power_levels,
+    encrypts_state, is_joined, is_moderator, is_moderator_in, levels_with_content,
     room_encryption_content, state_content,
 };
 pub(crate) use sessions::ClientKey;

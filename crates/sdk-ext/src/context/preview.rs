@@ -99,9 +99,6 @@ impl Context {
                 ("m.room.name", "") => preview.name = text("name"),
                 ("m.room.topic", "") => preview.topic = text("topic"),
                 ("m.room.avatar", "") => preview.avatar = EncryptedAvatar::from_content(&value)?,
-                ("m.room.canonical_alias", "") => {
-                    preview.canonical_alias = text("alias").and_then(|a| a.try_into().ok());
-                }
                 _ => continue,
             }
             preview.shared_by = shared_by;

@@ -1,10 +1,10 @@
 //! Room facts: power levels, membership, moderators, and whether state encryption is on.
 
 use crypto_ext::identifiers;
-use matrix_sdk::{Room, deserialized_responses::RawAnySyncOrStrippedState};
+use matrix_sdk::{Room, config::RequestConfig, deserialized_responses::RawAnySyncOrStrippedState};
 use ruma::{
-    OwnedUserId, RoomVersionId, UserId,
-    api::client::state::get_state_event_for_key,
+    EventId, OwnedUserId, RoomVersionId, UInt, UserId,
+    api::client::{context::get_context, state::get_state_event_for_key},
     events::{
         StateEventType,
         room::{
@@ -12,27 +12,30 @@ use ruma::{
             power_levels::{RoomPowerLevels, RoomPowerLevelsEventContent, RoomPowerLevelsSource},
         },
     },
-    room_version_rules::RoomVersionRules,
+    room_version_rules::{AuthorizationRules, RoomVersionRules},
 };
 use serde_json::Value;
 use tracing::warn;
 
 use super::handle::Context;
+
+/// How long the power levels at an event may take to arrive.
+const CONTEXT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 use crate::Result;
 
-/// The room's plaintext power levels (the spec's defaults when the room has none).
-pub(crate) async fn power_levels(room: &Room) -> RoomPowerLevels {
-    match room.power_levels().await {
-        Ok(power_levels) => power_levels,
-        Err(error) => {
-            warn!(%error, "no power levels, using the defaults");
-            RoomPowerLevels::new(
-                Default::default(),
-                &ruma::room_version_rules::AuthorizationRules::V1,
-                Vec::<OwnedUserId>::new(),
-            )
-        }
-    }
+/// The power levels of `content` with the rules and creators of `current` (the room's power
+/// levels now): the levels an earlier `m.room.power_levels` content set in the same room.
+pub(crate) fn levels_with_content(
+    current: &RoomPowerLevels,
+    content: RoomPowerLevelsEventContent,
+) -> RoomPowerLevels {
+    let mut levels = RoomPowerLevels::new(
+        RoomPowerLevelsSource::Original(content),
+        &AuthorizationRules::V1,
+        Vec::<OwnedUserId>::new(),
+    );
+    levels.rules = current.rules.clone();
+    levels
 }
 
 /// Whether `user_id` is joined to `room` in our view of it.
@@ -77,10 +80,11 @@ pub(crate) async fn encrypts_state(room: &Room) -> bool {
 }
 
 impl Context {
-    /// The room's power levels, to judge what we may send: as the client's store knows them,
-    /// or, while it does not (a room created a moment ago, before the sync that brings its
-    /// state), as the homeserver serves them, with the creators its `m.room.create` names.
-    pub(crate) async fn power_levels_for_sending(&self, room: &Room) -> Result<RoomPowerLevels> {
+    /// The room's power levels now: as the client's store knows them, or, while it does not (a
+    /// room created a moment ago, before the sync that brings its state; a store that lacks
+    /// them), as the homeserver serves them, with the creators its `m.room.create` names. Never
+    /// defaults that would reject good state for good.
+    pub(crate) async fn room_power_levels(&self, room: &Room) -> Result<RoomPowerLevels> {
         if let Ok(levels) = room.power_levels().await {
             return Ok(levels);
         }
@@ -105,6 +109,38 @@ impl Context {
             &rules.authorization,
             creators,
         ))
+    }
+
+    /// The power levels in force at `event_id` (the room's state at that event, as the
+    /// homeserver's `/context` serves it), with the rules and creators of `current`; `None` when
+    /// the server does not say (the event is hidden from us by the room's history visibility,
+    /// the server is unreachable, no power levels at the event): the caller then judges by
+    /// `current`.
+    pub(crate) async fn power_levels_at(
+        &self,
+        room: &Room,
+        event_id: &EventId,
+        current: &RoomPowerLevels,
+    ) -> Option<RoomPowerLevels> {
+        let mut request =
+            get_context::v3::Request::new(room.room_id().to_owned(), event_id.to_owned());
+        request.limit = UInt::MIN;
+        request.filter.types = Some(vec![StateEventType::RoomPowerLevels.to_string()]);
+        let config = RequestConfig::new().timeout(CONTEXT_TIMEOUT).retry_limit(1);
+        let response = match self.client.send(request).with_request_config(config).await {
+            Ok(response) => response,
+            Err(error) => {
+                warn!(%event_id, %error, "the power levels at an event are unknown, judging by today's");
+                return None;
+            }
+        };
+        let content = response.state.iter().find_map(|event| {
+            (event.get_field::<String>("type").ok()??.as_str() == "m.room.power_levels")
+                .then(|| event.get_field::<RoomPowerLevelsEventContent>("content").ok()?)
+                .flatten()
+        });
+        // No power levels at the event (the server left them out): judged by today's.
+        content.map(|content| levels_with_content(current, content))
     }
 
     /// The state event of `event_type` (empty state key) of `room`, as the homeserver serves it.

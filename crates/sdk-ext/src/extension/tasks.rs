@@ -19,7 +19,7 @@ use tokio::sync::broadcast::{Receiver, error::RecvError};
 use tracing::warn;
 
 use super::inner::Inner;
-use crate::Result;
+use crate::{Result, features::state::RoomSync};
 
 /// Keys the client's machine received; `Err` when the stream lagged.
 type RoomKeys = Pin<Box<dyn Stream<Item = Result<Vec<RoomKeyInfo>, ()>> + Send>>;
@@ -125,7 +125,7 @@ impl Handler {
                 let timelines = updates
                     .joined
                     .iter()
-                    .map(|(room_id, update)| (room_id.clone(), encrypted_state_of(update)))
+                    .map(|(room_id, update)| (room_id.clone(), room_sync(update)))
                     .collect();
                 let scanned = inner.state.scan_rooms(&timelines).await;
                 // Bundles whose download failed are retried with the room's next sync; keys
@@ -243,21 +243,30 @@ async fn share_previews(inner: &Inner, updated: Option<&BTreeSet<OwnedRoomId>>) 
     }
 }
 
-/// The encrypted state events of a sync's timeline for one room (the client stores only each
-/// slot's current event).
-fn encrypted_state_of(update: &JoinedRoomUpdate) -> Vec<Raw<AnySyncStateEvent>> {
-    update
+/// What a sync brought for one room that encrypted state needs: the timeline's encrypted state
+/// events and power levels changes in order, the state section's encrypted state events, and
+/// whether the timeline has a gap (the client stores only each slot's current event).
+fn room_sync(update: &JoinedRoomUpdate) -> RoomSync {
+    let is_state_of = |raw: &Raw<AnySyncStateEvent>, event_type: &str| {
+        raw.get_field::<String>("type").ok().flatten().as_deref() == Some(event_type)
+            && raw.get_field::<String>("state_key").is_ok_and(|key| key.is_some())
+    };
+    let timeline = update
         .timeline
         .events
         .iter()
-        .map(|event| event.raw())
+        .map(|event| event.raw().cast_ref_unchecked::<AnySyncStateEvent>())
         .filter(|raw| {
-            raw.get_field::<String>("type").ok().flatten().as_deref()
-                == Some(identifiers::ROOM_ENCRYPTED)
-                && raw.get_field::<String>("state_key").is_ok_and(|key| key.is_some())
+            is_state_of(raw, identifiers::ROOM_ENCRYPTED) || is_state_of(raw, "m.room.power_levels")
         })
-        .map(|raw| raw.cast_ref_unchecked::<AnySyncStateEvent>().clone())
-        .collect()
+        .cloned()
+        .collect();
+    let state = match &update.state {
+        State::Before(events) | State::After(events) => events,
+    };
+    let state =
+        state.iter().filter(|raw| is_state_of(raw, identifiers::ROOM_ENCRYPTED)).cloned().collect();
+    RoomSync { timeline, state, limited: update.timeline.limited }
 }
 
 /// Whether a sync changed a room's state (membership, join rules, encrypted state...).

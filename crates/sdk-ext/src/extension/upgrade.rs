@@ -31,7 +31,7 @@ impl Inner {
         let own = &ctx.own_device.user_id;
         // Everything that could refuse is checked before the new room exists.
         ctx.require_cross_signing().await?;
-        let levels = ctx.power_levels_for_sending(old).await?;
+        let levels = ctx.room_power_levels(old).await?;
         may_send_state(&levels, own, &StateSlot::new("m.room.tombstone", ""))
             .map_err(Error::NotAllowed)?;
 

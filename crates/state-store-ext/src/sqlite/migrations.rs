@@ -9,6 +9,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/002_pending_room_index.sql"),
     include_str!("migrations/003_withheld_session.sql"),
     include_str!("migrations/004_restricted_previews.sql"),
+    include_str!("migrations/005_room_positions.sql"),
 ];
 
 /// The schema version this build writes.

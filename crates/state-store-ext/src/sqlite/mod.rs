@@ -186,7 +186,7 @@ fn save(tx: &Transaction<'_>, codec: &Codec, changes: StateChanges) -> Result<()
             .map(|bytes| codec.open("current_state", &bytes, exactly(&parts)))
             .transpose()?;
         let sealed_current = codec.seal(&parts, &record)?;
-        if record.replaces(current.as_ref()) {
+        if record.replaces_or_updates(current.as_ref()) {
             tx.prepare_cached(
                 "INSERT OR REPLACE INTO current_state (room, slot, value) VALUES (?1, ?2, ?3)",
             )?
@@ -202,6 +202,11 @@ fn save(tx: &Transaction<'_>, codec: &Codec, changes: StateChanges) -> Result<()
             codec.key("state.event", &[room, &event_id]),
             codec.seal(&event_parts, &record)?
         ])?;
+    }
+    for (room_id, position) in changes.room_positions {
+        let parts = [room_id.as_str()];
+        tx.prepare_cached("INSERT OR REPLACE INTO room_position (room, value) VALUES (?1, ?2)")?
+            .execute(params![codec.key("position.room", &parts), codec.seal(&parts, &position)?])?;
     }
     for rejected in changes.rejected {
         let parts = [rejected.room_id.as_str(), rejected.event_id.as_str()];
@@ -430,6 +435,16 @@ impl StateStore for SqliteStateStore {
                 .key("state.room", &parts)
                 .expect(&parts);
         self.lookup(lookup).await
+    }
+
+    async fn room_position(&self, room_id: &RoomId) -> Result<u64> {
+        let parts = [room_id.as_str()];
+        let lookup =
+            Lookup::new("room_position", "SELECT value FROM room_position WHERE room = ?1")
+                .key("position.room", &parts)
+                .expect(&parts);
+        let mut found: Vec<u64> = self.lookup(lookup).await?;
+        Ok(found.pop().unwrap_or(0))
     }
 
     async fn slot_history(&self, room_id: &RoomId, slot: &StateSlot) -> Result<Vec<StateRecord>> {

@@ -38,7 +38,7 @@ use tracing::{debug, info, warn};
 use self::pusher::pusher;
 use crate::{
     PreviewRefusal, Result, RoomPreview, StateUpdate,
-    context::{Context, OlmSender, PreviewEvent, is_moderator, power_levels},
+    context::{Context, OlmSender, PreviewEvent, is_moderator},
 };
 
 /// The restricted-preview feature.
@@ -113,7 +113,7 @@ impl RestrictedPreviews {
             .filter(|m| *m.membership() == MembershipState::Join)
             .map(|m| m.user_id().to_owned())
             .collect();
-        let room_levels = power_levels(room).await;
+        let room_levels = ctx.room_power_levels(room).await?;
         let set_by = join_rules_sender(room).await?;
         // Stepping in for the member who set the join rules needs a view of the room that knows
         // that member (a client that just joined may not have the whole member list yet).
@@ -137,7 +137,7 @@ impl RestrictedPreviews {
                 .iter()
                 .map(|m| m.user_id().to_owned())
                 .collect();
-            let via_levels = power_levels(&via_room).await;
+            let via_levels = ctx.room_power_levels(&via_room).await?;
             let candidates = joined_there.iter().filter(|user| joined_here.contains(*user));
             if pusher(candidates, &via_levels, &room_levels, set_by.as_ref()) != Some(own) {
                 continue;

@@ -8,6 +8,8 @@ mod explain;
 mod scan;
 mod send;
 
+pub(crate) use scan::RoomSync;
+
 use std::{
     collections::{BTreeMap, BTreeSet},
     sync::{Arc, Mutex as StdMutex},
@@ -35,6 +37,17 @@ pub(crate) struct EncryptedState {
     unknown_device_senders: StdMutex<BTreeMap<OwnedRoomId, BTreeSet<OwnedUserId>>>,
     /// Refusals of the client's machine explained, and the exports that cost (bounded).
     explanations: StdMutex<explain::Explanations>,
+    /// Rooms whose timeline had a gap: whether its state is still to be fetched, and when it
+    /// last was.
+    gaps: StdMutex<BTreeMap<OwnedRoomId, Gap>>,
+}
+
+/// A room's timeline gaps: whether the state they held is still to be fetched, and when it last
+/// was (fetches are rate-limited).
+#[derive(Debug, Default)]
+struct Gap {
+    owed: bool,
+    fetched_at: Option<std::time::Instant>,
 }
 
 impl EncryptedState {
@@ -46,6 +59,7 @@ impl EncryptedState {
             waiting_rooms: StdMutex::default(),
             unknown_device_senders: StdMutex::default(),
             explanations: StdMutex::new(explain::Explanations::new(std::time::Instant::now())),
+            gaps: StdMutex::default(),
         }
     }
 
@@ -116,6 +130,7 @@ impl EncryptedState {
         slot: &StateSlot,
     ) -> Result<Option<StateRecord>> {
         let mut record = self.ctx.store.current_state(room.room_id(), slot).await?;
+        record.take_if(|record| record.is_redacted());
         self.ctx.refresh_verification(record.as_mut_slice()).await;
         Ok(record)
     }
@@ -126,12 +141,27 @@ impl EncryptedState {
         let store = &self.ctx.store;
         let room_id = room.room_id();
         let mut state = store.room_state(room_id).await?;
+        let rejected = store.rejected_events(room_id).await?;
+        let pending = store.pending_in_room(room_id).await?;
+        // A slot is contested when an event met after its value was not accepted: a rejected
+        // update (forged, replayed, under-powered) or one still waiting for its key.
+        let later = rejected.iter().map(|r| (r.packed_state_key.as_str(), r.position)).chain(
+            pending
+                .iter()
+                .filter_map(|p| Some((p.event.get_field::<&str>("state_key").ok()??, p.position))),
+        );
+        let mut contested = BTreeSet::new();
+        for (packed, at) in later {
+            for record in &state {
+                if record.position < at && record.slot.packed().is_ok_and(|p| p.as_str() == packed)
+                {
+                    contested.insert(record.slot.clone());
+                }
+            }
+        }
+        state.retain(|record| !record.is_redacted());
         self.ctx.refresh_verification(&mut state).await;
-        Ok(RoomStateView {
-            state,
-            rejected: store.rejected_events(room_id).await?,
-            pending: store.pending_in_room(room_id).await?,
-        })
+        Ok(RoomStateView { state, rejected, pending, contested: contested.into_iter().collect() })
     }
 
     /// Whether the room has switched on encrypted state.

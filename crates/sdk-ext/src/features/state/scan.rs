@@ -1,24 +1,59 @@
-//! From what the client stores to validated, persisted state, one transaction per batch.
+//! From what a sync brings and what the client stores to validated, persisted state, in the
+//! room's order, one transaction per batch.
 //!
-//! Scans after each sync, retries when keys arrive, and tells subscribers after the commit.
+//! Every encrypted state event a sync brings is processed: its timeline's (in order, each
+//! judged by the power levels in force at it), its `state` section's, what a gap in its timeline
+//! held (fetched), and the room's current state. Each event met for the first time takes the
+//! room's next position (`crypto_ext::validation::resolution`), which orders the slot; a late
+//! key keeps the position the event was met at. Scans after each sync, retries when keys
+//! arrive, and tells subscribers after the commit.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    time::{Duration, Instant},
+};
 
 use crypto_ext::{
-    EncryptedStateEvent, RejectedState, StateSenderTrust, StateSlot, UnprovenCreators,
-    ValidationInput, Verdict, critical::is_critical, identifiers::AESTHETIC_SLOTS, validate,
+    EncryptedStateEvent, RejectedState, RejectionReason, StateSlot, ValidationInput, Verdict,
+    critical::is_never_encrypted,
+    identifiers::{AESTHETIC_SLOTS, ROOM_ENCRYPTED},
+    validate,
+    validation::resolution::{SessionIndex, replayed_index},
 };
 use matrix_sdk::{Room, deserialized_responses::RawAnySyncOrStrippedState};
 use ruma::{
     OwnedEventId, OwnedRoomId, OwnedUserId, RoomId,
-    events::{AnySyncStateEvent, StateEventType, room::power_levels::RoomPowerLevels},
+    api::client::state::get_state_events,
+    events::{
+        AnySyncStateEvent, StateEventType,
+        room::power_levels::{RoomPowerLevels, RoomPowerLevelsEventContent},
+    },
     serde::Raw,
 };
+use serde_json::Value;
 use state_store_ext::{PendingEvent, SessionEventRef, StateChanges, StateRecord};
 use tracing::{debug, instrument, warn};
 
 use super::{EncryptedState, decrypt::Decryption};
-use crate::{Result, StateUpdate, context::power_levels};
+use crate::{
+    Result, StateUpdate,
+    context::{levels_with_content, state_content},
+};
+
+/// How often a room's full state may be fetched to fill gaps in its timeline: a member who
+/// floods the room makes every sync gappy, and each fetch costs the whole room state.
+const GAP_FETCH_INTERVAL: Duration = Duration::from_secs(60);
+
+/// What a sync brought for one room.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct RoomSync {
+    /// The timeline's encrypted state events and power levels changes, in timeline order.
+    pub(crate) timeline: Vec<Raw<AnySyncStateEvent>>,
+    /// The encrypted state events of the sync's `state` section.
+    pub(crate) state: Vec<Raw<AnySyncStateEvent>>,
+    /// Whether the timeline has a gap (`limited`): what the gap held is fetched.
+    pub(crate) limited: bool,
+}
 
 /// Changes and the updates to announce once they are stored.
 #[derive(Default)]
@@ -38,6 +73,83 @@ impl Batch {
     }
 }
 
+/// Which power levels judge an event.
+#[derive(Clone, Debug)]
+enum LevelsAt {
+    /// The content of the power levels in force at the event, known from the timeline it came
+    /// in.
+    Known(Value),
+    /// Unknown here (the event was met as current state, after a gap, or by a newcomer): asked
+    /// of the homeserver, if the event gets that far.
+    AtEvent,
+}
+
+impl LevelsAt {
+    fn from_stored(content: Option<Value>) -> Self {
+        content.map_or(Self::AtEvent, Self::Known)
+    }
+
+    fn content(&self) -> Option<&Value> {
+        match self {
+            Self::Known(content) => Some(content),
+            Self::AtEvent => None,
+        }
+    }
+}
+
+/// One encrypted state event met in a room, with what judging it needs.
+struct Met {
+    raw: Raw<AnySyncStateEvent>,
+    event: EncryptedStateEvent,
+    position: u64,
+    levels_at: LevelsAt,
+    was_pending: bool,
+}
+
+/// An accepted event's session, index in it, and position in its room.
+type AcceptedIndex = (String, u32, u64);
+
+/// The accepted events of the slots a batch touches, by room and packed state key, to find
+/// replays: loaded from the store once per slot, then kept up to date with the batch.
+#[derive(Default)]
+struct AcceptedIndexes {
+    by_slot: BTreeMap<(OwnedRoomId, StateSlot), Vec<AcceptedIndex>>,
+}
+
+impl AcceptedIndexes {
+    /// The (session, index) of the slot's accepted events met before `position`.
+    async fn before(
+        &mut self,
+        state: &EncryptedState,
+        room_id: &RoomId,
+        slot: &StateSlot,
+        position: u64,
+    ) -> Result<Vec<(String, u32)>> {
+        let key = (room_id.to_owned(), slot.clone());
+        if !self.by_slot.contains_key(&key) {
+            let history = state.ctx.store.slot_history(room_id, slot).await?;
+            let known = history
+                .iter()
+                .filter_map(|record| {
+                    let provenance = record.provenance()?;
+                    Some((provenance.session_id.clone(), provenance.message_index, record.position))
+                })
+                .collect();
+            self.by_slot.insert(key.clone(), known);
+        }
+        Ok(self.by_slot[&key]
+            .iter()
+            .filter(|(_, _, at)| *at < position)
+            .map(|(session, index, _)| (session.clone(), *index))
+            .collect())
+    }
+
+    fn add(&mut self, room_id: &RoomId, slot: &StateSlot, session: &str, index: u32, at: u64) {
+        let key = (room_id.to_owned(), slot.clone());
+        self.by_slot.entry(key).or_default().push((session.to_owned(), index, at));
+    }
+}
+
 impl EncryptedState {
     /// Every joined room.
     pub(crate) async fn scan_all(&self) -> Result<()> {
@@ -47,14 +159,11 @@ impl EncryptedState {
         Ok(())
     }
 
-    /// The rooms a sync touched, each with the encrypted state events of its timeline.
-    pub(crate) async fn scan_rooms(
-        &self,
-        rooms: &BTreeMap<OwnedRoomId, Vec<Raw<AnySyncStateEvent>>>,
-    ) -> Result<()> {
-        for (room_id, timeline) in rooms {
+    /// The rooms a sync touched, each with what the sync brought for it.
+    pub(crate) async fn scan_rooms(&self, rooms: &BTreeMap<OwnedRoomId, RoomSync>) -> Result<()> {
+        for (room_id, sync) in rooms {
             if let Some(room) = self.ctx.client.get_room(room_id) {
-                self.scan_room_with(&room, timeline).await?;
+                self.scan_room_with(&room, sync).await?;
             }
         }
         Ok(())
@@ -63,55 +172,98 @@ impl EncryptedState {
     /// Processes the encrypted state the client stores for `room` that we have not seen yet
     /// (and events rejected for a reason that may have cleared).
     pub(crate) async fn scan_room(&self, room: &Room) -> Result<()> {
-        self.scan_room_with(room, &[]).await
+        self.scan_room_with(room, &RoomSync::default()).await
     }
 
-    /// [`EncryptedState::scan_room`], with the encrypted state events of a sync's timeline
-    /// too: the client stores only a slot's current event, and an update that follows another
-    /// in the same sync (a forged one, say) must not hide it.
+    /// [`EncryptedState::scan_room`], with what a sync brought for the room: the client stores
+    /// only a slot's current event, and an update that follows another in the same sync (a
+    /// forged one, say) must not hide it.
     #[instrument(skip_all, fields(room_id = %room.room_id()))]
-    async fn scan_room_with(&self, room: &Room, timeline: &[Raw<AnySyncStateEvent>]) -> Result<()> {
+    async fn scan_room_with(&self, room: &Room, sync: &RoomSync) -> Result<()> {
         let _serial = self.processing.lock().await;
-        let mut raws: Vec<RawAnySyncOrStrippedState> =
-            timeline.iter().cloned().map(RawAnySyncOrStrippedState::Sync).collect();
-        raws.extend(room.get_state_events(StateEventType::RoomEncrypted).await?);
+        let room_id = room.room_id();
         let enabled = self.ctx.state_encryption_enabled(room).await;
-        if raws.is_empty() && !enabled {
-            self.set_waiting_room(room.room_id(), false);
+        let mut current: Vec<Raw<AnySyncStateEvent>> = Vec::new();
+        if sync.limited {
+            self.owe_gap(room_id);
+        }
+        if self.gap_due(room_id) {
+            current.extend(self.fetch_encrypted_state(room).await);
+        }
+        for raw in room.get_state_events(StateEventType::RoomEncrypted).await? {
+            if let RawAnySyncOrStrippedState::Sync(raw) = raw {
+                current.push(raw);
+            }
+        }
+        let brought = !sync.timeline.is_empty() || !sync.state.is_empty() || !current.is_empty();
+        if !brought && !enabled {
+            self.set_waiting_room(room_id, false);
             return Ok(());
         }
-        let room_id = room.room_id();
         let store = &self.ctx.store;
-        let mut known: BTreeSet<OwnedEventId> = BTreeSet::new();
-        for record in store.room_state(room_id).await? {
-            known.insert(record.event_id().clone());
-        }
-        for pending in store.pending_in_room(room_id).await? {
-            known.insert(pending.event_id);
-        }
+        let accepted: BTreeMap<OwnedEventId, StateRecord> = store
+            .room_state(room_id)
+            .await?
+            .into_iter()
+            .map(|record| (record.event_id().clone(), record))
+            .collect();
+        let mut known: BTreeSet<OwnedEventId> = accepted.keys().cloned().collect();
+        // Events rejected for a reason that may have cleared, with the position they were met
+        // at: validated again on every scan (the device may have become known since).
+        let mut transient: BTreeMap<OwnedEventId, u64> = BTreeMap::new();
+        let pending: BTreeMap<OwnedEventId, PendingEvent> = store
+            .pending_in_room(room_id)
+            .await?
+            .into_iter()
+            .map(|pending| (pending.event_id.clone(), pending))
+            .collect();
+        known.extend(pending.keys().cloned());
         for rejected in store.rejected_events(room_id).await? {
-            // Transient rejections (an unknown device) are validated again on every scan: the
-            // device may have become known since.
             if rejected.reason.is_transient() {
+                transient.insert(rejected.event_id, rejected.position);
                 self.add_unknown_device_sender(room_id, rejected.sender);
             } else {
                 known.insert(rejected.event_id);
             }
         }
+        let levels = self.ctx.room_power_levels(room).await?;
+        let levels_now = state_content(room, StateEventType::RoomPowerLevels).await;
 
-        let power_levels = power_levels(room).await;
+        // In room order: the timeline, each event judged by the power levels in force at it
+        // (those a later change in the same timeline replaced, else today's), then the state
+        // section, what a gap held and the current state, judged at the event.
+        let mut met = Vec::new();
+        for (index, raw) in sync.timeline.iter().enumerate() {
+            if is_power_levels(raw) {
+                continue;
+            }
+            let levels_at = match sync.timeline[index + 1..].iter().find(|r| is_power_levels(r)) {
+                Some(change) => LevelsAt::from_stored(prev_content(change)),
+                None => LevelsAt::from_stored(levels_now.clone()),
+            };
+            met.push((raw, levels_at));
+        }
+        met.extend(sync.state.iter().chain(&current).map(|raw| (raw, LevelsAt::AtEvent)));
+
+        let mut position = store.room_position(room_id).await?;
+        let first_position = position;
         let mut batch = Batch::default();
         let mut fresh = Vec::new();
-        for raw in raws {
-            let RawAnySyncOrStrippedState::Sync(raw) = raw else { continue };
-            let event = match EncryptedStateEvent::from_raw(&raw) {
+        for (raw, levels_at) in met {
+            if is_redacted(raw) {
+                redaction(room_id, raw, &accepted, &pending, &mut known, &mut position, &mut batch);
+                continue;
+            }
+            let event = match EncryptedStateEvent::from_raw(raw) {
                 Ok(event) => event,
                 Err(error) => {
-                    if let Some(rejected) =
-                        RejectedState::malformed(room_id, &raw, &error.to_string())
+                    if let Some(mut rejected) =
+                        RejectedState::malformed(room_id, raw, &error.to_string())
                         && known.insert(rejected.event_id.clone())
                     {
                         warn!(event_id = %rejected.event_id, %error, "malformed encrypted state");
+                        position += 1;
+                        rejected.position = position;
                         batch.push_rejected(rejected);
                     }
                     continue;
@@ -119,33 +271,39 @@ impl EncryptedState {
             };
             // Known, or met twice (in the timeline and as the current event).
             if known.insert(event.event_id.clone()) {
-                fresh.push((raw, event));
+                let at = match transient.get(&event.event_id) {
+                    Some(at) => *at,
+                    None => {
+                        position += 1;
+                        position
+                    }
+                };
+                let raw = raw.clone();
+                fresh.push(Met { raw, event, position: at, levels_at, was_pending: false });
             }
         }
         // Events whose keys we hold are decrypted as one batch (each session read once, on
         // every core); the others go one by one through the client's machine.
-        let events: Vec<EncryptedStateEvent> = fresh.iter().map(|(_, e)| e.clone()).collect();
+        let events: Vec<EncryptedStateEvent> = fresh.iter().map(|m| m.event.clone()).collect();
         let mut ours = self.decrypt_with_our_sessions(room_id, events).await?;
         let mut slots = BTreeSet::new();
-        for (raw, event) in fresh {
-            let decryption = match ours.remove(&event.event_id) {
+        let mut indexes = AcceptedIndexes::default();
+        for met in fresh {
+            let decryption = match ours.remove(&met.event.event_id) {
                 Some(decryption) => decryption,
-                None => self.decrypt(room, &raw, &event).await?,
+                None => self.decrypt(room, &met.raw, &met.event).await?,
             };
-            let record = Record {
-                room_id,
-                raw: &raw,
-                power_levels: &power_levels,
-                was_pending: false,
-                unproven_creators: self.ctx.config.unproven_creators,
-                sender_trust: self.ctx.config.sender_trust,
-            };
-            if let Some(slot) = record.record(event, decryption, &mut batch) {
+            if let Some(slot) =
+                self.record(room, &levels, met, decryption, &mut indexes, &mut batch).await?
+            {
                 slots.insert(slot);
             }
         }
         if enabled {
-            self.plaintext_copies(room, slots, &known, &mut batch).await?;
+            self.plaintext_copies(room, slots, &known, &mut position, &mut batch).await?;
+        }
+        if position != first_position {
+            batch.changes.room_positions.push((room_id.to_owned(), position));
         }
         self.commit(batch).await?;
         let waiting = !store.pending_in_room(room_id).await?.is_empty();
@@ -165,42 +323,160 @@ impl EncryptedState {
         Ok(())
     }
 
-    /// Retries the pending events of `sessions` (their keys just arrived).
+    /// Retries the pending events of `sessions` (their keys just arrived), each at the position
+    /// and with the power levels it was met with.
     pub(crate) async fn retry_sessions(&self, sessions: BTreeSet<String>) -> Result<()> {
         let _serial = self.processing.lock().await;
         let mut batch = Batch::default();
+        let mut indexes = AcceptedIndexes::default();
+        let mut levels: BTreeMap<OwnedRoomId, RoomPowerLevels> = BTreeMap::new();
         for session_id in sessions {
             for pending in self.ctx.store.pending_for_session(&session_id).await? {
                 let Some(room) = self.ctx.client.get_room(&pending.room_id) else { continue };
                 let Ok(event) = EncryptedStateEvent::from_raw(&pending.event) else { continue };
-                let power_levels = power_levels(&room).await;
+                if !levels.contains_key(room.room_id()) {
+                    let now = self.ctx.room_power_levels(&room).await?;
+                    levels.insert(room.room_id().to_owned(), now);
+                }
                 let decryption = self.decrypt(&room, &pending.event, &event).await?;
-                let record = Record {
-                    room_id: room.room_id(),
-                    raw: &pending.event,
-                    power_levels: &power_levels,
+                let met = Met {
+                    raw: pending.event,
+                    event,
+                    position: pending.position,
+                    levels_at: LevelsAt::from_stored(pending.power_levels_at),
                     was_pending: true,
-                    unproven_creators: self.ctx.config.unproven_creators,
-                    sender_trust: self.ctx.config.sender_trust,
                 };
-                record.record(event, decryption, &mut batch);
+                let now = &levels[room.room_id()];
+                self.record(&room, now, met, decryption, &mut indexes, &mut batch).await?;
             }
         }
         self.commit(batch).await
     }
 
+    /// Validates a decrypted event and records it (or records it as pending or rejected),
+    /// judging its power by the levels in force at it (`levels_now` when those are unknown).
+    /// Returns the slot of an accepted event.
+    async fn record(
+        &self,
+        room: &Room,
+        levels_now: &RoomPowerLevels,
+        met: Met,
+        decryption: Decryption,
+        indexes: &mut AcceptedIndexes,
+        batch: &mut Batch,
+    ) -> Result<Option<StateSlot>> {
+        let room_id = room.room_id();
+        let Met { raw, event, position, levels_at, was_pending } = met;
+        if was_pending && !matches!(decryption, Decryption::Missing) {
+            batch.changes.resolved_pending.push((event.session_id.clone(), event.event_id.clone()));
+        }
+        let reject = |batch: &mut Batch, reason: RejectionReason| {
+            let mut rejected = RejectedState::for_event(room_id, &event, reason);
+            rejected.position = position;
+            warn!(event_id = %rejected.event_id, sender = %rejected.sender, reason = %rejected.reason, "rejected encrypted state");
+            batch.push_rejected(rejected);
+        };
+        let (plaintext, facts) = match decryption {
+            Decryption::Decrypted { plaintext, facts } => (plaintext, facts),
+            Decryption::Missing => {
+                if !was_pending {
+                    debug!(event_id = %event.event_id, session_id = %event.session_id, "waiting for key");
+                    batch.updates.push(StateUpdate::Pending {
+                        room_id: room_id.to_owned(),
+                        event_id: event.event_id.clone(),
+                        session_id: event.session_id.clone(),
+                    });
+                    batch.changes.pending.push(PendingEvent {
+                        room_id: room_id.to_owned(),
+                        event_id: event.event_id,
+                        session_id: event.session_id,
+                        message_index: event.message_index,
+                        event: raw,
+                        position,
+                        power_levels_at: levels_at.content().cloned(),
+                    });
+                }
+                return Ok(None);
+            }
+            Decryption::Refused(reason) => {
+                reject(batch, reason);
+                return Ok(None);
+            }
+        };
+        let levels = match &levels_at {
+            LevelsAt::Known(content) => {
+                serde_json::from_value::<RoomPowerLevelsEventContent>(content.clone())
+                    .ok()
+                    .map(|content| levels_with_content(levels_now, content))
+            }
+            LevelsAt::AtEvent => self.ctx.power_levels_at(room, &event.event_id, levels_now).await,
+        };
+        let verdict = validate(ValidationInput {
+            room_id,
+            event: &event,
+            plaintext: &plaintext,
+            facts: &facts,
+            power_levels: levels.as_ref().unwrap_or(levels_now),
+            unproven_creators: self.ctx.config.unproven_creators,
+            sender_trust: self.ctx.config.sender_trust,
+        });
+        let accepted = match verdict {
+            Verdict::Accepted(accepted) => accepted,
+            Verdict::Rejected(rejected) => {
+                reject(batch, rejected.reason);
+                return Ok(None);
+            }
+        };
+        let slot = accepted.slot.clone();
+        let candidate =
+            SessionIndex { session_id: &event.session_id, message_index: event.message_index };
+        let earlier = indexes.before(self, room_id, &slot, position).await?;
+        let earlier = earlier.iter().map(|(session_id, message_index)| SessionIndex {
+            session_id,
+            message_index: *message_index,
+        });
+        if let Some(accepted_index) = replayed_index(candidate, earlier) {
+            let reason = RejectionReason::Replay {
+                session_id: event.session_id.clone(),
+                message_index: event.message_index,
+                accepted_index,
+            };
+            reject(batch, reason);
+            return Ok(None);
+        }
+        indexes.add(room_id, &slot, &event.session_id, event.message_index, position);
+        batch.changes.session_events.push(SessionEventRef {
+            session_id: event.session_id.clone(),
+            message_index: event.message_index,
+            room_id: room_id.to_owned(),
+            event_id: event.event_id.clone(),
+            slot: slot.clone(),
+        });
+        batch.updates.push(StateUpdate::Accepted {
+            room_id: room_id.to_owned(),
+            slot: slot.clone(),
+            event_id: event.event_id.clone(),
+            current: false,
+            was_pending,
+        });
+        batch.changes.state.push(StateRecord::accepted(accepted, position));
+        Ok(Some(slot))
+    }
+
     /// Records the plaintext copies of the aesthetic slots and of the slots just written
-    /// encrypted, so that each slot resolves across both copies.
+    /// encrypted (each new one at the room's next position), so that a slot with no decrypted
+    /// value shows its plaintext one.
     async fn plaintext_copies(
         &self,
         room: &Room,
         mut slots: BTreeSet<StateSlot>,
         known: &BTreeSet<OwnedEventId>,
+        position: &mut u64,
         batch: &mut Batch,
     ) -> Result<()> {
         slots.extend(AESTHETIC_SLOTS.iter().map(|t| StateSlot::new(*t, "")));
         for slot in slots {
-            if is_critical(&slot.event_type) {
+            if is_never_encrypted(&slot.event_type) {
                 continue;
             }
             let event_type = StateEventType::from(slot.event_type.as_str());
@@ -209,14 +485,65 @@ impl EncryptedState {
             else {
                 continue;
             };
-            let Some(record) = StateRecord::plaintext(room.room_id(), &slot, &raw) else {
-                continue;
+            let stored = self.ctx.store.slot_history(room.room_id(), &slot).await?;
+            let event_id = raw.get_field::<OwnedEventId>("event_id").ok().flatten();
+            let seen = |id: &OwnedEventId| {
+                known.contains(id) || stored.iter().any(|record| record.event_id() == id)
             };
-            if !known.contains(record.event_id()) {
+            if event_id.as_ref().is_none_or(seen) {
+                continue;
+            }
+            if let Some(record) = StateRecord::plaintext(room.room_id(), &slot, &raw, *position + 1)
+            {
+                *position += 1;
                 batch.changes.state.push(record);
             }
         }
         Ok(())
+    }
+
+    /// Notes that `room_id`'s timeline had a gap, whose state is to be fetched.
+    fn owe_gap(&self, room_id: &RoomId) {
+        let mut gaps = self.gaps.lock().unwrap_or_else(|e| e.into_inner());
+        gaps.entry(room_id.to_owned()).or_default().owed = true;
+    }
+
+    /// Whether a gap of `room_id` is owed and may be fetched now (at most once per
+    /// [`GAP_FETCH_INTERVAL`]); if so, it is no longer owed.
+    fn gap_due(&self, room_id: &RoomId) -> bool {
+        let mut gaps = self.gaps.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(gap) = gaps.get_mut(room_id) else { return false };
+        let now = Instant::now();
+        let due = gap.owed
+            && gap.fetched_at.is_none_or(|at| now.duration_since(at) >= GAP_FETCH_INTERVAL);
+        if due {
+            gap.owed = false;
+            gap.fetched_at = Some(now);
+        }
+        due
+    }
+
+    /// The encrypted state events of the room's state as the homeserver serves it (what a gap
+    /// in the timeline held and the client's store may lack); none when the request fails (the
+    /// gap stays owed).
+    async fn fetch_encrypted_state(&self, room: &Room) -> Vec<Raw<AnySyncStateEvent>> {
+        let request = get_state_events::v3::Request::new(room.room_id().to_owned());
+        match self.ctx.client.send(request).await {
+            Ok(response) => response
+                .room_state
+                .into_iter()
+                .map(|raw| raw.cast_unchecked::<AnySyncStateEvent>())
+                .filter(|raw| {
+                    raw.get_field::<String>("type").ok().flatten().as_deref()
+                        == Some(ROOM_ENCRYPTED)
+                })
+                .collect(),
+            Err(error) => {
+                warn!(%error, "fetching the state a timeline gap held failed");
+                self.owe_gap(room.room_id());
+                Vec::new()
+            }
+        }
     }
 
     /// Saves a batch in one transaction, then tells subscribers.
@@ -249,91 +576,69 @@ impl EncryptedState {
     }
 }
 
-/// Where one event is recorded: its room, its raw form, the room's power levels, and whether it
-/// had been waiting for its key.
-struct Record<'a> {
-    room_id: &'a RoomId,
-    raw: &'a Raw<AnySyncStateEvent>,
-    power_levels: &'a RoomPowerLevels,
-    was_pending: bool,
-    unproven_creators: UnprovenCreators,
-    sender_trust: StateSenderTrust,
+/// A redacted encrypted state event (its ciphertext removed, as matrix-sdk redacts the stored
+/// state in place): an accepted value it held is emptied (the slot has no value), a pending or
+/// new one is rejected as [`RejectionReason::Redacted`].
+fn redaction(
+    room_id: &RoomId,
+    raw: &Raw<AnySyncStateEvent>,
+    accepted: &BTreeMap<OwnedEventId, StateRecord>,
+    pending: &BTreeMap<OwnedEventId, PendingEvent>,
+    known: &mut BTreeSet<OwnedEventId>,
+    position: &mut u64,
+    batch: &mut Batch,
+) {
+    let Ok(Some(event_id)) = raw.get_field::<OwnedEventId>("event_id") else { return };
+    if let Some(record) = accepted.get(&event_id) {
+        if !record.is_redacted() {
+            debug!(%event_id, "the current encrypted state event was redacted");
+            batch.updates.push(StateUpdate::Redacted {
+                room_id: room_id.to_owned(),
+                slot: record.slot.clone(),
+                event_id,
+            });
+            batch.changes.state.push(record.clone().redacted());
+        }
+        return;
+    }
+    let Some(mut rejected) = RejectedState::malformed(room_id, raw, "redacted") else { return };
+    rejected.reason = RejectionReason::Redacted;
+    if let Some(waiting) = pending.get(&event_id) {
+        batch.changes.resolved_pending.push((waiting.session_id.clone(), event_id));
+        rejected.position = waiting.position;
+        rejected.session_id = waiting.session_id.clone();
+        rejected.message_index = waiting.message_index;
+        batch.push_rejected(rejected);
+    } else if known.insert(event_id) {
+        *position += 1;
+        rejected.position = *position;
+        batch.push_rejected(rejected);
+    }
 }
 
-impl Record<'_> {
-    /// Validates a decrypted event and records it (or records it as pending or rejected).
-    /// Returns the slot of an accepted event.
-    fn record(
-        &self,
-        event: EncryptedStateEvent,
-        decryption: Decryption,
-        batch: &mut Batch,
-    ) -> Option<StateSlot> {
-        let Self { room_id, raw, power_levels, was_pending, unproven_creators, sender_trust } =
-            *self;
-        if was_pending && !matches!(decryption, Decryption::Missing) {
-            batch.changes.resolved_pending.push((event.session_id.clone(), event.event_id.clone()));
-        }
-        let (plaintext, facts) = match decryption {
-            Decryption::Decrypted { plaintext, facts } => (plaintext, facts),
-            Decryption::Missing => {
-                if !was_pending {
-                    debug!(event_id = %event.event_id, session_id = %event.session_id, "waiting for key");
-                    batch.updates.push(StateUpdate::Pending {
-                        room_id: room_id.to_owned(),
-                        event_id: event.event_id.clone(),
-                        session_id: event.session_id.clone(),
-                    });
-                    batch.changes.pending.push(PendingEvent {
-                        room_id: room_id.to_owned(),
-                        event_id: event.event_id,
-                        session_id: event.session_id,
-                        message_index: event.message_index,
-                        event: raw.clone(),
-                    });
-                }
-                return None;
-            }
-            Decryption::Refused(reason) => {
-                warn!(event_id = %event.event_id, %reason, "the decryptor refused encrypted state");
-                batch.push_rejected(RejectedState::for_event(room_id, &event, reason));
-                return None;
-            }
-        };
-        let verdict = validate(ValidationInput {
-            room_id,
-            event: &event,
-            plaintext: &plaintext,
-            facts: &facts,
-            power_levels,
-            unproven_creators,
-            sender_trust,
-        });
-        match verdict {
-            Verdict::Accepted(accepted) => {
-                let slot = accepted.slot.clone();
-                batch.changes.session_events.push(SessionEventRef {
-                    session_id: event.session_id.clone(),
-                    message_index: event.message_index,
-                    room_id: room_id.to_owned(),
-                    event_id: event.event_id.clone(),
-                    slot: slot.clone(),
-                });
-                batch.updates.push(StateUpdate::Accepted {
-                    room_id: room_id.to_owned(),
-                    slot: slot.clone(),
-                    event_id: event.event_id.clone(),
-                    current: false,
-                    was_pending,
-                });
-                batch.changes.state.push(accepted.into());
-                Some(slot)
-            }
-            Verdict::Rejected(rejected) => {
-                warn!(event_id = %rejected.event_id, sender = %rejected.sender, reason = %rejected.reason, "rejected encrypted state");
-                batch.push_rejected(rejected);
-                None
-            }
-        }
-    }
+/// Whether a state event was redacted: its content emptied, or marked so in `unsigned`.
+fn is_redacted(raw: &Raw<AnySyncStateEvent>) -> bool {
+    let marked = raw
+        .get_field::<Value>("unsigned")
+        .ok()
+        .flatten()
+        .is_some_and(|unsigned| unsigned.get("redacted_because").is_some());
+    let emptied = raw
+        .get_field::<Value>("content")
+        .ok()
+        .flatten()
+        .is_some_and(|content| content.as_object().is_some_and(serde_json::Map::is_empty));
+    marked || emptied
+}
+
+/// Whether an event of a timeline is a change of the room's power levels.
+fn is_power_levels(raw: &Raw<AnySyncStateEvent>) -> bool {
+    raw.get_field::<String>("type").ok().flatten().as_deref() == Some("m.room.power_levels")
+        && raw.get_field::<String>("state_key").ok().flatten().as_deref() == Some("")
+}
+
+/// The content a state event replaced (`unsigned.prev_content`).
+fn prev_content(raw: &Raw<AnySyncStateEvent>) -> Option<Value> {
+    let unsigned = raw.get_field::<Value>("unsigned").ok()??;
+    unsigned.get("prev_content").filter(|content| content.is_object()).cloned()
 }

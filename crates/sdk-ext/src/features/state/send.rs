@@ -132,7 +132,7 @@ impl EncryptedState {
         // Judged as every reader's pipeline will judge it: state they would reject is not sent,
         // nor is its key shared.
         let slot = StateSlot::new(event_type, state_key);
-        let levels = self.ctx.power_levels_for_sending(room).await?;
+        let levels = self.ctx.room_power_levels(room).await?;
         may_send_state(&levels, &self.ctx.own_device.user_id, &slot).map_err(Error::NotAllowed)?;
         let content: Raw<AnyStateEventContent> = Raw::new(&content)?.cast_unchecked();
         self.send(room, slot, content).await
