@@ -21,6 +21,10 @@ pub enum Error {
     /// The state type is critical and must stay in plaintext.
     #[error("{0} is critical state: it is never encrypted")]
     CriticalType(String),
+    /// The state type is only honoured in plaintext, where the homeserver checks it (the
+    /// canonical alias: `crypto_ext::critical::PLAINTEXT_ONLY_STATE_TYPES`); send it in clear.
+    #[error("{0} is only honoured in plaintext: send it in clear")]
+    PlaintextOnly(String),
     /// Our power in the room does not allow this state (the level its type needs, or a state
     /// key naming another user): every member's client would reject it, so nothing is sent.
     #[error("our power in the room does not allow this state: {0}")]

@@ -6,7 +6,9 @@
 //! old room's current state over encrypted, tombstones the old room (in clear, as critical state
 //! is) and invites the old room's members with history.
 
-use crypto_ext::{StateSlot, critical::is_critical, identifiers::AESTHETIC_SLOTS, may_send_state};
+use crypto_ext::{
+    StateSlot, critical::is_never_encrypted, identifiers::AESTHETIC_SLOTS, may_send_state,
+};
 use matrix_sdk::{Room, RoomMemberships};
 use ruma::{
     api::client::room::create_room::v3::Request as CreateRoomRequest, events::StateEventType,
@@ -93,7 +95,7 @@ impl Inner {
     }
 
     /// The current value of each non-critical slot of `room` that a member may carry over: the
-    /// decrypted view, and the plaintext name, topic, avatar and alias of a room that never
+    /// decrypted view, and the plaintext name, topic and avatar of a room that never
     /// switched on encrypted state. Slots keyed by another user (`@user` state keys) stay
     /// behind: only that user may set them.
     async fn current_values(&self, room: &Room) -> Result<Vec<(StateSlot, Value)>> {
@@ -113,7 +115,7 @@ impl Inner {
             }
         }
         values.retain(|(slot, content)| {
-            !is_critical(&slot.event_type)
+            !is_never_encrypted(&slot.event_type)
                 && (!slot.state_key.starts_with('@') || slot.state_key == own)
                 && content.as_object().is_some_and(|fields| !fields.is_empty())
         });

@@ -6,8 +6,9 @@
 use std::collections::BTreeSet;
 
 use crypto_ext::{
-    InboundStateSession, OutboundStateSession, StateSlot, critical::is_critical, identifiers,
-    may_send_state,
+    InboundStateSession, OutboundStateSession, StateSlot,
+    critical::{is_critical, is_plaintext_only},
+    identifiers, may_send_state,
 };
 use matrix_sdk::{
     Room, deserialized_responses::RawAnySyncOrStrippedState, encryption::identities::Device,
@@ -92,7 +93,7 @@ impl EncryptedState {
             self.enable(room).await?;
         }
         let mut moved = Vec::new();
-        for event_type in ["m.room.name", "m.room.topic", "m.room.avatar"] {
+        for &event_type in identifiers::AESTHETIC_SLOTS {
             let Some(RawAnySyncOrStrippedState::Sync(raw)) =
                 room.get_state_event(StateEventType::from(event_type), "").await?
             else {
@@ -125,6 +126,9 @@ impl EncryptedState {
     ) -> Result<SentState> {
         if is_critical(event_type) {
             return Err(Error::CriticalType(event_type.to_owned()));
+        }
+        if is_plaintext_only(event_type) {
+            return Err(Error::PlaintextOnly(event_type.to_owned()));
         }
         if !self.is_enabled(room).await {
             return Err(Error::NotEnabled(room.room_id().to_owned()));
