@@ -10,7 +10,11 @@ use integration_tests::{
     DEFAULT_TIMEOUT, StateUser, alice_and_bob_with_encrypted_state, join, keep_syncing,
     server_state, set_power_levels, shared_room, sync_until,
 };
-use matrix_sdk::ruma::{OwnedEventId, RoomId, events::AnyStateEventContent, serde::Raw};
+use matrix_sdk::ruma::{
+    OwnedEventId, RoomId,
+    events::{AnyStateEventContent, StateEventType},
+    serde::Raw,
+};
 use sdk_ext::{Error, RejectionReason, RoomHistoryExt, RoomStateExt, StateSlot};
 use serde_json::{Value, json};
 
@@ -341,19 +345,30 @@ async fn every_encrypted_state_event_the_server_holds_reaches_a_verdict() -> Res
         .collect();
     assert_eq!(held.len(), 300, "the homeserver holds each event as its own slot");
     let bob_room = bob.room(&room_id);
-    integration_tests::wait_until(
+    let verdicts = || async {
+        let view = bob_room.encrypted_state_view().await.expect("view");
+        held.iter()
+            .filter(|id| {
+                view.state.iter().any(|r| r.event_id() == *id)
+                    || view.rejected.iter().any(|r| &r.event_id == *id)
+                    || view.pending.iter().any(|p| &p.event_id == *id)
+            })
+            .count()
+    };
+    let waited = integration_tests::wait_until(
         "every held event has a verdict in Bob's API",
         Duration::from_secs(240),
-        || async {
-            let Ok(view) = bob_room.encrypted_state_view().await else { return false };
-            held.iter().all(|id| {
-                view.state.iter().any(|r| r.event_id() == id)
-                    || view.rejected.iter().any(|r| &r.event_id == id)
-                    || view.pending.iter().any(|p| &p.event_id == id)
-            })
-        },
+        || async { verdicts().await == held.len() },
     )
-    .await?;
+    .await;
+    if let Err(error) = waited {
+        let stored = bob_room.get_state_events(StateEventType::RoomEncrypted).await?.len();
+        anyhow::bail!(
+            "{error}: {} of {} have a verdict; Bob's client stores {stored} encrypted state events",
+            verdicts().await,
+            held.len()
+        );
+    }
     let view = bob_room.encrypted_state_view().await?;
     let flood = |id: &OwnedEventId| held.contains(id);
     let accepted = view.state.iter().filter(|r| flood(r.event_id())).count();

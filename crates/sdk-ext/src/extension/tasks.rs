@@ -73,7 +73,8 @@ impl Listener {
         if let Some(inner) = handler.inner.upgrade() {
             StartUp::run(&inner).await;
         }
-        // Key requests escalate on a schedule, syncs or not.
+        // Key requests escalate, and owed checks of rooms' state run, on a schedule, syncs or
+        // not.
         let tick = handler
             .inner
             .upgrade()
@@ -170,11 +171,17 @@ impl Handler {
         true
     }
 
-    /// The key-request schedule.
+    /// The schedule: key requests escalate, owed checks of rooms' state run.
     async fn on_schedule(&self) -> bool {
         let Some(inner) = self.inner.upgrade() else { return false };
         for room_id in inner.state.waiting_rooms() {
             request_keys(&inner, &room_id).await;
+        }
+        for room_id in inner.state.rooms_with_gaps_due() {
+            let Some(room) = inner.ctx.client.get_room(&room_id) else { continue };
+            if let Err(error) = inner.state.scan_room(&room).await {
+                warn!(%error, %room_id, "checking a room's state against the homeserver's failed");
+            }
         }
         true
     }

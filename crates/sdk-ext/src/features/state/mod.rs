@@ -50,6 +50,14 @@ struct Gap {
     fetched_at: Option<std::time::Instant>,
 }
 
+impl Gap {
+    /// Whether the check is owed and the interval since the last one has passed.
+    fn is_due(&self, now: std::time::Instant) -> bool {
+        self.owed
+            && self.fetched_at.is_none_or(|at| now.duration_since(at) >= scan::GAP_FETCH_INTERVAL)
+    }
+}
+
 impl EncryptedState {
     pub(crate) fn new(ctx: Context) -> Self {
         Self {
