@@ -508,7 +508,7 @@ mod receiving {
         let bob_user = TestUser::register("bob").await?;
         let mut config =
             StateExtConfig::sqlite(bob_user.store_dir.path().join("state"), "integration-tests");
-        config.bundle_limits = BundleLimits { max_bytes };
+        config.bundle_limits = BundleLimits { max_bytes, ..Default::default() };
         let ext = sdk_ext::StateExtension::install(&bob_user.client, config).await?;
         ext.shutdown();
         let bob = StateUser { user: bob_user, ext };
@@ -661,4 +661,55 @@ mod receiving {
         assert!(!received.history_decrypts().await?, "an ambiguous session was imported");
         Ok(())
     }
+}
+
+/// Bob names the room twice; Alice invites Carol with history. The bundle carries Bob's state
+/// session at the index of the name's current event (not from the first index Alice's key store
+/// holds): Carol reads the current name, and Bob's older name stays unreadable to her.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_members_older_state_values_stay_unreadable_to_an_invitee() -> Result<()> {
+    integration_tests::init_tracing("warn");
+    let alice = StateUser::register("alice").await?;
+    let bob = StateUser::register("bob").await?;
+    let carol = StateUser::register("carol").await?;
+    let room = shared_room(&alice, &[&bob]).await?;
+    let room_id = room.room_id().to_owned();
+    integration_tests::set_power_levels(&room, &[(bob.user_id(), 100)], &[]).await?;
+    room.enable_state_encryption().await?;
+    let bob_room = bob.room(&room_id);
+    sync_until(&bob.client, "Bob sees his power", DEFAULT_TIMEOUT, || async {
+        bob_room.is_state_encrypted().await
+            && bob_room
+                .power_levels()
+                .await
+                .is_ok_and(|pl| pl.for_user(bob.user_id()) == matrix_sdk::ruma::Int::from(100))
+    })
+    .await?;
+    let older = bob_room.set_encrypted_name("Bob's older name").await?;
+    let current = bob_room.set_encrypted_name("Bob's current name").await?;
+    assert_eq!((older.message_index, current.message_index), (0, 1));
+    sync_until(&alice.client, "Alice reads Bob's current name", DEFAULT_TIMEOUT, || async {
+        room.encrypted_name().await.ok().flatten().as_deref() == Some("Bob's current name")
+    })
+    .await?;
+    // Bob stays offline from here: Carol's keys can only come from Alice's bundle.
+    let report = room.invite_with_history(carol.user_id()).await?;
+    assert_eq!(report.shared_state_keys, 1, "Bob's name session: {report:?}");
+    join(&carol, &room_id).await?;
+    let carol_room = carol.room(&room_id);
+    sync_until(&carol.client, "Carol reads Bob's current name", DEFAULT_TIMEOUT, || async {
+        carol_room.encrypted_name().await.ok().flatten().as_deref() == Some("Bob's current name")
+    })
+    .await?;
+    let attempt = carol_room.event(&older.event_id, None).await?;
+    assert!(
+        matches!(attempt.kind, TimelineEventKind::UnableToDecrypt { .. }),
+        "Carol decrypted Bob's older name: {:?}",
+        attempt.kind
+    );
+    if let Some(pickle) = carol.ext.store().inbound_session(&current.session_id).await? {
+        let session = crypto_ext::InboundStateSession::from_pickle(pickle);
+        assert_eq!(session.first_known_index(), 1, "from the current event's index");
+    }
+    Ok(())
 }

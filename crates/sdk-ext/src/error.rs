@@ -38,6 +38,9 @@ pub enum Error {
     /// The homeserver or matrix-sdk failed.
     #[error(transparent)]
     Sdk(#[from] Box<matrix_sdk::Error>),
+    /// Reading or writing a key file (the client's key export, our key import) failed.
+    #[error(transparent)]
+    KeyFile(#[from] matrix_sdk_crypto::KeyExportError),
     /// Importing keys into the client's key store failed.
     #[error(transparent)]
     KeyImport(#[from] matrix_sdk::encryption::RoomKeyImportError),

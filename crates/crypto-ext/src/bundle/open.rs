@@ -21,16 +21,24 @@ pub struct BundleLimits {
     /// The largest encrypted bundle accepted, in bytes. A bigger one is refused before it is
     /// decrypted (and a downloader should stop reading at this size).
     pub max_bytes: usize,
+    /// The longest a download may take, from connecting to the last byte: a server that stalls
+    /// it must not hold up everything that waits for the import.
+    pub download_timeout: std::time::Duration,
 }
 
 impl BundleLimits {
     /// 64 MiB: about 200,000 sessions, far more than any room's history.
     pub const DEFAULT_MAX_BYTES: usize = 64 * 1024 * 1024;
+    /// Two minutes: 64 MiB at under 1 MB/s.
+    pub const DEFAULT_DOWNLOAD_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120);
 }
 
 impl Default for BundleLimits {
     fn default() -> Self {
-        Self { max_bytes: Self::DEFAULT_MAX_BYTES }
+        Self {
+            max_bytes: Self::DEFAULT_MAX_BYTES,
+            download_timeout: Self::DEFAULT_DOWNLOAD_TIMEOUT,
+        }
     }
 }
 

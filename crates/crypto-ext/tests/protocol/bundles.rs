@@ -135,7 +135,7 @@ async fn a_sealed_bundle_opens_to_the_same_entries() {
 async fn an_oversized_bundle_is_refused_before_decryption() {
     let (bundle, room) = sample_bundle().await;
     let sealed = seal(&bundle).unwrap();
-    let limits = BundleLimits { max_bytes: sealed.ciphertext.len() - 1 };
+    let limits = BundleLimits { max_bytes: sealed.ciphertext.len() - 1, ..Default::default() };
     assert_matches!(
         open(&sealed.ciphertext, sealed.info, room, limits),
         Err(BundleError::TooLarge { size, max }) if size == max + 1

@@ -113,14 +113,35 @@ impl Context {
         room_id: &RoomId,
         indices: &BTreeMap<String, u32>,
     ) -> Result<Vec<ExportedRoomKey>> {
+        self.keys_at_index_with(room_id, indices, None).await
+    }
+
+    /// [`Context::keys_at_index`], taking the keys ours lacks from `exported` (the client's
+    /// sessions, already exported by the caller) instead of a second key export.
+    pub(crate) async fn keys_at_index_with(
+        &self,
+        room_id: &RoomId,
+        indices: &BTreeMap<String, u32>,
+        exported: Option<&[ClientKey]>,
+    ) -> Result<Vec<ExportedRoomKey>> {
         let wanted: Vec<String> = indices.keys().cloned().collect();
         let mut sessions = self.stored_sessions(room_id, &wanted).await?;
         let held: BTreeSet<String> = sessions.iter().map(InboundStateSession::session_id).collect();
         let missing: BTreeSet<String> = wanted.into_iter().filter(|s| !held.contains(s)).collect();
         if !missing.is_empty() {
-            let copies = self.export_sessions(move |s| missing.contains(s.session_id())).await?;
-            let copied: Vec<InboundStateSession> =
-                copies.iter().filter_map(|copy| copy.state_session(room_id).ok()).collect();
+            let copied: Vec<InboundStateSession> = match exported {
+                Some(exported) => exported
+                    .iter()
+                    .filter(|copy| missing.contains(&copy.key.session_id))
+                    .filter_map(|copy| copy.state_session(room_id).ok())
+                    .collect(),
+                None => self
+                    .export_sessions(move |s| missing.contains(s.session_id()))
+                    .await?
+                    .iter()
+                    .filter_map(|copy| copy.state_session(room_id).ok())
+                    .collect(),
+            };
             sessions.extend(self.store_sessions(copied, StateChanges::default()).await?);
         }
         Ok(sessions
@@ -160,9 +181,14 @@ impl Context {
             wanted
         };
         self.client.encryption().export_room_keys(path.clone(), &passphrase, select).await?;
-        let file = std::fs::File::open(&path).map_err(StoreError::from)?;
-        let keys =
-            matrix_sdk_crypto::decrypt_room_key_export(file, &passphrase).unwrap_or_default();
+        // Reading the file back costs as much key derivation as writing it: off the async
+        // workers, and a failure is an error, never an empty list.
+        let keys = tokio::task::spawn_blocking(move || -> Result<Vec<ExportedRoomKey>> {
+            let file = std::fs::File::open(&path).map_err(StoreError::from)?;
+            Ok(matrix_sdk_crypto::decrypt_room_key_export(file, &passphrase)?)
+        })
+        .await
+        .map_err(StoreError::from)??;
         Ok(keys
             .into_iter()
             .map(|key| ClientKey { imported: imported.contains(&key.session_id), key })

@@ -3,7 +3,11 @@
 //! It classifies each type once, checks once that it arrived over Olm (and, where the handling needs it, from a known device), reads its content
 //! within its size limit, and hands it to the feature it is for.
 
-use std::sync::{Arc, Weak};
+use std::{
+    collections::BTreeMap,
+    sync::{Arc, Mutex as StdMutex, Weak},
+    time::{Duration, Instant},
+};
 
 use crypto_ext::{
     vodozemac::Curve25519PublicKey,
@@ -14,20 +18,64 @@ use matrix_sdk::{
     deserialized_responses::{AlgorithmInfo, EncryptionInfo},
     event_handler::{EventHandlerHandle, RawEvent},
 };
-use ruma::events::AnyToDeviceEvent;
+use ruma::{OwnedUserId, UserId, events::AnyToDeviceEvent};
 use serde_json::Value;
 use tracing::warn;
 
 use super::inner::Inner;
 use crate::{Result, context::OlmSender};
 
+/// How many of our to-device messages one user may send us per [`SENDER_WINDOW`]: each may cost
+/// device lookups, key exports, store writes and Olm sends, and the handler runs inside the
+/// client's sync.
+const SENDER_BUDGET: u32 = 30;
+/// The window of [`SENDER_BUDGET`].
+const SENDER_WINDOW: Duration = Duration::from_secs(60);
+/// How many senders the budgets track at most (past that, expired windows are forgotten, then
+/// all).
+const MAX_TRACKED_SENDERS: usize = 4096;
+
+/// What each sender spent of its budget in its current window.
+#[derive(Debug, Default)]
+struct SenderBudgets {
+    spent: BTreeMap<OwnedUserId, (Instant, u32)>,
+}
+
+impl SenderBudgets {
+    /// Spends one message of `sender`'s budget at `now`; `false` when it is spent already.
+    fn spend(&mut self, sender: &UserId, now: Instant) -> bool {
+        if self.spent.len() >= MAX_TRACKED_SENDERS && !self.spent.contains_key(sender) {
+            self.spent.retain(|_, (start, _)| now.duration_since(*start) < SENDER_WINDOW);
+            if self.spent.len() >= MAX_TRACKED_SENDERS {
+                self.spent.clear();
+            }
+        }
+        let (start, count) = self.spent.entry(sender.to_owned()).or_insert((now, 0));
+        if now.duration_since(*start) >= SENDER_WINDOW {
+            *start = now;
+            *count = 0;
+        }
+        *count += 1;
+        *count <= SENDER_BUDGET
+    }
+}
+
 /// Registers the handler of our to-device messages.
 pub(super) fn register(client: &Client, inner: Weak<Inner>) -> EventHandlerHandle {
+    let budgets = Arc::new(StdMutex::new(SenderBudgets::default()));
     client.add_event_handler(
         move |_: AnyToDeviceEvent, raw: RawEvent, info: Option<EncryptionInfo>| {
             let inner = inner.clone();
+            let budgets = budgets.clone();
             async move {
                 let Some(inner) = inner.upgrade() else { return };
+                if let Some(info) = &info {
+                    let mut budgets = budgets.lock().unwrap_or_else(|e| e.into_inner());
+                    if is_ours(&raw) && !budgets.spend(&info.sender, Instant::now()) {
+                        warn!(sender = %info.sender, "ignoring a to-device message: the sender's budget is spent");
+                        return;
+                    }
+                }
                 if let Err(error) = dispatch(&inner, &raw, info.as_ref()).await {
                     warn!(%error, "could not handle a to-device message");
                 }
@@ -59,6 +107,18 @@ fn needs_known_device(kind: ToDeviceKind) -> bool {
         | ToDeviceKind::StateKeyShare
         | ToDeviceKind::RoomKeyBundle => false,
     }
+}
+
+/// Whether a to-device event is of one of our types.
+fn is_ours(raw: &RawEvent) -> bool {
+    serde_json::from_str::<TypeOnly>(raw.get())
+        .is_ok_and(|event| ToDeviceKind::classify(&event.r#type).is_some())
+}
+
+/// The type of a to-device event, read without the rest.
+#[derive(serde::Deserialize)]
+struct TypeOnly {
+    r#type: String,
 }
 
 async fn dispatch(inner: &Arc<Inner>, raw: &RawEvent, info: Option<&EncryptionInfo>) -> Result<()> {
@@ -135,5 +195,36 @@ async fn dispatch(inner: &Arc<Inner>, raw: &RawEvent, info: Option<&EncryptionIn
             });
             Ok(())
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use ruma::user_id;
+
+    use super::*;
+
+    #[test]
+    fn a_senders_budget_is_spent_then_renewed_with_its_window() {
+        let mut budgets = SenderBudgets::default();
+        let (mallory, alice) = (user_id!("@mallory:example.org"), user_id!("@alice:example.org"));
+        let start = Instant::now();
+        for _ in 0..SENDER_BUDGET {
+            assert!(budgets.spend(mallory, start));
+        }
+        assert!(!budgets.spend(mallory, start), "past the budget");
+        assert!(budgets.spend(alice, start), "each sender has its own");
+        assert!(budgets.spend(mallory, start + SENDER_WINDOW), "a new window");
+    }
+
+    #[test]
+    fn the_tracked_senders_stay_bounded() {
+        let mut budgets = SenderBudgets::default();
+        let start = Instant::now();
+        for n in 0..MAX_TRACKED_SENDERS + 10 {
+            let user = OwnedUserId::try_from(format!("@user{n}:example.org")).unwrap();
+            assert!(budgets.spend(&user, start));
+        }
+        assert!(budgets.spent.len() <= MAX_TRACKED_SENDERS);
     }
 }

@@ -273,7 +273,7 @@ fn room_sync(update: &JoinedRoomUpdate) -> RoomSync {
     };
     let state =
         state.iter().filter(|raw| is_state_of(raw, identifiers::ROOM_ENCRYPTED)).cloned().collect();
-    RoomSync { timeline, state, limited: update.timeline.limited }
+    RoomSync { timeline, state, limited: update.timeline.limited, revalidate: false }
 }
 
 /// Whether a sync changed a room's state (membership, join rules, encrypted state...).

@@ -37,6 +37,9 @@ const ANSWERS_TAKEN_FOR: Duration = Duration::from_secs(60 * 60);
 
 /// The most requests whose answers we wait for at once; the oldest is forgotten first.
 const MAX_OPEN_REQUESTS: usize = 256;
+/// How many sessions one round of a room's key requests asks for at most; the others wait for
+/// the next rounds.
+const MAX_SESSIONS_PER_ROUND: usize = 64;
 
 /// A request we sent, whose answers we take.
 #[derive(Debug)]
@@ -134,7 +137,12 @@ impl KeyRequests {
         }
         let now = MilliSecondsSinceUnixEpoch::now();
         let (mut first, mut again) = (Vec::new(), Vec::new());
+        // At most so many sessions per round: any member can post events with junk session ids,
+        // and each asked session costs an Olm message to every member's devices.
         for session_id in &waiting {
+            if first.len() + again.len() >= MAX_SESSIONS_PER_ROUND {
+                break;
+            }
             match asked.get(session_id) {
                 None => {
                     first.push(session_id.clone());

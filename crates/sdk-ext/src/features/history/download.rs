@@ -22,7 +22,7 @@ pub(super) async fn download(
         .map_err(|()| BundleImportError::Download("unusable homeserver URL".to_owned()))?
         .pop_if_empty()
         .extend(["_matrix", "client", "v1", "media", "download", server.as_str(), media_id]);
-    let mut request = http.get(url);
+    let mut request = bundle_request(http, url, limits);
     if let Some(token) = client.access_token() {
         request = request.bearer_auth(token);
     }
@@ -35,6 +35,16 @@ pub(super) async fn download(
         return Err(BundleImportError::Download(format!("the homeserver answered {status}")));
     }
     read_capped(response, limits.max_bytes).await
+}
+
+/// The GET of a bundle, bounded in time (from connecting to the last byte of the body) by
+/// `limits`.
+fn bundle_request(
+    http: &matrix_sdk::reqwest::Client,
+    url: impl matrix_sdk::reqwest::IntoUrl,
+    limits: BundleLimits,
+) -> matrix_sdk::reqwest::RequestBuilder {
+    http.get(url).timeout(limits.download_timeout)
 }
 
 /// Reads a response body of at most `max` bytes: a larger `Content-Length` is refused before the
@@ -131,6 +141,27 @@ mod tests {
         let body = fetch(&url, 250).await.unwrap();
         assert_eq!(body.len(), 200);
         assert!(body[..100].iter().all(|b| *b == 1) && body[100..].iter().all(|b| *b == 2));
+    }
+
+    #[tokio::test]
+    async fn a_stalled_download_ends_at_the_timeout() {
+        // Headers, then silence: the body never comes.
+        let head = "HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n";
+        let url = serve_once(head, None).await;
+        let limits =
+            BundleLimits { download_timeout: Duration::from_millis(300), ..Default::default() };
+        let download = async {
+            let response = bundle_request(&matrix_sdk::reqwest::Client::new(), &url, limits)
+                .send()
+                .await
+                .unwrap();
+            read_capped(response, 1000).await
+        };
+        let error = tokio::time::timeout(Duration::from_secs(10), download)
+            .await
+            .expect("the download's own timeout ends it")
+            .unwrap_err();
+        assert!(matches!(error, BundleImportError::Download(_)), "{error}");
     }
 
     #[tokio::test]

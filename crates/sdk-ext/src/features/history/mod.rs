@@ -3,7 +3,10 @@
 mod download;
 mod receive;
 
-use std::{collections::BTreeSet, sync::Mutex as StdMutex};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    sync::Mutex as StdMutex,
+};
 
 use crypto_ext::{
     DecryptionFacts, KeyOrigin, OutboundStateSession, bundle::BundleBuilder,
@@ -73,6 +76,33 @@ impl History {
         self.bundle_rooms.lock().unwrap_or_else(|e| e.into_inner()).contains(room_id)
     }
 
+    /// The room's state sessions (every session that encrypted an accepted state event of the
+    /// room: only its creator can make a session one, where a rejected event's claim could
+    /// name anyone's message session and keep it out of bundles), and, for each that encrypted
+    /// a slot's current value, the index of that event (the lowest, should one session hold
+    /// several slots).
+    async fn state_sessions(
+        &self,
+        room_id: &RoomId,
+    ) -> Result<(BTreeSet<String>, BTreeMap<String, u32>)> {
+        let store = &self.ctx.store;
+        let mut sessions = BTreeSet::new();
+        let mut current: BTreeMap<String, u32> = BTreeMap::new();
+        for record in store.room_state(room_id).await? {
+            if let Some(provenance) = record.provenance() {
+                let index = current.entry(provenance.session_id.clone()).or_insert(u32::MAX);
+                *index = (*index).min(provenance.message_index);
+            }
+            for earlier in store.slot_history(room_id, &record.slot).await? {
+                if let Some(provenance) = earlier.provenance() {
+                    sessions.insert(provenance.session_id.clone());
+                }
+            }
+        }
+        sessions.extend(current.keys().cloned());
+        Ok((sessions, current))
+    }
+
     /// Invites `user_id` and hands their cross-signed devices one room-key bundle (see
     /// [`crate::RoomHistoryExt::invite_with_history`]). The report's `preview_keys` is left at
     /// 0 for the caller to fill.
@@ -88,22 +118,41 @@ impl History {
             HistoryVisibility::Shared | HistoryVisibility::WorldReadable
         );
         let mut builder = BundleBuilder::new(&room_id, &ctx.own_device);
+        let mut shared_state_keys = 0;
+        let mut own_state_sessions = BTreeSet::new();
+        for pickle in ctx.store.outbound_sessions(&room_id).await? {
+            let mut session = OutboundStateSession::from_pickle(pickle);
+            own_state_sessions.insert(session.session_id());
+            if builder.add_state_session(&mut session) {
+                shared_state_keys += 1;
+            }
+        }
+        // One key export of the room's sessions in the client's key store. Other members'
+        // state sessions go in at the index of their slot's current event, never from the first
+        // index the key store holds: the invitee reads the current values, not older ones.
+        // State sessions no slot holds now stay out; the rest are message sessions.
+        let (state_sessions, current_indices) = self.state_sessions(&room_id).await?;
+        let others: BTreeMap<String, u32> = current_indices
+            .into_iter()
+            .filter(|(session_id, _)| !own_state_sessions.contains(session_id))
+            .collect();
         let wanted = room_id.clone();
+        let exported = ctx.export_sessions(move |s| s.room_id() == wanted).await?;
+        for key in ctx.keys_at_index_with(&room_id, &others, Some(&exported)).await? {
+            if builder.add_state_key(key) {
+                shared_state_keys += 1;
+            }
+        }
         let mut shared_message_keys = 0;
-        for ClientKey { mut key, .. } in ctx.export_sessions(move |s| s.room_id() == wanted).await?
-        {
+        for ClientKey { mut key, .. } in exported {
+            if state_sessions.contains(&key.session_id) {
+                continue;
+            }
             if !history_shared {
                 key.shared_history = false;
             }
             if builder.add_message_session(key) {
                 shared_message_keys += 1;
-            }
-        }
-        let mut shared_state_keys = 0;
-        for pickle in ctx.store.outbound_sessions(&room_id).await? {
-            let mut session = OutboundStateSession::from_pickle(pickle);
-            if builder.add_state_session(&mut session) {
-                shared_state_keys += 1;
             }
         }
         let withheld_keys = builder.counts().1;

@@ -49,6 +49,10 @@ pub(crate) struct ImportRun {
     pub(crate) stored_sessions: BTreeSet<String>,
 }
 
+/// How many rooms the client does not know yet may have kept bundle announcements (an
+/// announcement precedes its invite).
+const MAX_ANNOUNCEMENTS_FOR_UNKNOWN_ROOMS: usize = 32;
+
 impl ImportRun {
     /// Whether a bundle was imported.
     pub(crate) fn imported_any(&self) -> bool {
@@ -89,6 +93,23 @@ impl History {
         if !sender.sent_device_keys || sender.device_id.is_none() {
             warn!(sender = %user_id, "ignoring a bundle announcement without sender device keys");
             return Ok(None);
+        }
+        // An announcement may come before its invite (it is sent first), so one for a room the
+        // client does not know yet is kept, but only a few such: a stranger could name any
+        // number of rooms.
+        if self.ctx.client.get_room(&announcement.room_id).is_none() {
+            let unknown = self
+                .ctx
+                .store
+                .rooms_with_pending_bundles()
+                .await?
+                .into_iter()
+                .filter(|room_id| self.ctx.client.get_room(room_id).is_none())
+                .count();
+            if unknown >= MAX_ANNOUNCEMENTS_FOR_UNKNOWN_ROOMS {
+                warn!(sender = %user_id, room_id = %announcement.room_id, "ignoring a bundle announcement for an unknown room: too many kept");
+                return Ok(None);
+            }
         }
         let pending = PendingBundle {
             room_id: announcement.room_id.clone(),

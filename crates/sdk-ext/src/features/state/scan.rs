@@ -53,6 +53,10 @@ pub(crate) struct RoomSync {
     pub(crate) state: Vec<Raw<AnySyncStateEvent>>,
     /// Whether the timeline has a gap (`limited`): what the gap held is fetched.
     pub(crate) limited: bool,
+    /// Whether events rejected for a transient reason (an unknown or untrusted device) are
+    /// validated again: on a device change, at start-up and on the schedule, not on every sync
+    /// (each costs a decryption, and any member can post them).
+    pub(crate) revalidate: bool,
 }
 
 /// Changes and the updates to announce once they are stored.
@@ -170,9 +174,9 @@ impl EncryptedState {
     }
 
     /// Processes the encrypted state the client stores for `room` that we have not seen yet
-    /// (and events rejected for a reason that may have cleared).
+    /// (and events rejected for a reason that may have cleared: see [`RoomSync::revalidate`]).
     pub(crate) async fn scan_room(&self, room: &Room) -> Result<()> {
-        self.scan_room_with(room, &RoomSync::default()).await
+        self.scan_room_with(room, &RoomSync { revalidate: true, ..RoomSync::default() }).await
     }
 
     /// [`EncryptedState::scan_room`], with what a sync brought for the room: the client stores
@@ -225,7 +229,11 @@ impl EncryptedState {
         known.extend(pending.keys().cloned());
         for rejected in store.rejected_events(room_id).await? {
             if rejected.reason.is_transient() {
-                transient.insert(rejected.event_id, rejected.position);
+                if sync.revalidate {
+                    transient.insert(rejected.event_id.clone(), rejected.position);
+                } else {
+                    known.insert(rejected.event_id.clone());
+                }
                 self.add_unknown_device_sender(room_id, rejected.sender);
             } else {
                 known.insert(rejected.event_id);
