@@ -701,7 +701,22 @@ async fn another_members_older_state_values_stay_unreadable_to_an_invitee() -> R
         carol_room.encrypted_name().await.ok().flatten().as_deref() == Some("Bob's current name")
     })
     .await?;
-    let attempt = carol_room.event(&older.event_id, None).await?;
+    // The client's machine decrypts with what Carol holds: the current name, not the older.
+    let decrypt = |event_id: matrix_sdk::ruma::OwnedEventId| {
+        let carol_room = carol_room.clone();
+        async move {
+            let fetched = carol_room.event(&event_id, None).await?;
+            let raw = fetched.raw().clone().cast_unchecked();
+            anyhow::Ok(carol_room.decrypt_event(&raw, None).await?)
+        }
+    };
+    let attempt = decrypt(current.event_id.clone()).await?;
+    assert!(
+        !matches!(attempt.kind, TimelineEventKind::UnableToDecrypt { .. }),
+        "Carol cannot decrypt Bob's current name: {:?}",
+        attempt.kind
+    );
+    let attempt = decrypt(older.event_id.clone()).await?;
     assert!(
         matches!(attempt.kind, TimelineEventKind::UnableToDecrypt { .. }),
         "Carol decrypted Bob's older name: {:?}",
