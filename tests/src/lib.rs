@@ -4,6 +4,7 @@
 //! environment variable; `cargo xtask test` and `cargo xtask demo` start a local Synapse and set
 //! it.
 
+mod appservice;
 pub mod demo;
 mod js;
 mod room;
@@ -12,6 +13,7 @@ mod stock;
 mod sync;
 mod user;
 
+pub use appservice::APPSERVICE_TOKEN;
 pub use js::{JS_PEER_ENV, JsPeer};
 pub use room::{
     edit_power_levels, is_joined, join, restricted_room, set_power_levels, shared_room,

@@ -98,10 +98,11 @@ async fn a_replay_is_rejected_and_a_redaction_clears_the_slot() -> Result<()> {
     Ok(())
 }
 
-/// Bob (power 50) names the room, then Alice demotes him to 0. A member who read it live, a
-/// member who was offline and processes the name and the demotion in one later sync, and a
-/// newcomer who joins after the demotion all show Bob's name: each judges it by the power
-/// levels in force at the event, which allowed it (today's levels would not).
+/// Bob (power 50) names the room and Mallory (power 0) sets a motto that needs 50; then Alice
+/// demotes Bob to 0 and promotes Mallory to 50. A member who read both live, a member who was
+/// offline and processes them and the change in one later sync, and a newcomer who joins after
+/// the change all show Bob's name and reject Mallory's motto: each judges an event by the power
+/// levels in force at it (today's would reject the name and accept the motto).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_live_the_late_and_the_newcomer_judge_a_demoted_members_name_alike() -> Result<()> {
     init();
@@ -110,9 +111,11 @@ async fn the_live_the_late_and_the_newcomer_judge_a_demoted_members_name_alike()
     let charlie = StateUser::register("charlie").await?;
     let frank = StateUser::register("frank").await?;
     let erin = StateUser::register("erin").await?;
-    let room = shared_room(&alice, &[&bob, &charlie, &frank]).await?;
+    let mallory = StateUser::register("mallory").await?;
+    let room = shared_room(&alice, &[&bob, &charlie, &frank, &mallory]).await?;
     let room_id = room.room_id().to_owned();
-    set_power_levels(&room, &[(bob.user_id(), 50)], &[("m.room.name", 50)]).await?;
+    let motto = "org.example.motto";
+    set_power_levels(&room, &[(bob.user_id(), 50)], &[("m.room.name", 50), (motto, 50)]).await?;
     room.enable_state_encryption().await?;
     let bob_room = bob.room(&room_id);
     sync_until(
@@ -142,12 +145,59 @@ async fn the_live_the_late_and_the_newcomer_judge_a_demoted_members_name_alike()
     })
     .await?;
 
+    // Mallory's motto, from a session of hers (our API would refuse to send it), its key sent
+    // over Olm to Charlie, Frank and Alice (whose bundle hands it to Erin).
+    let mallory_room = mallory.room(&room_id);
+    sync_until(&mallory.client, "Mallory sees the motto's level", DEFAULT_TIMEOUT, || async {
+        mallory_room.power_levels().await.is_ok_and(|pl| pl.events.contains_key(&motto.into()))
+    })
+    .await?;
+    let mut crafter = Crafter::new();
+    let mut devices = Vec::new();
+    for user in [&alice, &charlie, &frank] {
+        devices
+            .extend(mallory.client.encryption().get_user_devices(user.user_id()).await?.devices());
+    }
+    let failures = mallory
+        .client
+        .encryption()
+        .encrypt_and_send_raw_to_device(
+            devices.iter().collect(),
+            "m.room_key",
+            crafter.room_key_content(&room_id),
+            Default::default(),
+        )
+        .await?;
+    assert!(failures.is_empty(), "{failures:?}");
+    let payload = json!({
+        "type": motto, "state_key": "", "content": { "motto": "Mallory's" }, "room_id": room_id,
+    });
+    let content = crafter.encrypt(mallory.ext.own_device(), &payload);
+    let mallorys = mallory_room
+        .send_state_event_raw(
+            "m.room.encrypted",
+            &format!("{motto}:"),
+            content.cast_unchecked::<AnyStateEventContent>(),
+        )
+        .await?
+        .event_id;
+    sync_until(
+        &charlie.client,
+        "Charlie rejects Mallory's motto live",
+        DEFAULT_TIMEOUT,
+        || async {
+            let view = charlie_room.encrypted_state_view().await.expect("view");
+            view.rejected.iter().any(|r| r.event_id == mallorys)
+        },
+    )
+    .await?;
+
     // The demotion.
     sync_until(&alice.client, "Alice reads Bob's name", DEFAULT_TIMEOUT, || async {
         room.encrypted_name().await.ok().flatten().as_deref() == Some("Bob's name")
     })
     .await?;
-    set_power_levels(&room, &[(bob.user_id(), 0)], &[]).await?;
+    set_power_levels(&room, &[(bob.user_id(), 0), (mallory.user_id(), 50)], &[]).await?;
     sync_until(&bob.client, "Bob sees his demotion", DEFAULT_TIMEOUT, || async {
         bob_room
             .power_levels()
@@ -188,6 +238,22 @@ async fn the_live_the_late_and_the_newcomer_judge_a_demoted_members_name_alike()
         erin_room.encrypted_name().await.ok().flatten().as_deref() == Some("Bob's name")
     })
     .await?;
+    for (who, user, room) in [
+        ("Charlie", &charlie, &charlie_room),
+        ("Frank", &frank, &frank_room),
+        ("Erin", &erin, &erin_room),
+    ] {
+        sync_until(
+            &user.client,
+            &format!("{who} judges Mallory's motto"),
+            DEFAULT_TIMEOUT,
+            || async {
+                let view = room.encrypted_state_view().await.expect("view");
+                view.rejected.iter().any(|r| r.event_id == mallorys)
+            },
+        )
+        .await?;
+    }
     for (who, view) in [
         ("Charlie", charlie_room.encrypted_state_view().await?),
         ("Frank", frank_room.encrypted_state_view().await?),
@@ -195,7 +261,17 @@ async fn the_live_the_late_and_the_newcomer_judge_a_demoted_members_name_alike()
     ] {
         let name = view.state.iter().find(|r| r.slot.event_type == "m.room.name").expect("a name");
         assert_eq!(name.sender(), bob.user_id(), "{who}");
-        assert!(view.rejected.is_empty(), "{who}: {:?}", view.rejected);
+        assert!(view.state.iter().all(|r| r.slot.event_type != motto), "{who}: {:?}", view.state);
+        assert_eq!(view.rejected.len(), 1, "{who}: {:?}", view.rejected);
+        assert_eq!(view.rejected[0].event_id, mallorys, "{who}");
+        assert!(
+            matches!(
+                view.rejected[0].reason,
+                RejectionReason::InsufficientPower { required: 50, actual: 0, .. }
+            ),
+            "{who}: {:?}",
+            view.rejected[0].reason
+        );
     }
     Ok(())
 }
@@ -378,5 +454,71 @@ async fn every_encrypted_state_event_the_server_holds_reaches_a_verdict() -> Res
     assert!(
         rejected.iter().all(|r| matches!(r.reason, RejectionReason::StateKeyOfOtherUser { .. }))
     );
+    Ok(())
+}
+
+/// A member whose homeserver stamps her name with a far-future `origin_server_ts` (the test
+/// homeserver's application service sets `ts`, as any homeserver can) does not pin the slot:
+/// the name shows, and a later genuine name replaces it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_far_future_timestamp_does_not_pin_the_slot() -> Result<()> {
+    init();
+    let alice = StateUser::register("alice").await?;
+    let bob = StateUser::register("bob").await?;
+    let stamper = integration_tests::TestUser::register_through_appservice("mallory").await?;
+    let room = shared_room(&alice, &[&bob, &stamper]).await?;
+    let room_id = room.room_id().to_owned();
+    set_power_levels(&room, &[(stamper.user_id(), 100)], &[]).await?;
+    room.enable_state_encryption().await?;
+    let stamper_room = stamper.client.get_room(&room_id).expect("joined");
+    sync_until(&stamper.client, "the stamper sees her power", DEFAULT_TIMEOUT, || async {
+        stamper_room
+            .power_levels()
+            .await
+            .is_ok_and(|pl| pl.for_user(stamper.user_id()) == matrix_sdk::ruma::Int::from(100))
+    })
+    .await?;
+
+    // Her own session, its key sent to Bob over Olm by her device: a proven creator.
+    let mut crafter = Crafter::new();
+    let devices = stamper.client.encryption().get_user_devices(bob.user_id()).await?;
+    let failures = stamper
+        .client
+        .encryption()
+        .encrypt_and_send_raw_to_device(
+            devices.devices().collect::<Vec<_>>().iter().collect(),
+            "m.room_key",
+            crafter.room_key_content(&room_id),
+            Default::default(),
+        )
+        .await?;
+    assert!(failures.is_empty(), "{failures:?}");
+    let own = stamper.own_device().await?;
+    let payload = json!({
+        "type": "m.room.name", "state_key": "", "content": { "name": "Pinned till 2100" },
+        "room_id": room_id,
+    });
+    let content: Value = serde_json::from_str(crafter.encrypt(&own, &payload).json().get())?;
+    let year_2100 = 4_102_444_800_000;
+    let pinned = stamper
+        .send_state_at(&room_id, "m.room.encrypted", "m.room.name:", &content, year_2100)
+        .await?;
+    let served = server_state(&alice, &room_id).await?;
+    let stamped = served
+        .iter()
+        .find(|e| e.get_field::<OwnedEventId>("event_id").ok().flatten() == Some(pinned.clone()))
+        .and_then(|e| e.get_field::<u64>("origin_server_ts").ok().flatten());
+    assert_eq!(stamped, Some(year_2100), "the homeserver kept the stamp");
+
+    let bob_room = bob.room(&room_id);
+    sync_until(&bob.client, "Bob shows the stamped name", DEFAULT_TIMEOUT, || async {
+        bob_room.encrypted_name().await.ok().flatten().as_deref() == Some("Pinned till 2100")
+    })
+    .await?;
+    room.set_encrypted_name("Set later").await?;
+    sync_until(&bob.client, "Bob shows the later name", DEFAULT_TIMEOUT, || async {
+        bob_room.encrypted_name().await.ok().flatten().as_deref() == Some("Set later")
+    })
+    .await?;
     Ok(())
 }

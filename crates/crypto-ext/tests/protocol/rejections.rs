@@ -233,6 +233,26 @@ async fn critical_types_are_rejected_even_from_an_admin() {
 }
 
 #[tokio::test]
+async fn plaintext_only_types_are_rejected_even_from_an_admin() {
+    let s = scene().await;
+    for event_type in crypto_ext::critical::PLAINTEXT_ONLY_STATE_TYPES {
+        let verdict = bob_validates(
+            &s,
+            &s.alice,
+            s.alice.user_id(),
+            &format!("{event_type}:"),
+            payload(event_type, "", json!({ "alias": "#any:example.org" }), ROOM),
+        )
+        .await;
+        assert_matches!(
+            verdict.rejection(),
+            Some(RejectionReason::PlaintextOnly { event_type: t }) if t == event_type,
+            "{event_type}"
+        );
+    }
+}
+
+#[tokio::test]
 async fn inner_type_the_sender_lacks_power_for_is_rejected() {
     let s = scene().await;
     let verdict = bob_validates(

@@ -52,6 +52,10 @@ async fn a_session_serves_one_slot_of_one_room_and_never_critical_state() {
         Err(EncryptStateError::CriticalType { event_type }) if event_type == "m.room.power_levels"
     );
     assert_matches!(
+        OutboundStateSession::new(room, slot("m.room.canonical_alias", "")),
+        Err(EncryptStateError::PlaintextOnly { event_type }) if event_type == "m.room.canonical_alias"
+    );
+    assert_matches!(
         OutboundStateSession::new(room, slot("org.example", &"k".repeat(300))),
         Err(EncryptStateError::PackedStateKey(PackedStateKeyError::TooLong { .. }))
     );

@@ -1,0 +1,99 @@
+//! The test homeserver's application service: users it registers (`@ts-*`), and state sent in
+//! their name with an `origin_server_ts` of our choosing (`?ts=`), as any homeserver could set it.
+
+use anyhow::{Context, Result, bail};
+use matrix_sdk::{
+    SessionMeta,
+    authentication::{SessionTokens, matrix::MatrixSession},
+    reqwest,
+    ruma::{OwnedDeviceId, OwnedEventId, OwnedUserId, RoomId},
+    store::RoomLoadSettings,
+};
+use serde_json::{Value, json};
+
+use crate::{TestUser, homeserver_url, unique_name};
+
+/// The application service's token (`cargo xtask` writes the same value into the homeserver's
+/// registration of it).
+pub const APPSERVICE_TOKEN: &str = "integration-tests-appservice-as-token";
+
+fn endpoint(segments: &[&str]) -> Result<reqwest::Url> {
+    let mut url = reqwest::Url::parse(&homeserver_url()?)?;
+    url.path_segments_mut()
+        .map_err(|()| anyhow::anyhow!("the homeserver URL cannot take a path"))?
+        .pop_if_empty()
+        .extend(segments);
+    Ok(url)
+}
+
+impl TestUser {
+    /// Registers a user through the application service (its name starts with `ts-{prefix}`)
+    /// and logs a client in with the device the registration created (no password, no
+    /// cross-signing).
+    pub async fn register_through_appservice(prefix: &str) -> Result<Self> {
+        let username = unique_name(&format!("ts-{prefix}"));
+        let response = reqwest::Client::new()
+            .post(endpoint(&["_matrix", "client", "v3", "register"])?)
+            .bearer_auth(APPSERVICE_TOKEN)
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .body(
+                json!({ "type": "m.login.application_service", "username": username }).to_string(),
+            )
+            .send()
+            .await?;
+        let status = response.status();
+        let body: Value = serde_json::from_slice(&response.bytes().await?)?;
+        if !status.is_success() {
+            bail!("registering {username} through the application service: {status} {body}");
+        }
+        let user_id: OwnedUserId = serde_json::from_value(body["user_id"].clone())?;
+        let device_id: OwnedDeviceId = serde_json::from_value(body["device_id"].clone())?;
+        let access_token = body["access_token"].as_str().context("an access token")?.to_owned();
+        let store_dir = tempfile::tempdir()?;
+        let client = Self::client_builder(&store_dir).await?.build().await?;
+        let session = MatrixSession {
+            meta: SessionMeta { user_id, device_id },
+            tokens: SessionTokens { access_token, refresh_token: None },
+        };
+        client.matrix_auth().restore_session(session, RoomLoadSettings::default()).await?;
+        Ok(Self { client, password: String::new(), store_dir })
+    }
+
+    /// Sends a state event as this application-service user with `origin_server_ts` set to
+    /// `ts` (milliseconds since the epoch).
+    pub async fn send_state_at(
+        &self,
+        room_id: &RoomId,
+        event_type: &str,
+        state_key: &str,
+        content: &Value,
+        ts: u64,
+    ) -> Result<OwnedEventId> {
+        let mut url = endpoint(&[
+            "_matrix",
+            "client",
+            "v3",
+            "rooms",
+            room_id.as_str(),
+            "state",
+            event_type,
+            state_key,
+        ])?;
+        url.query_pairs_mut()
+            .append_pair("user_id", self.user_id().as_str())
+            .append_pair("ts", &ts.to_string());
+        let response = reqwest::Client::new()
+            .put(url)
+            .bearer_auth(APPSERVICE_TOKEN)
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .body(content.to_string())
+            .send()
+            .await?;
+        let status = response.status();
+        let body: Value = serde_json::from_slice(&response.bytes().await?)?;
+        if !status.is_success() {
+            bail!("sending {event_type} at ts {ts}: {status} {body}");
+        }
+        Ok(serde_json::from_value(body["event_id"].clone())?)
+    }
+}
