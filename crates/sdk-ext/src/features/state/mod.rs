@@ -5,10 +5,11 @@
 
 mod decrypt;
 mod explain;
+mod room_sync;
 mod scan;
 mod send;
 
-pub(crate) use scan::RoomSync;
+pub(crate) use room_sync::RoomSync;
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -39,23 +40,7 @@ pub(crate) struct EncryptedState {
     explanations: StdMutex<explain::Explanations>,
     /// Rooms whose timeline had a gap: whether its state is still to be fetched, and when it
     /// last was.
-    gaps: StdMutex<BTreeMap<OwnedRoomId, Gap>>,
-}
-
-/// A room's timeline gaps: whether the state they held is still to be fetched, and when it last
-/// was (fetches are rate-limited).
-#[derive(Debug, Default)]
-struct Gap {
-    owed: bool,
-    fetched_at: Option<std::time::Instant>,
-}
-
-impl Gap {
-    /// Whether the check is owed and the interval since the last one has passed.
-    fn is_due(&self, now: std::time::Instant) -> bool {
-        self.owed
-            && self.fetched_at.is_none_or(|at| now.duration_since(at) >= scan::GAP_FETCH_INTERVAL)
-    }
+    gaps: StdMutex<BTreeMap<OwnedRoomId, room_sync::Gap>>,
 }
 
 impl EncryptedState {

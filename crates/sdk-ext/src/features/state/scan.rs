@@ -10,7 +10,7 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    time::{Duration, Instant},
+    time::Instant,
 };
 
 use crypto_ext::{
@@ -34,30 +34,11 @@ use serde_json::Value;
 use state_store_ext::{PendingEvent, SessionEventRef, StateChanges, StateRecord};
 use tracing::{debug, instrument, warn};
 
-use super::{EncryptedState, decrypt::Decryption};
+use super::{EncryptedState, decrypt::Decryption, room_sync::RoomSync};
 use crate::{
     Result, StateUpdate,
     context::{levels_with_content, state_content},
 };
-
-/// How often a room's full state may be fetched to fill gaps in its timeline: a member who
-/// floods the room makes every sync gappy, and each fetch costs the whole room state.
-pub(super) const GAP_FETCH_INTERVAL: Duration = Duration::from_secs(60);
-
-/// What a sync brought for one room.
-#[derive(Clone, Debug, Default)]
-pub(crate) struct RoomSync {
-    /// The timeline's encrypted state events and power levels changes, in timeline order.
-    pub(crate) timeline: Vec<Raw<AnySyncStateEvent>>,
-    /// The encrypted state events of the sync's `state` section.
-    pub(crate) state: Vec<Raw<AnySyncStateEvent>>,
-    /// Whether the timeline has a gap (`limited`): what the gap held is fetched.
-    pub(crate) limited: bool,
-    /// Whether events rejected for a transient reason (an unknown or untrusted device) are
-    /// validated again: on a device change, at start-up and on the schedule, not on every sync
-    /// (each costs a decryption, and any member can post them).
-    pub(crate) revalidate: bool,
-}
 
 /// Changes and the updates to announce once they are stored.
 #[derive(Default)]
