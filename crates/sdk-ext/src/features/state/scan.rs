@@ -511,7 +511,7 @@ impl EncryptedState {
     }
 
     /// Whether a gap of `room_id` is owed and may be fetched now (at most once per
-    /// [`GAP_FETCH_INTERVAL`]); if so, it is no longer owed.
+    /// [`super::room_sync::GAP_FETCH_INTERVAL`]); if so, it is no longer owed.
     fn gap_due(&self, room_id: &RoomId) -> bool {
         let mut gaps = self.gaps.lock().unwrap_or_else(|e| e.into_inner());
         let Some(gap) = gaps.get_mut(room_id) else { return false };
