@@ -115,7 +115,9 @@ async fn the_live_the_late_and_the_newcomer_judge_a_demoted_members_name_alike()
     let room = shared_room(&alice, &[&bob, &charlie, &frank, &mallory]).await?;
     let room_id = room.room_id().to_owned();
     let motto = "org.example.motto";
-    set_power_levels(&room, &[(bob.user_id(), 50)], &[("m.room.name", 50), (motto, 50)]).await?;
+    // Any member may post encrypted state (the server's gate); the inner types need 50.
+    let levels = [("m.room.encrypted", 0), ("m.room.name", 50), (motto, 50)];
+    set_power_levels(&room, &[(bob.user_id(), 50)], &levels).await?;
     room.enable_state_encryption().await?;
     let bob_room = bob.room(&room_id);
     sync_until(
