@@ -178,6 +178,23 @@ impl TestUser {
         anyhow::ensure!(failures.is_empty(), "not delivered to {failures:?}");
         Ok(())
     }
+
+    /// Shares `crafter`'s session for `room_id` as an ordinary `m.room_key` from this user's
+    /// device with every device of each of `recipients` (the session's creator, proven by the
+    /// Olm message, is this device).
+    pub async fn share_crafted_session(
+        &self,
+        crafter: &crypto_ext::testing::Crafter,
+        room_id: &matrix_sdk::ruma::RoomId,
+        recipients: &[&matrix_sdk::ruma::UserId],
+    ) -> Result<()> {
+        let content: serde_json::Value =
+            serde_json::from_str(crafter.room_key_content(room_id).json().get())?;
+        for recipient in recipients {
+            self.send_to_devices(recipient, "m.room_key", &content).await?;
+        }
+        Ok(())
+    }
 }
 
 /// A client on the stores in `dir`, with `session` (JSON from [`TestUser::stop`]) restored.

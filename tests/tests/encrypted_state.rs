@@ -197,20 +197,7 @@ async fn a_misbehaving_member_changes_nothing_our_api_reports() -> Result<()> {
             .is_ok_and(|pl| pl.events.contains_key(&"m.room.name".into()))
     })
     .await?;
-    let bob_devices = mallory.client.encryption().get_user_devices(bob.user_id()).await?;
-    let devices: Vec<_> = bob_devices.devices().collect();
-    assert!(!devices.is_empty());
-    let failures = mallory
-        .client
-        .encryption()
-        .encrypt_and_send_raw_to_device(
-            devices.iter().collect(),
-            "m.room_key",
-            crafter.room_key_content(&room_id),
-            Default::default(),
-        )
-        .await?;
-    assert!(failures.is_empty(), "{failures:?}");
+    mallory.share_crafted_session(&crafter, &room_id, &[bob.user_id()]).await?;
 
     let own = mallory.ext.own_device().clone();
     let other_room = "!elsewhere:localhost";

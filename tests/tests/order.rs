@@ -155,22 +155,8 @@ async fn the_live_the_late_and_the_newcomer_judge_a_demoted_members_name_alike()
     })
     .await?;
     let mut crafter = Crafter::new();
-    let mut devices = Vec::new();
-    for user in [&alice, &charlie, &frank] {
-        devices
-            .extend(mallory.client.encryption().get_user_devices(user.user_id()).await?.devices());
-    }
-    let failures = mallory
-        .client
-        .encryption()
-        .encrypt_and_send_raw_to_device(
-            devices.iter().collect(),
-            "m.room_key",
-            crafter.room_key_content(&room_id),
-            Default::default(),
-        )
-        .await?;
-    assert!(failures.is_empty(), "{failures:?}");
+    let recipients = [alice.user_id(), charlie.user_id(), frank.user_id()];
+    mallory.share_crafted_session(&crafter, &room_id, &recipients).await?;
     let payload = json!({
         "type": motto, "state_key": "", "content": { "motto": "Mallory's" }, "room_id": room_id,
     });
@@ -292,18 +278,7 @@ async fn an_encrypted_canonical_alias_is_not_shown() -> Result<()> {
 
     // Alice's client refuses it; a crafted one (a member who bypasses our API) is rejected.
     let mut crafter = Crafter::new();
-    let devices = alice.client.encryption().get_user_devices(bob.user_id()).await?;
-    let failures = alice
-        .client
-        .encryption()
-        .encrypt_and_send_raw_to_device(
-            devices.devices().collect::<Vec<_>>().iter().collect(),
-            "m.room_key",
-            crafter.room_key_content(&room_id),
-            Default::default(),
-        )
-        .await?;
-    assert!(failures.is_empty(), "{failures:?}");
+    alice.share_crafted_session(&crafter, &room_id, &[bob.user_id()]).await?;
     let own = alice.ext.own_device().clone();
     let payload = json!({
         "type": "m.room.canonical_alias",
@@ -370,17 +345,7 @@ async fn every_encrypted_state_event_the_server_holds_reaches_a_verdict() -> Res
     let _bob_syncing = keep_syncing(&bob.client);
 
     let mut crafter = Crafter::new();
-    let devices = mallory.client.encryption().get_user_devices(bob.user_id()).await?;
-    mallory
-        .client
-        .encryption()
-        .encrypt_and_send_raw_to_device(
-            devices.devices().collect::<Vec<_>>().iter().collect(),
-            "m.room_key",
-            crafter.room_key_content(&room_id),
-            Default::default(),
-        )
-        .await?;
+    mallory.share_crafted_session(&crafter, &room_id, &[bob.user_id()]).await?;
     let own = mallory.ext.own_device().clone();
     let mut contents = Vec::new();
     for n in 0..300 {
@@ -483,18 +448,7 @@ async fn a_far_future_timestamp_does_not_pin_the_slot() -> Result<()> {
 
     // Her own session, its key sent to Bob over Olm by her device: a proven creator.
     let mut crafter = Crafter::new();
-    let devices = stamper.client.encryption().get_user_devices(bob.user_id()).await?;
-    let failures = stamper
-        .client
-        .encryption()
-        .encrypt_and_send_raw_to_device(
-            devices.devices().collect::<Vec<_>>().iter().collect(),
-            "m.room_key",
-            crafter.room_key_content(&room_id),
-            Default::default(),
-        )
-        .await?;
-    assert!(failures.is_empty(), "{failures:?}");
+    stamper.share_crafted_session(&crafter, &room_id, &[bob.user_id()]).await?;
     let own = stamper.own_device().await?;
     let payload = json!({
         "type": "m.room.name", "state_key": "", "content": { "name": "Pinned till 2100" },
