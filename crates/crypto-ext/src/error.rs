@@ -16,6 +16,9 @@ pub enum PackedStateKeyError {
     /// The outer state key has no `:` and so cannot be a packed key.
     #[error("the packed state key has no ':' separator")]
     MissingSeparator,
+    /// The slot's event type is empty: no state event has an empty type.
+    #[error("the event type is empty")]
+    EmptyEventType,
 }
 
 /// A decrypted plaintext that is not a state payload.
@@ -27,6 +30,16 @@ pub enum PayloadError {
     /// `content` is not a JSON object.
     #[error("the decrypted payload's content is not a JSON object")]
     ContentNotAnObject,
+    /// The inner event type is empty.
+    #[error("the decrypted payload's event type is empty")]
+    EmptyEventType,
+    /// `content` nests objects and arrays deeper than
+    /// [`MAX_CONTENT_DEPTH`](crate::state_event::MAX_CONTENT_DEPTH).
+    #[error("the decrypted payload's content nests deeper than {max} levels")]
+    ContentTooDeep {
+        /// The limit.
+        max: usize,
+    },
 }
 
 /// Refusal to encrypt a state event.

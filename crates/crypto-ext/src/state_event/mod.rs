@@ -4,4 +4,4 @@ mod packed;
 mod payload;
 
 pub use packed::{MAX_PACKED_STATE_KEY_LEN, PackedStateKey, StateSlot};
-pub use payload::StatePayload;
+pub use payload::{MAX_CONTENT_DEPTH, StatePayload};

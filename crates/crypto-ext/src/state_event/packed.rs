@@ -25,12 +25,16 @@ impl StateSlot {
     }
 
     /// The packed state key of this slot, refused when longer than
-    /// [`MAX_PACKED_STATE_KEY_LEN`] bytes.
+    /// [`MAX_PACKED_STATE_KEY_LEN`] bytes or when the event type is empty.
     ///
     /// # Errors
     ///
-    /// [`PackedStateKeyError::TooLong`] with the length it would have.
+    /// [`PackedStateKeyError::TooLong`] with the length it would have,
+    /// [`PackedStateKeyError::EmptyEventType`].
     pub fn packed(&self) -> Result<PackedStateKey, PackedStateKeyError> {
+        if self.event_type.is_empty() {
+            return Err(PackedStateKeyError::EmptyEventType);
+        }
         let packed = format!("{}:{}", self.event_type, self.state_key);
         PackedStateKey::parse(packed)
     }
@@ -156,6 +160,14 @@ mod tests {
     }
 
     #[test]
+    fn a_slot_without_an_event_type_has_no_packed_key() {
+        assert!(matches!(
+            StateSlot::new("", "x").packed(),
+            Err(PackedStateKeyError::EmptyEventType)
+        ));
+    }
+
+    #[test]
     fn serde_round_trip_checks_the_value() {
         let packed = StateSlot::new("m.room.topic", "").packed().unwrap();
         let json = serde_json::to_string(&packed).unwrap();
@@ -166,7 +178,7 @@ mod tests {
 
     proptest! {
         #[test]
-        fn every_slot_round_trips(event_type in "[a-z.:_]{0,40}", state_key in "[@a-z.:_]{0,40}") {
+        fn every_slot_round_trips(event_type in "[a-z.:_]{1,40}", state_key in "[@a-z.:_]{0,40}") {
             let slot = StateSlot::new(event_type, state_key);
             let packed = slot.packed().unwrap();
             prop_assert!(packed.matches(&slot));

@@ -43,8 +43,16 @@ impl StatePayload {
     /// `state_key`, an object `content` and a valid `room_id`.
     pub fn parse(plaintext: &str) -> Result<Self, PayloadError> {
         let payload: Self = serde_json::from_str(plaintext).map_err(PayloadError::Json)?;
-        if !payload.content.json().get().trim_start().starts_with('{') {
+        if payload.event_type.is_empty() {
+            return Err(PayloadError::EmptyEventType);
+        }
+        // `content` is valid JSON (the raw value was parsed): starting with `{`, it is an object.
+        let content = payload.content.json().get();
+        if !content.trim_start().starts_with('{') {
             return Err(PayloadError::ContentNotAnObject);
+        }
+        if nesting_depth(content) > MAX_CONTENT_DEPTH {
+            return Err(PayloadError::ContentTooDeep { max: MAX_CONTENT_DEPTH });
         }
         Ok(payload)
     }
@@ -59,6 +67,38 @@ impl StatePayload {
         // Serialising strings, an owned room id and an already-valid raw JSON value cannot fail.
         serde_json::to_string(self).unwrap_or_default()
     }
+}
+
+/// The deepest nesting of objects and arrays a state content may have (the content object
+/// itself is level 1). Matrix state contents nest a few levels; a deeper one is refused before
+/// anything stores or parses it further (serde_json's own limit, 128, applies only to full
+/// parses).
+pub const MAX_CONTENT_DEPTH: usize = 32;
+
+/// The deepest nesting of objects and arrays in `json` (valid JSON), in one pass over its bytes.
+fn nesting_depth(json: &str) -> usize {
+    let (mut depth, mut deepest, mut in_string, mut escaped) = (0usize, 0usize, false, false);
+    for byte in json.bytes() {
+        if in_string {
+            match byte {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match byte {
+            b'"' => in_string = true,
+            b'{' | b'[' => {
+                depth += 1;
+                deepest = deepest.max(depth);
+            }
+            b'}' | b']' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    deepest
 }
 
 #[cfg(test)]
@@ -123,5 +163,40 @@ mod tests {
             StatePayload::parse(&array_content.to_string()),
             Err(PayloadError::ContentNotAnObject)
         );
+        let empty_type =
+            json!({ "type": "", "state_key": "x", "content": {}, "room_id": "!r:e.org" });
+        assert_matches!(
+            StatePayload::parse(&empty_type.to_string()),
+            Err(PayloadError::EmptyEventType)
+        );
+    }
+
+    fn nested(levels: usize) -> String {
+        // `levels` objects in all: the content itself and `levels - 1` inside it.
+        let inner = format!("{}1{}", r#"{"a":"#.repeat(levels - 1), "}".repeat(levels - 1));
+        let content = if levels == 1 { "{}".to_owned() } else { format!(r#"{{"x":{inner}}}"#) };
+        format!(
+            r#"{{"type":"m.room.topic","state_key":"","room_id":"!r:e.org","content":{content}}}"#
+        )
+    }
+
+    #[test]
+    fn content_nesting_is_bounded() {
+        assert!(StatePayload::parse(&nested(1)).is_ok());
+        assert!(StatePayload::parse(&nested(MAX_CONTENT_DEPTH)).is_ok());
+        assert_matches!(
+            StatePayload::parse(&nested(MAX_CONTENT_DEPTH + 1)),
+            Err(PayloadError::ContentTooDeep { max: MAX_CONTENT_DEPTH })
+        );
+        assert_matches!(
+            StatePayload::parse(&nested(500)),
+            Err(PayloadError::ContentTooDeep { .. } | PayloadError::Json(_))
+        );
+        // Brackets inside strings do not count.
+        let strings = json!({
+            "type": "m.room.topic", "state_key": "", "room_id": "!r:e.org",
+            "content": { "topic": "[[[[{{{{\\\"[[[[".repeat(40) },
+        });
+        assert!(StatePayload::parse(&strings.to_string()).is_ok());
     }
 }
