@@ -199,7 +199,7 @@ impl EncryptedState {
             .collect();
         let mut known: BTreeSet<OwnedEventId> = accepted.keys().cloned().collect();
         // Events rejected for a reason that may have cleared, with the position they were met
-        // at: validated again on every scan (the device may have become known since).
+        // at: validated again when this scan revalidates (the device may have become known).
         let mut transient: BTreeMap<OwnedEventId, u64> = BTreeMap::new();
         let pending: BTreeMap<OwnedEventId, PendingEvent> = store
             .pending_in_room(room_id)
