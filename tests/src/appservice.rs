@@ -26,26 +26,39 @@ fn endpoint(segments: &[&str]) -> Result<reqwest::Url> {
     Ok(url)
 }
 
+/// A JSON body on a request (matrix-sdk's reqwest has no `json` feature).
+trait JsonBody {
+    fn json_body(self, body: &Value) -> Self;
+}
+
+impl JsonBody for reqwest::RequestBuilder {
+    fn json_body(self, body: &Value) -> Self {
+        self.header(reqwest::header::CONTENT_TYPE, "application/json").body(body.to_string())
+    }
+}
+
+/// Sends `request` with the application service's token; its JSON answer, or an error naming
+/// `what` with the status and body.
+async fn call(request: reqwest::RequestBuilder, what: &str) -> Result<Value> {
+    let response = request.bearer_auth(APPSERVICE_TOKEN).send().await?;
+    let status = response.status();
+    let body: Value = serde_json::from_slice(&response.bytes().await?)?;
+    if !status.is_success() {
+        bail!("{what} through the application service: {status} {body}");
+    }
+    Ok(body)
+}
+
 impl TestUser {
     /// Registers a user through the application service (its name starts with `ts-{prefix}`)
     /// and logs a client in with the device the registration created (no password, no
     /// cross-signing).
     pub async fn register_through_appservice(prefix: &str) -> Result<Self> {
         let username = unique_name(&format!("ts-{prefix}"));
-        let response = reqwest::Client::new()
+        let request = reqwest::Client::new()
             .post(endpoint(&["_matrix", "client", "v3", "register"])?)
-            .bearer_auth(APPSERVICE_TOKEN)
-            .header(reqwest::header::CONTENT_TYPE, "application/json")
-            .body(
-                json!({ "type": "m.login.application_service", "username": username }).to_string(),
-            )
-            .send()
-            .await?;
-        let status = response.status();
-        let body: Value = serde_json::from_slice(&response.bytes().await?)?;
-        if !status.is_success() {
-            bail!("registering {username} through the application service: {status} {body}");
-        }
+            .json_body(&json!({ "type": "m.login.application_service", "username": username }));
+        let body = call(request, &format!("registering {username}")).await?;
         let user_id: OwnedUserId = serde_json::from_value(body["user_id"].clone())?;
         let device_id: OwnedDeviceId = serde_json::from_value(body["device_id"].clone())?;
         let access_token = body["access_token"].as_str().context("an access token")?.to_owned();
@@ -82,18 +95,8 @@ impl TestUser {
         url.query_pairs_mut()
             .append_pair("user_id", self.user_id().as_str())
             .append_pair("ts", &ts.to_string());
-        let response = reqwest::Client::new()
-            .put(url)
-            .bearer_auth(APPSERVICE_TOKEN)
-            .header(reqwest::header::CONTENT_TYPE, "application/json")
-            .body(content.to_string())
-            .send()
-            .await?;
-        let status = response.status();
-        let body: Value = serde_json::from_slice(&response.bytes().await?)?;
-        if !status.is_success() {
-            bail!("sending {event_type} at ts {ts}: {status} {body}");
-        }
+        let request = reqwest::Client::new().put(url).json_body(content);
+        let body = call(request, &format!("sending {event_type} at ts {ts}")).await?;
         Ok(serde_json::from_value(body["event_id"].clone())?)
     }
 }
