@@ -71,6 +71,8 @@ pub struct StateExtConfig {
     /// (one a homeserver could add to its user); rejected with
     /// [`RejectionReason::UntrustedDevice`](crate::RejectionReason::UntrustedDevice).
     pub sender_trust: StateSenderTrust,
+    /// Bounds on the work that other parties' events and messages make the extension do.
+    pub remote_limits: RemoteWorkLimits,
 }
 
 impl StateExtConfig {
@@ -98,6 +100,39 @@ impl StateExtConfig {
             restricted_previews: RestrictedPreviewConfig::default(),
             unproven_creators: UnprovenCreators::default(),
             sender_trust: StateSenderTrust::default(),
+            remote_limits: RemoteWorkLimits::default(),
+        }
+    }
+}
+
+/// Bounds on the work other parties can make the extension do: nothing a stranger sends buys
+/// unbounded CPU, storage or requests. (The bundle download's bounds are in
+/// [`StateExtConfig::bundle_limits`]; explanations of refused events are bounded inside.)
+#[derive(Clone, Debug)]
+pub struct RemoteWorkLimits {
+    /// How many of our to-device messages (key requests and shares, invite keys, restricted
+    /// previews, bundle announcements) one user may send us per minute; the rest are ignored
+    /// with a log line. Default 30.
+    pub to_device_per_sender_per_minute: u32,
+    /// How many rooms the client does not know yet may have kept bundle announcements (an
+    /// announcement may precede its invite); announcements for more are ignored. Default 32.
+    pub announcements_for_unknown_rooms: usize,
+    /// How many sessions one round of a room's key requests asks for at most; the others wait
+    /// for the next rounds. Default 64.
+    pub key_request_sessions_per_round: usize,
+    /// How often at most a room's encrypted state is checked against the homeserver's `/state`
+    /// (after a sync with a gap or with encrypted state: the client's store may lack events).
+    /// Default one minute.
+    pub state_check_interval: Duration,
+}
+
+impl Default for RemoteWorkLimits {
+    fn default() -> Self {
+        Self {
+            to_device_per_sender_per_minute: 30,
+            announcements_for_unknown_rooms: 32,
+            key_request_sessions_per_round: 64,
+            state_check_interval: Duration::from_secs(60),
         }
     }
 }
@@ -131,7 +166,7 @@ impl Default for KeyRequestConfig {
 #[derive(Clone, Debug)]
 pub struct RestrictedPreviewConfig {
     /// For the restricted rooms we push for (we set their join rules, or stepped in for the
-    /// member who did): push the aesthetic state (name, topic, avatar, canonical alias) and its
+    /// member who did): push the aesthetic state (name, topic, avatar) and its
     /// keys to the members of the allowed rooms we are in who are not members yet, whenever the
     /// allow-list, those members or that state change.
     pub share: bool,

@@ -15,7 +15,9 @@ mod extension;
 #[doc = include_str!("../guide.md")]
 pub mod guide {}
 
-pub use config::{KeyRequestConfig, RestrictedPreviewConfig, StateExtConfig, StoreConfig};
+pub use config::{
+    KeyRequestConfig, RemoteWorkLimits, RestrictedPreviewConfig, StateExtConfig, StoreConfig,
+};
 pub use crypto_ext::KeyOrigin;
 pub use crypto_ext::{
     OwnDevice, RejectedState, RejectionReason, StateSenderTrust, StateSlot, UnprovenCreators,

@@ -25,11 +25,9 @@ use tracing::warn;
 use super::inner::Inner;
 use crate::{Result, context::OlmSender};
 
-/// How many of our to-device messages one user may send us per [`SENDER_WINDOW`]: each may cost
-/// device lookups, key exports, store writes and Olm sends, and the handler runs inside the
-/// client's sync.
-const SENDER_BUDGET: u32 = 30;
-/// The window of [`SENDER_BUDGET`].
+/// The window of a sender's budget (`RemoteWorkLimits::to_device_per_sender_per_minute`: each
+/// message may cost device lookups, store writes and Olm sends, and the handler runs inside the
+/// client's sync).
 const SENDER_WINDOW: Duration = Duration::from_secs(60);
 /// How many senders the budgets track at most (past that, expired windows are forgotten, then
 /// all).
@@ -42,8 +40,8 @@ struct SenderBudgets {
 }
 
 impl SenderBudgets {
-    /// Spends one message of `sender`'s budget at `now`; `false` when it is spent already.
-    fn spend(&mut self, sender: &UserId, now: Instant) -> bool {
+    /// Spends one message of `sender`'s `budget` at `now`; `false` when it is spent already.
+    fn spend(&mut self, sender: &UserId, now: Instant, budget: u32) -> bool {
         if self.spent.len() >= MAX_TRACKED_SENDERS && !self.spent.contains_key(sender) {
             self.spent.retain(|_, (start, _)| now.duration_since(*start) < SENDER_WINDOW);
             if self.spent.len() >= MAX_TRACKED_SENDERS {
@@ -55,8 +53,8 @@ impl SenderBudgets {
             *start = now;
             *count = 0;
         }
-        *count += 1;
-        *count <= SENDER_BUDGET
+        *count = count.saturating_add(1);
+        *count <= budget
     }
 }
 
@@ -71,7 +69,8 @@ pub(super) fn register(client: &Client, inner: Weak<Inner>) -> EventHandlerHandl
                 let Some(inner) = inner.upgrade() else { return };
                 if let Some(info) = &info {
                     let mut budgets = budgets.lock().unwrap_or_else(|e| e.into_inner());
-                    if is_ours(&raw) && !budgets.spend(&info.sender, Instant::now()) {
+                    let budget = inner.ctx.config.remote_limits.to_device_per_sender_per_minute;
+                    if is_ours(&raw) && !budgets.spend(&info.sender, Instant::now(), budget) {
                         warn!(sender = %info.sender, "ignoring a to-device message: the sender's budget is spent");
                         return;
                     }
@@ -204,17 +203,19 @@ mod tests {
 
     use super::*;
 
+    const BUDGET: u32 = 30;
+
     #[test]
     fn a_senders_budget_is_spent_then_renewed_with_its_window() {
         let mut budgets = SenderBudgets::default();
         let (mallory, alice) = (user_id!("@mallory:example.org"), user_id!("@alice:example.org"));
         let start = Instant::now();
-        for _ in 0..SENDER_BUDGET {
-            assert!(budgets.spend(mallory, start));
+        for _ in 0..BUDGET {
+            assert!(budgets.spend(mallory, start, BUDGET));
         }
-        assert!(!budgets.spend(mallory, start), "past the budget");
-        assert!(budgets.spend(alice, start), "each sender has its own");
-        assert!(budgets.spend(mallory, start + SENDER_WINDOW), "a new window");
+        assert!(!budgets.spend(mallory, start, BUDGET), "past the budget");
+        assert!(budgets.spend(alice, start, BUDGET), "each sender has its own");
+        assert!(budgets.spend(mallory, start + SENDER_WINDOW, BUDGET), "a new window");
     }
 
     #[test]
@@ -223,7 +224,7 @@ mod tests {
         let start = Instant::now();
         for n in 0..MAX_TRACKED_SENDERS + 10 {
             let user = OwnedUserId::try_from(format!("@user{n}:example.org")).unwrap();
-            assert!(budgets.spend(&user, start));
+            assert!(budgets.spend(&user, start, BUDGET));
         }
         assert!(budgets.spent.len() <= MAX_TRACKED_SENDERS);
     }

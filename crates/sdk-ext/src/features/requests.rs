@@ -37,9 +37,6 @@ const ANSWERS_TAKEN_FOR: Duration = Duration::from_secs(60 * 60);
 
 /// The most requests whose answers we wait for at once; the oldest is forgotten first.
 const MAX_OPEN_REQUESTS: usize = 256;
-/// How many sessions one round of a room's key requests asks for at most; the others wait for
-/// the next rounds.
-const MAX_SESSIONS_PER_ROUND: usize = 64;
 
 /// A request we sent, whose answers we take.
 #[derive(Debug)]
@@ -140,7 +137,8 @@ impl KeyRequests {
         // At most so many sessions per round: any member can post events with junk session ids,
         // and each asked session costs an Olm message to every member's devices.
         for session_id in &waiting {
-            if first.len() + again.len() >= MAX_SESSIONS_PER_ROUND {
+            if first.len() + again.len() >= ctx.config.remote_limits.key_request_sessions_per_round
+            {
                 break;
             }
             match asked.get(session_id) {

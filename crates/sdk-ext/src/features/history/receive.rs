@@ -48,11 +48,6 @@ pub(crate) struct ImportRun {
     /// again.
     pub(crate) stored_sessions: BTreeSet<String>,
 }
-
-/// How many rooms the client does not know yet may have kept bundle announcements (an
-/// announcement precedes its invite).
-const MAX_ANNOUNCEMENTS_FOR_UNKNOWN_ROOMS: usize = 32;
-
 impl ImportRun {
     /// Whether a bundle was imported.
     pub(crate) fn imported_any(&self) -> bool {
@@ -106,7 +101,7 @@ impl History {
                 .into_iter()
                 .filter(|room_id| self.ctx.client.get_room(room_id).is_none())
                 .count();
-            if unknown >= MAX_ANNOUNCEMENTS_FOR_UNKNOWN_ROOMS {
+            if unknown >= self.ctx.config.remote_limits.announcements_for_unknown_rooms {
                 warn!(sender = %user_id, room_id = %announcement.room_id, "ignoring a bundle announcement for an unknown room: too many kept");
                 return Ok(None);
             }

@@ -5,10 +5,6 @@ use std::time::{Duration, Instant};
 
 use ruma::{events::AnySyncStateEvent, serde::Raw};
 
-/// How often a room's full state may be fetched to fill gaps in its timeline: a member who
-/// floods the room makes every sync gappy, and each fetch costs the whole room state.
-pub(super) const GAP_FETCH_INTERVAL: Duration = Duration::from_secs(60);
-
 /// What a sync brought for one room.
 #[derive(Clone, Debug, Default)]
 pub(crate) struct RoomSync {
@@ -33,8 +29,9 @@ pub(super) struct Gap {
 }
 
 impl Gap {
-    /// Whether the check is owed and the interval since the last one has passed.
-    pub(super) fn is_due(&self, now: Instant) -> bool {
-        self.owed && self.fetched_at.is_none_or(|at| now.duration_since(at) >= GAP_FETCH_INTERVAL)
+    /// Whether the check is owed and `interval` has passed since the last one (a member who
+    /// floods the room makes every sync gappy, and each check costs the whole room state).
+    pub(super) fn is_due(&self, now: Instant, interval: Duration) -> bool {
+        self.owed && self.fetched_at.is_none_or(|at| now.duration_since(at) >= interval)
     }
 }

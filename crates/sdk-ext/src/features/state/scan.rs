@@ -506,17 +506,20 @@ impl EncryptedState {
     /// a room's last sync is not left waiting for another).
     pub(crate) fn rooms_with_gaps_due(&self) -> Vec<OwnedRoomId> {
         let gaps = self.gaps.lock().unwrap_or_else(|e| e.into_inner());
-        let now = Instant::now();
-        gaps.iter().filter(|(_, gap)| gap.is_due(now)).map(|(room_id, _)| room_id.clone()).collect()
+        let (now, interval) = (Instant::now(), self.ctx.config.remote_limits.state_check_interval);
+        gaps.iter()
+            .filter(|(_, gap)| gap.is_due(now, interval))
+            .map(|(room_id, _)| room_id.clone())
+            .collect()
     }
 
     /// Whether a gap of `room_id` is owed and may be fetched now (at most once per
-    /// [`super::room_sync::GAP_FETCH_INTERVAL`]); if so, it is no longer owed.
+    /// `RemoteWorkLimits::state_check_interval`); if so, it is no longer owed.
     fn gap_due(&self, room_id: &RoomId) -> bool {
         let mut gaps = self.gaps.lock().unwrap_or_else(|e| e.into_inner());
         let Some(gap) = gaps.get_mut(room_id) else { return false };
         let now = Instant::now();
-        let due = gap.is_due(now);
+        let due = gap.is_due(now, self.ctx.config.remote_limits.state_check_interval);
         if due {
             gap.owed = false;
             gap.fetched_at = Some(now);
