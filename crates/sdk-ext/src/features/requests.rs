@@ -132,36 +132,8 @@ impl KeyRequests {
         for session_id in asked.keys().filter(|s| !waiting.contains(*s)) {
             changes.removed_key_requests.push((room_id.to_owned(), session_id.clone()));
         }
-        let now = MilliSecondsSinceUnixEpoch::now();
-        let (mut first, mut again) = (Vec::new(), Vec::new());
-        // At most so many sessions per round: any member can post events with junk session ids,
-        // and each asked session costs an Olm message to every member's devices.
-        for session_id in &waiting {
-            if first.len() + again.len() >= ctx.config.remote_limits.key_request_sessions_per_round
-            {
-                break;
-            }
-            match asked.get(session_id) {
-                None => {
-                    first.push(session_id.clone());
-                    changes.key_requests.push(KeyRequest {
-                        room_id: room_id.to_owned(),
-                        session_id: session_id.clone(),
-                        first_requested_at: now,
-                        attempts: 1,
-                    });
-                }
-                Some(request)
-                    if request.attempts < config.max_attempts && is_due(request, config) =>
-                {
-                    again.push(session_id.clone());
-                    let mut request = request.clone();
-                    request.attempts += 1;
-                    changes.key_requests.push(request);
-                }
-                Some(_) => {}
-            }
-        }
+        let limit = ctx.config.remote_limits.key_request_sessions_per_round;
+        let (first, again) = plan_round(room_id, &waiting, &asked, config, limit, &mut changes);
         if !first.is_empty() || !again.is_empty() {
             let members = ctx.recipient_devices(room).await?;
             if !first.is_empty() {
@@ -353,6 +325,50 @@ impl KeyRequests {
     }
 }
 
+/// One round of a room's key requests: the sessions `waiting` for a key that were never asked
+/// for (`first`: the room's moderators and our own devices are asked), then those whose next
+/// attempt is due (`again`: every member is asked), at most `limit` in all (any member can post
+/// events with made-up session ids, and each asked session costs an Olm message to every
+/// member's device); the others wait for the next rounds. The requests to record go in
+/// `changes`.
+fn plan_round(
+    room_id: &RoomId,
+    waiting: &BTreeSet<String>,
+    asked: &BTreeMap<String, KeyRequest>,
+    config: &KeyRequestConfig,
+    limit: usize,
+    changes: &mut StateChanges,
+) -> (Vec<String>, Vec<String>) {
+    let now = MilliSecondsSinceUnixEpoch::now();
+    // Sessions never asked for go first, so repeats cannot starve them.
+    let first: Vec<String> =
+        waiting.iter().filter(|s| !asked.contains_key(*s)).take(limit).cloned().collect();
+    for session_id in &first {
+        changes.key_requests.push(KeyRequest {
+            room_id: room_id.to_owned(),
+            session_id: session_id.clone(),
+            first_requested_at: now,
+            attempts: 1,
+        });
+    }
+    let mut again = Vec::new();
+    for session_id in waiting {
+        if first.len() + again.len() >= limit {
+            break;
+        }
+        if let Some(request) = asked.get(session_id)
+            && request.attempts < config.max_attempts
+            && is_due(request, config)
+        {
+            again.push(session_id.clone());
+            let mut request = request.clone();
+            request.attempts += 1;
+            changes.key_requests.push(request);
+        }
+    }
+    (first, again)
+}
+
 /// Whether the next attempt of `request` is due: attempt n+1 comes `escalation_delay * 2^(n-1)`
 /// after the first.
 fn is_due(request: &KeyRequest, config: &KeyRequestConfig) -> bool {
@@ -375,6 +391,35 @@ mod tests {
             devices: BTreeSet::from([(owned_user_id!("@carol:x"), owned_device_id!("CAROL"))]),
             sent_at,
         }
+    }
+
+    #[test]
+    fn a_round_asks_for_at_most_its_limit_and_the_rest_wait() {
+        let room_id = room_id!("!room:x");
+        let config = KeyRequestConfig { escalation_delay: Duration::ZERO, ..Default::default() };
+        let waiting: BTreeSet<String> = (0..100).map(|n| format!("junk{n:03}")).collect();
+        let mut asked = BTreeMap::new();
+        let mut changes = StateChanges::default();
+        let (first, again) = plan_round(room_id, &waiting, &asked, &config, 64, &mut changes);
+        assert_eq!((first.len(), again.len()), (64, 0));
+        assert_eq!(changes.key_requests.len(), 64);
+        for request in changes.key_requests {
+            asked.insert(request.session_id.clone(), request);
+        }
+        // Next round: the 36 never asked first, then 28 repeats that are due.
+        let mut changes = StateChanges::default();
+        let (first, again) = plan_round(room_id, &waiting, &asked, &config, 64, &mut changes);
+        assert_eq!((first.len(), again.len()), (36, 28));
+        assert!(first.iter().all(|s| !asked.contains_key(s)));
+        assert!(again.iter().all(|s| asked.contains_key(s)));
+        // Sessions asked for their last time are not asked again.
+        for request in asked.values_mut() {
+            request.attempts = config.max_attempts;
+        }
+        let few: BTreeSet<String> = asked.keys().take(3).cloned().collect();
+        let mut changes = StateChanges::default();
+        let (first, again) = plan_round(room_id, &few, &asked, &config, 64, &mut changes);
+        assert!(first.is_empty() && again.is_empty() && changes.key_requests.is_empty());
     }
 
     #[test]
