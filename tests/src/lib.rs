@@ -16,7 +16,8 @@ mod user;
 pub use appservice::APPSERVICE_TOKEN;
 pub use js::{JS_PEER_ENV, JsPeer};
 pub use room::{
-    edit_power_levels, is_joined, join, restricted_room, set_power_levels, shared_room,
+    edit_power_levels, has_power_level, is_joined, join, restricted_room, set_power_levels,
+    shared_room,
 };
 pub use state::{
     StateUser, alice_and_bob_with_encrypted_state, server_state, state_config,

@@ -91,6 +91,13 @@ pub async fn is_joined(room: &Room, user: &UserId) -> bool {
     )
 }
 
+/// Whether `user` has power level `level` in `room` as the local client knows it.
+pub async fn has_power_level(room: &Room, user: &UserId, level: i64) -> bool {
+    room.power_levels().await.is_ok_and(|levels| {
+        levels.for_user(user) == matrix_sdk::ruma::Int::new(level).unwrap_or_default()
+    })
+}
+
 /// Changes the room's power levels as `room`'s user: `users` get the given levels, `events`
 /// the given requirements.
 pub async fn set_power_levels(

@@ -5,7 +5,8 @@
 use anyhow::Result;
 use crypto_ext::KeyOrigin;
 use integration_tests::{
-    DEFAULT_TIMEOUT, StateUser, TestUser, join, shared_room, sync_until, wait_until,
+    DEFAULT_TIMEOUT, StateUser, TestUser, has_power_level, join, shared_room, sync_until,
+    wait_until,
 };
 use matrix_sdk::{deserialized_responses::TimelineEventKind, room::MessagesOptions, ruma::RoomId};
 use sdk_ext::{RoomHistoryExt, RoomStateExt, StateUpdate};
@@ -678,11 +679,7 @@ async fn another_members_older_state_values_stay_unreadable_to_an_invitee() -> R
     room.enable_state_encryption().await?;
     let bob_room = bob.room(&room_id);
     sync_until(&bob.client, "Bob sees his power", DEFAULT_TIMEOUT, || async {
-        bob_room.is_state_encrypted().await
-            && bob_room
-                .power_levels()
-                .await
-                .is_ok_and(|pl| pl.for_user(bob.user_id()) == matrix_sdk::ruma::Int::from(100))
+        bob_room.is_state_encrypted().await && has_power_level(&bob_room, bob.user_id(), 100).await
     })
     .await?;
     let older = bob_room.set_encrypted_name("Bob's older name").await?;

@@ -7,8 +7,8 @@ use std::time::Duration;
 use anyhow::Result;
 use crypto_ext::testing::Crafter;
 use integration_tests::{
-    DEFAULT_TIMEOUT, StateUser, alice_and_bob_with_encrypted_state, join, keep_syncing,
-    server_state, set_power_levels, shared_room, sync_until,
+    DEFAULT_TIMEOUT, StateUser, alice_and_bob_with_encrypted_state, has_power_level, join,
+    keep_syncing, server_state, set_power_levels, shared_room, sync_until,
 };
 use matrix_sdk::ruma::{
     OwnedEventId, RoomId,
@@ -126,10 +126,7 @@ async fn the_live_the_late_and_the_newcomer_judge_a_demoted_members_name_alike()
         DEFAULT_TIMEOUT,
         || async {
             bob_room.is_state_encrypted().await
-                && bob_room
-                    .power_levels()
-                    .await
-                    .is_ok_and(|pl| pl.for_user(bob.user_id()) == matrix_sdk::ruma::Int::from(50))
+                && has_power_level(&bob_room, bob.user_id(), 50).await
         },
     )
     .await?;
@@ -187,10 +184,7 @@ async fn the_live_the_late_and_the_newcomer_judge_a_demoted_members_name_alike()
     .await?;
     set_power_levels(&room, &[(bob.user_id(), 0), (mallory.user_id(), 50)], &[]).await?;
     sync_until(&bob.client, "Bob sees his demotion", DEFAULT_TIMEOUT, || async {
-        bob_room
-            .power_levels()
-            .await
-            .is_ok_and(|pl| pl.for_user(bob.user_id()) == matrix_sdk::ruma::Int::from(0))
+        has_power_level(&bob_room, bob.user_id(), 0).await
     })
     .await?;
     // His own client now refuses what every reader would reject.
@@ -336,10 +330,7 @@ async fn every_encrypted_state_event_the_server_holds_reaches_a_verdict() -> Res
     room.enable_state_encryption().await?;
     let mallory_room = mallory.room(&room_id);
     sync_until(&mallory.client, "Mallory sees her power", DEFAULT_TIMEOUT, || async {
-        mallory_room
-            .power_levels()
-            .await
-            .is_ok_and(|pl| pl.for_user(mallory.user_id()) == matrix_sdk::ruma::Int::from(50))
+        has_power_level(&mallory_room, mallory.user_id(), 50).await
     })
     .await?;
     let _bob_syncing = keep_syncing(&bob.client);
@@ -439,10 +430,7 @@ async fn a_far_future_timestamp_does_not_pin_the_slot() -> Result<()> {
     room.enable_state_encryption().await?;
     let stamper_room = stamper.client.get_room(&room_id).expect("joined");
     sync_until(&stamper.client, "the stamper sees her power", DEFAULT_TIMEOUT, || async {
-        stamper_room
-            .power_levels()
-            .await
-            .is_ok_and(|pl| pl.for_user(stamper.user_id()) == matrix_sdk::ruma::Int::from(100))
+        has_power_level(&stamper_room, stamper.user_id(), 100).await
     })
     .await?;
 

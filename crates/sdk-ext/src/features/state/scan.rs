@@ -479,12 +479,16 @@ impl EncryptedState {
             else {
                 continue;
             };
-            let stored = self.ctx.store.slot_history(room.room_id(), &slot).await?;
-            let event_id = raw.get_field::<OwnedEventId>("event_id").ok().flatten();
-            let seen = |id: &OwnedEventId| {
-                known.contains(id) || stored.iter().any(|record| record.event_id() == id)
+            let Some(event_id) = raw.get_field::<OwnedEventId>("event_id").ok().flatten() else {
+                continue;
             };
-            if event_id.as_ref().is_none_or(seen) {
+            // The slot's history is read only for a copy that is not the current value (most
+            // scans meet the current copy again): one the slot kept as an older value is known.
+            if known.contains(&event_id) {
+                continue;
+            }
+            let stored = self.ctx.store.slot_history(room.room_id(), &slot).await?;
+            if stored.iter().any(|record| record.event_id() == &event_id) {
                 continue;
             }
             if let Some(record) = StateRecord::plaintext(room.room_id(), &slot, &raw, *position + 1)
