@@ -63,13 +63,14 @@ impl TestUser {
         let device_id: OwnedDeviceId = serde_json::from_value(body["device_id"].clone())?;
         let access_token = body["access_token"].as_str().context("an access token")?.to_owned();
         let store_dir = tempfile::tempdir()?;
-        let client = Self::client_builder(&store_dir).await?.build().await?;
+        let (builder, crypto_store) = Self::client_builder(&store_dir).await?;
+        let client = builder.build().await?;
         let session = MatrixSession {
             meta: SessionMeta { user_id, device_id },
             tokens: SessionTokens { access_token, refresh_token: None },
         };
         client.matrix_auth().restore_session(session, RoomLoadSettings::default()).await?;
-        Ok(Self { client, password: String::new(), store_dir })
+        Ok(Self { client, password: String::new(), store_dir, crypto_store })
     }
 
     /// Sends a state event as this application-service user with `origin_server_ts` set to

@@ -7,7 +7,7 @@ use matrix_sdk::{
     Room,
     ruma::{RoomId, api::client::state::get_state_events, events::AnyStateEvent, serde::Raw},
 };
-use sdk_ext::{StateExtConfig, StateExtension};
+use sdk_ext::{ClientCryptoStore, StateExtConfig, StateExtension};
 
 use crate::TestUser;
 
@@ -42,7 +42,7 @@ impl StateUser {
         user: TestUser,
         config: impl FnOnce(&mut StateExtConfig),
     ) -> Result<Self> {
-        let mut settings = state_config(user.store_dir.path());
+        let mut settings = state_config(user.store_dir.path(), &user.crypto_store);
         config(&mut settings);
         let ext = StateExtension::install(&user.client, settings).await?;
         Ok(Self { user, ext })
@@ -50,8 +50,8 @@ impl StateUser {
 
     /// Installs the extension for an already registered user.
     pub async fn install(user: TestUser) -> Result<Self> {
-        let ext =
-            StateExtension::install(&user.client, state_config(user.store_dir.path())).await?;
+        let settings = state_config(user.store_dir.path(), &user.crypto_store);
+        let ext = StateExtension::install(&user.client, settings).await?;
         Ok(Self { user, ext })
     }
 
@@ -70,9 +70,10 @@ impl Deref for StateUser {
 }
 
 /// The extension's configuration for a test user whose stores are in `store_dir`: SQLite with a
-/// passphrase, next to matrix-sdk's stores.
-pub fn state_config(store_dir: &Path) -> StateExtConfig {
+/// passphrase, next to matrix-sdk's stores, sharing the client's `crypto_store`.
+pub fn state_config(store_dir: &Path, crypto_store: &ClientCryptoStore) -> StateExtConfig {
     StateExtConfig::sqlite(store_dir.join("state"), "integration-tests")
+        .with_client_crypto_store(crypto_store.clone())
 }
 
 /// The room state as the homeserver serves it (`GET /rooms/{id}/state`).

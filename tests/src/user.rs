@@ -15,6 +15,7 @@ use matrix_sdk::{
         uiaa::{AuthData, Dummy},
     },
 };
+use sdk_ext::ClientCryptoStore;
 use tempfile::TempDir;
 
 /// The environment variable holding the homeserver's base URL.
@@ -47,6 +48,8 @@ pub struct TestUser {
     pub password: String,
     /// Where the client's stores live; deleted when the user is dropped.
     pub store_dir: TempDir,
+    /// The client's crypto store, shared with the extension.
+    pub crypto_store: ClientCryptoStore,
 }
 
 impl TestUser {
@@ -64,7 +67,8 @@ impl TestUser {
         let store_dir = tempfile::tempdir()?;
         let username = unique_name(prefix);
         let password = format!("{username}-password");
-        let client = Self::client_builder(&store_dir).await?.build().await?;
+        let (builder, crypto_store) = Self::client_builder(&store_dir).await?;
+        let client = builder.build().await?;
 
         let mut request = RegistrationRequest::new();
         request.username = Some(username.clone());
@@ -79,22 +83,29 @@ impl TestUser {
             bail!("registering {username} did not log the client in");
         }
 
-        Ok(Self { client, password, store_dir })
+        Ok(Self { client, password, store_dir, crypto_store })
     }
 
-    /// A client builder for the test homeserver, with a SQLite store in `dir`.
-    pub async fn client_builder(dir: &TempDir) -> Result<matrix_sdk::ClientBuilder> {
-        Self::client_builder_at(dir.path())
+    /// A client builder for the test homeserver, with SQLite stores in `dir`, and the handle
+    /// on its crypto store that the extension shares.
+    pub async fn client_builder(
+        dir: &TempDir,
+    ) -> Result<(matrix_sdk::ClientBuilder, ClientCryptoStore)> {
+        Self::client_builder_at(dir.path()).await
     }
 
     /// [`TestUser::client_builder`] for a store directory another process created.
-    pub fn client_builder_at(dir: &Path) -> Result<matrix_sdk::ClientBuilder> {
-        Ok(Client::builder()
+    pub async fn client_builder_at(
+        dir: &Path,
+    ) -> Result<(matrix_sdk::ClientBuilder, ClientCryptoStore)> {
+        let (stores, crypto_store) = ClientCryptoStore::open_sqlite(dir, None).await?;
+        let builder = Client::builder()
             .homeserver_url(homeserver_url()?)
-            .sqlite_store(dir, None)
+            .store_config(stores)
             .with_encryption_settings(EncryptionSettings::default())
             // The extension receives shared history itself.
-            .with_enable_share_history_on_invite(false))
+            .with_enable_share_history_on_invite(false);
+        Ok((builder, crypto_store))
     }
 
     /// Uploads cross-signing keys (if the account has none yet) and checks they are in place.
@@ -114,30 +125,32 @@ impl TestUser {
     pub fn stop(self) -> Result<(TempDir, String, String)> {
         let session = self.client.matrix_auth().session().context("logged in")?;
         let session = serde_json::to_string(&session)?;
-        let Self { client, password, store_dir } = self;
+        let Self { client, password, store_dir, crypto_store } = self;
         drop(client);
+        drop(crypto_store);
         Ok((store_dir, password, session))
     }
 
     /// A client on stores left by [`TestUser::stop`] (in this or another process), with the
     /// session restored.
     pub async fn restore(store_dir: TempDir, password: String, session: &str) -> Result<Self> {
-        let client = restore_client(store_dir.path(), session).await?;
-        Ok(Self { client, password, store_dir })
+        let (client, crypto_store) = restore_client(store_dir.path(), session).await?;
+        Ok(Self { client, password, store_dir, crypto_store })
     }
 
     /// Logs the same account in again: a new device, with its own stores, whose keys the
     /// homeserver has once it synced.
     pub async fn login_new_device(&self) -> Result<Self> {
         let store_dir = tempfile::tempdir()?;
-        let client = Self::client_builder(&store_dir).await?.build().await?;
+        let (builder, crypto_store) = Self::client_builder(&store_dir).await?;
+        let client = builder.build().await?;
         client
             .matrix_auth()
             .login_username(self.user_id(), &self.password)
             .send()
             .await
             .with_context(|| format!("logging {} in again", self.user_id()))?;
-        Ok(Self { client, password: self.password.clone(), store_dir })
+        Ok(Self { client, password: self.password.clone(), store_dir, crypto_store })
     }
 
     /// This client's device and its identity keys (as a crafted session would name its creator).
@@ -197,14 +210,16 @@ impl TestUser {
     }
 }
 
-/// A client on the stores in `dir`, with `session` (JSON from [`TestUser::stop`]) restored.
-pub async fn restore_client(dir: &Path, session: &str) -> Result<Client> {
+/// A client on the stores in `dir`, with `session` (JSON from [`TestUser::stop`]) restored, and
+/// the handle on its crypto store.
+pub async fn restore_client(dir: &Path, session: &str) -> Result<(Client, ClientCryptoStore)> {
     let session: matrix_sdk::authentication::matrix::MatrixSession =
         serde_json::from_str(session).context("a session from TestUser::stop")?;
-    let client = TestUser::client_builder_at(dir)?.build().await?;
+    let (builder, crypto_store) = TestUser::client_builder_at(dir).await?;
+    let client = builder.build().await?;
     client
         .matrix_auth()
         .restore_session(session, matrix_sdk::store::RoomLoadSettings::default())
         .await?;
-    Ok(client)
+    Ok((client, crypto_store))
 }

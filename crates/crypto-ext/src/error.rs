@@ -148,3 +148,15 @@ pub enum BundleError {
     #[error("I/O error while encrypting the bundle: {0}")]
     Io(#[source] std::io::Error),
 }
+
+/// Why a creator claim does not prove a session's creator.
+#[derive(Debug, Error, Clone, PartialEq, Eq)]
+pub enum ClaimError {
+    /// The claim names another device than the one whose key the session names.
+    #[error("the claim names another device than the session's")]
+    OtherDevice,
+    /// The signature does not verify with the device's Ed25519 key over this room, session,
+    /// user and key.
+    #[error("the claim's signature does not verify")]
+    BadSignature,
+}

@@ -72,6 +72,9 @@ pub const MEGOLM_V1: &str = "m.megolm.v1.aes-sha2";
 pub const ROOM_ENCRYPTED: &str = "m.room.encrypted";
 /// The to-device event type that shares a Megolm session.
 pub const ROOM_KEY: &str = "m.room_key";
+/// The field of an encrypted state event's content that carries the creating device's signed
+/// claim ([`crate::state_sessions::CreatorClaim`]); other clients ignore it.
+pub const CREATOR_CLAIM: &str = "org.matrix.msc3414.creator_claim";
 
 /// Whether an `m.room.encryption` content (as JSON) switches on encrypted state, in either
 /// spelling.

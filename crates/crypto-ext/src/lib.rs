@@ -13,13 +13,13 @@ pub mod validation;
 pub mod wire;
 
 pub use error::{
-    BundleError, DecryptStateError, EncryptStateError, ImportKeyError, PackedStateKeyError,
-    PayloadError, PickleError,
+    BundleError, ClaimError, DecryptStateError, EncryptStateError, ImportKeyError,
+    PackedStateKeyError, PayloadError, PickleError,
 };
 pub use state_event::{PackedStateKey, StatePayload, StateSlot};
 pub use state_sessions::{
-    DecryptedState, EncryptedState, EncryptedStateEvent, InboundStateSession, KeyOrigin,
-    OutboundStateSession, OwnDevice,
+    CreatorClaim, DecryptedState, EncryptedState, EncryptedStateEvent, InboundStateSession,
+    KeyOrigin, OutboundStateSession, OwnDevice,
 };
 pub use validation::{
     AcceptedState, DecryptionFacts, Provenance, RejectedState, RejectionReason, SessionOwner,

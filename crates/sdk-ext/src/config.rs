@@ -5,6 +5,8 @@ use std::{path::PathBuf, time::Duration};
 use crypto_ext::{StateSenderTrust, UnprovenCreators, bundle::BundleLimits};
 use matrix_sdk_crypto::CollectStrategy;
 
+use crate::ClientCryptoStore;
+
 /// Where the extension keeps its state.
 #[derive(Clone)]
 pub enum StoreConfig {
@@ -73,6 +75,11 @@ pub struct StateExtConfig {
     pub sender_trust: StateSenderTrust,
     /// Bounds on the work that other parties' events and messages make the extension do.
     pub remote_limits: RemoteWorkLimits,
+    /// The client's own crypto store, shared so the extension reads room keys from it directly
+    /// and signs the creator claims of its state sessions (see [`ClientCryptoStore`]). `None`
+    /// (the default): keys are read through matrix-sdk's key export, only for our own actions,
+    /// and our sessions travel without a signed claim.
+    pub client_crypto_store: Option<ClientCryptoStore>,
 }
 
 impl StateExtConfig {
@@ -101,7 +108,16 @@ impl StateExtConfig {
             unproven_creators: UnprovenCreators::default(),
             sender_trust: StateSenderTrust::default(),
             remote_limits: RemoteWorkLimits::default(),
+            client_crypto_store: None,
         }
+    }
+
+    /// The same settings, with the client's crypto store shared (see
+    /// [`StateExtConfig::client_crypto_store`]).
+    #[must_use]
+    pub fn with_client_crypto_store(mut self, store: ClientCryptoStore) -> Self {
+        self.client_crypto_store = Some(store);
+        self
     }
 }
 

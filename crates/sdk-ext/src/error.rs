@@ -47,6 +47,18 @@ pub enum Error {
     /// The state store failed.
     #[error(transparent)]
     Store(#[from] state_store_ext::StoreError),
+    /// matrix-sdk's stores could not be opened for the client
+    /// ([`ClientCryptoStore::open_sqlite`](crate::ClientCryptoStore::open_sqlite)).
+    #[error("the client's stores could not be opened: {0}")]
+    ClientStore(Box<matrix_sdk::ClientBuildError>),
+    /// The crypto store handed in [`StateExtConfig::client_crypto_store`](crate::StateExtConfig)
+    /// is not the client's: it holds no account, or another account or device than the
+    /// client's (its keys would be read and its key would sign in the client's name).
+    #[error("the shared crypto store is not this client's: {0}")]
+    ForeignCryptoStore(String),
+    /// The client's crypto store failed.
+    #[error(transparent)]
+    CryptoStore(#[from] matrix_sdk_crypto::CryptoStoreError),
 }
 
 impl From<matrix_sdk::Error> for Error {

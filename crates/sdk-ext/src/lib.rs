@@ -1,6 +1,7 @@
 #![doc = include_str!("../README.md")]
 
-// Bottom layer: values without I/O, and the shared context.
+// Bottom layer: values without I/O, the client's crypto store, and the shared context.
+mod client_store;
 mod config;
 mod context;
 mod error;
@@ -15,6 +16,7 @@ mod extension;
 #[doc = include_str!("../guide.md")]
 pub mod guide {}
 
+pub use client_store::ClientCryptoStore;
 pub use config::{
     KeyRequestConfig, RemoteWorkLimits, RestrictedPreviewConfig, StateExtConfig, StoreConfig,
 };

@@ -14,7 +14,7 @@ use matrix_sdk::{
         },
     },
 };
-use sdk_ext::{StateExtConfig, StateExtension, StateUpdate};
+use sdk_ext::{ClientCryptoStore, StateExtConfig, StateExtension, StateUpdate};
 use tracing::warn;
 
 /// What a bot does; [`serve`] calls it.
@@ -111,9 +111,13 @@ pub async fn login_from_env() -> Result<(Client, StateExtension)> {
     let password = std::env::var("BOT_PASSWORD").context("set BOT_PASSWORD")?;
     let data = PathBuf::from(std::env::var("BOT_DATA").unwrap_or_else(|_| "bot-data".to_owned()));
 
+    // matrix-sdk's stores, with the crypto store shared with the extension (room keys read
+    // directly, creator claims signed).
+    let (stores, crypto_store) =
+        ClientCryptoStore::open_sqlite(data.join("matrix"), Some(&password)).await?;
     let client = Client::builder()
         .homeserver_url(homeserver)
-        .sqlite_store(data.join("matrix"), Some(&password))
+        .store_config(stores)
         // Bundles of shared history are received by the extension (capped download, strict
         // checks); matrix-sdk's own receiver must stay off.
         .with_enable_share_history_on_invite(false)
@@ -121,9 +125,9 @@ pub async fn login_from_env() -> Result<(Client, StateExtension)> {
         .await?;
     client.matrix_auth().login_username(&user, &password).send().await?;
     set_up_cross_signing(&client, &password).await?;
-    let extension =
-        StateExtension::install(&client, StateExtConfig::sqlite(data.join("state"), password))
-            .await?;
+    let config =
+        StateExtConfig::sqlite(data.join("state"), password).with_client_crypto_store(crypto_store);
+    let extension = StateExtension::install(&client, config).await?;
     Ok((client, extension))
 }
 

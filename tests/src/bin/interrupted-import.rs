@@ -62,8 +62,8 @@ async fn main() -> Result<()> {
     let session = std::env::var("IMPORT_SESSION").context("IMPORT_SESSION")?;
     let room_id: OwnedRoomId =
         std::env::var("IMPORT_ROOM_ID").context("IMPORT_ROOM_ID")?.try_into()?;
-    let client = restore_client(&dir, &session).await?;
-    let ext = StateExtension::install(&client, state_config(&dir)).await?;
+    let (client, crypto_store) = restore_client(&dir, &session).await?;
+    let ext = StateExtension::install(&client, state_config(&dir, &crypto_store)).await?;
 
     sync_until(
         &client,

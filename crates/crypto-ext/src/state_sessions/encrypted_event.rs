@@ -4,6 +4,7 @@ use ruma::{MilliSecondsSinceUnixEpoch, OwnedEventId, OwnedUserId, serde::Raw};
 use serde::Deserialize;
 use vodozemac::megolm::MegolmMessage;
 
+use super::CreatorClaim;
 use crate::{error::DecryptStateError, identifiers::MEGOLM_V1};
 
 /// The parts of an encrypted state event that decryption and validation need.
@@ -24,6 +25,9 @@ pub struct EncryptedStateEvent {
     pub session_id: String,
     /// The ratchet index of the event in that session.
     pub message_index: u32,
+    /// The creating device's signed claim the content carries, if any (unchecked: see
+    /// [`CreatorClaim::verify`]).
+    pub creator_claim: Option<CreatorClaim>,
     /// The Megolm message.
     pub(crate) message: MegolmMessage,
 }
@@ -44,6 +48,9 @@ struct OuterContent {
     algorithm: String,
     ciphertext: Option<String>,
     session_id: Option<String>,
+    /// Parsed leniently: a malformed claim proves nothing and costs the event nothing.
+    #[serde(rename = "org.matrix.msc3414.creator_claim", default)]
+    creator_claim: Option<serde_json::Value>,
 }
 
 impl EncryptedStateEvent {
@@ -79,6 +86,10 @@ impl EncryptedStateEvent {
             packed_state_key,
             session_id,
             message_index: message.message_index(),
+            creator_claim: outer
+                .content
+                .creator_claim
+                .and_then(|claim| serde_json::from_value(claim).ok()),
             message,
         })
     }

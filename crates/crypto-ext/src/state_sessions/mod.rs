@@ -6,10 +6,12 @@
 //! current event, and so reads the current value and later updates of that slot only.
 
 pub mod batch;
+mod claim;
 mod encrypted_event;
 mod inbound;
 mod outbound;
 
+pub use claim::CreatorClaim;
 pub use encrypted_event::EncryptedStateEvent;
 pub use inbound::{
     DecryptedState, InboundStateSession, InboundStateSessionPickle, KeyOrigin,

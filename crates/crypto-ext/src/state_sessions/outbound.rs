@@ -24,10 +24,11 @@ use vodozemac::{
     },
 };
 
+use super::CreatorClaim;
 use crate::{
     critical::{is_critical, is_plaintext_only},
     error::{EncryptStateError, PickleError},
-    identifiers::{MEGOLM_V1, SHARED_HISTORY_UNSTABLE},
+    identifiers::{CREATOR_CLAIM, MEGOLM_V1, SHARED_HISTORY_UNSTABLE},
     state_event::{PackedStateKey, StatePayload, StateSlot},
     to_raw,
 };
@@ -71,6 +72,7 @@ pub struct OutboundStateSession {
     created_at: MilliSecondsSinceUnixEpoch,
     current_index: Option<u32>,
     shared_with: BTreeSet<(OwnedUserId, OwnedDeviceId)>,
+    creator_claim: Option<CreatorClaim>,
 }
 
 impl std::fmt::Debug for OutboundStateSession {
@@ -110,6 +112,7 @@ impl OutboundStateSession {
             created_at: MilliSecondsSinceUnixEpoch::now(),
             current_index: None,
             shared_with: BTreeSet::new(),
+            creator_claim: None,
         })
     }
 
@@ -122,6 +125,30 @@ impl OutboundStateSession {
         self.created_at = MilliSecondsSinceUnixEpoch::now();
         self.current_index = None;
         self.shared_with.clear();
+        self.creator_claim = None;
+    }
+
+    /// The claim our device signed for this session (see [`CreatorClaim`]); `None` until
+    /// [`OutboundStateSession::set_creator_claim`], and again after a rotation.
+    pub fn creator_claim(&self) -> Option<&CreatorClaim> {
+        self.creator_claim.as_ref()
+    }
+
+    /// The text `own` signs to claim this session ([`CreatorClaim::signed_text`]).
+    pub fn creator_claim_text(&self, own: &OwnDevice) -> String {
+        CreatorClaim::signed_text(
+            &self.room_id,
+            &self.session.session_id(),
+            &own.user_id,
+            own.device_id.as_str(),
+            own.curve25519,
+        )
+    }
+
+    /// Sets the claim our device signed for this session: every event encrypted from now on
+    /// carries it.
+    pub fn set_creator_claim(&mut self, claim: CreatorClaim) {
+        self.creator_claim = Some(claim);
     }
 
     /// Records that `device` of `user_id` received this session's key.
@@ -188,13 +215,16 @@ impl OutboundStateSession {
         let message_index = self.session.message_index();
         let payload = StatePayload::new(room_id, slot, content);
         let message = self.session.encrypt(payload.to_plaintext());
-        let content = json!({
+        let mut content = json!({
             "algorithm": MEGOLM_V1,
             "ciphertext": message.to_base64(),
             "sender_key": own.curve25519.to_base64(),
             "device_id": own.device_id,
             "session_id": self.session.session_id(),
         });
+        if let (Some(claim), Some(fields)) = (&self.creator_claim, content.as_object_mut()) {
+            fields.insert(CREATOR_CLAIM.to_owned(), json!(claim));
+        }
         self.current_index = Some(message_index);
         Ok(EncryptedState {
             packed_state_key,
@@ -252,6 +282,7 @@ impl OutboundStateSession {
             created_at: self.created_at,
             current_index: self.current_index,
             shared_with: self.shared_with.clone(),
+            creator_claim: self.creator_claim.clone(),
         }
     }
 
@@ -265,6 +296,7 @@ impl OutboundStateSession {
             created_at: pickle.created_at,
             current_index: pickle.current_index,
             shared_with: pickle.shared_with,
+            creator_claim: pickle.creator_claim,
         }
     }
 }
@@ -281,6 +313,9 @@ pub struct OutboundStateSessionPickle {
     current_index: Option<u32>,
     #[serde(default)]
     shared_with: BTreeSet<(OwnedUserId, OwnedDeviceId)>,
+    /// Absent in pickles written before claims were signed.
+    #[serde(default)]
+    creator_claim: Option<CreatorClaim>,
 }
 
 impl std::fmt::Debug for OutboundStateSessionPickle {

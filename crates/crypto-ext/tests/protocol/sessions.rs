@@ -2,8 +2,8 @@
 
 use assert_matches::assert_matches;
 use crypto_ext::{
-    DecryptStateError, EncryptStateError, InboundStateSession, KeyOrigin, OutboundStateSession,
-    PackedStateKeyError,
+    ClaimError, CreatorClaim, DecryptStateError, EncryptStateError, InboundStateSession, KeyOrigin,
+    OutboundStateSession, PackedStateKeyError,
     state_sessions::{InboundStateSessionPickle, OutboundStateSessionPickle},
 };
 use matrix_sdk_crypto::MegolmError;
@@ -449,4 +449,60 @@ async fn only_the_creators_own_device_proves_a_key_and_a_proof_outranks_a_claim(
         InboundStateSessionPickle::from_json(&held_unproven.pickle().to_json()).unwrap(),
     );
     assert!(restored.creator_proven());
+}
+
+/// The claim a device signs for its session travels in each event of the session (and in the
+/// pickle), verifies against that device's real Ed25519 key, and is dropped by a rotation (the
+/// new session needs its own).
+#[tokio::test]
+async fn a_signed_creator_claim_travels_in_each_event_and_verifies_against_the_device() {
+    let alice = peer("@alice:example.org", "ALICEDEVICE").await;
+    let own = alice.own_device();
+    let room = room_id!("!room:example.org");
+    let name = slot("m.room.name", "");
+    let mut session = OutboundStateSession::new(room, name.clone()).unwrap();
+    let text = session.creator_claim_text(&own);
+    let signatures = alice.machine.sign(&text).await.unwrap();
+    let key_id =
+        ruma::DeviceKeyId::from_parts(ruma::DeviceKeyAlgorithm::Ed25519, alice.machine.device_id());
+    let signature = signatures.get_signature(alice.user_id(), &key_id).expect("the device signed");
+    session.set_creator_claim(CreatorClaim {
+        device_id: own.device_id.clone(),
+        signature: signature.to_base64(),
+    });
+
+    let mut session = OutboundStateSession::from_pickle(session.pickle());
+    let encrypted = session.encrypt(&own, room, &name, content(json!({"name": "Signed"}))).unwrap();
+    let event = parse(&state_event(room, alice.user_id(), "m.room.name:", &encrypted.content));
+    let claim = event.creator_claim.clone().expect("the event carries the claim");
+    assert_eq!(
+        claim.verify(
+            room,
+            &event.session_id,
+            alice.user_id(),
+            "ALICEDEVICE",
+            own.curve25519,
+            own.ed25519
+        ),
+        Ok(())
+    );
+    // Another member's event with the same claim proves nothing about her.
+    assert_eq!(
+        claim.verify(
+            room,
+            &event.session_id,
+            user_id!("@mallory:example.org"),
+            "ALICEDEVICE",
+            own.curve25519,
+            own.ed25519
+        ),
+        Err(ClaimError::BadSignature)
+    );
+
+    session.rotate();
+    assert!(session.creator_claim().is_none(), "a new session needs its own claim");
+    let encrypted =
+        session.encrypt(&own, room, &name, content(json!({"name": "Unsigned"}))).unwrap();
+    let event = parse(&state_event(room, alice.user_id(), "m.room.name:", &encrypted.content));
+    assert!(event.creator_claim.is_none());
 }

@@ -2,7 +2,8 @@
 //! the event is validated, and again when its value is read).
 
 use crypto_ext::{
-    DecryptionFacts, KeyOrigin, SessionOwner, StateSenderTrust, vodozemac::Curve25519PublicKey,
+    CreatorClaim, DecryptionFacts, KeyOrigin, SessionOwner, StateSenderTrust,
+    vodozemac::Curve25519PublicKey,
 };
 use matrix_sdk::{
     deserialized_responses::{VerificationLevel, VerificationState},
@@ -10,21 +11,35 @@ use matrix_sdk::{
 };
 use std::collections::BTreeMap;
 
-use ruma::{DeviceId, OwnedDeviceId, OwnedUserId, UserId};
+use ruma::{DeviceId, OwnedDeviceId, OwnedUserId, RoomId, UserId};
 use state_store_ext::{StateOrigin, StateRecord};
+use tracing::debug;
 
 use super::handle::Context;
 use crate::Result;
 
+/// The creator claim an event carries, with the room and session it must be about.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct SessionClaim<'a> {
+    /// The event's room.
+    pub(crate) room_id: &'a RoomId,
+    /// The event's session.
+    pub(crate) session_id: &'a str,
+    /// The claim.
+    pub(crate) claim: &'a CreatorClaim,
+}
+
 impl Context {
     /// Which device of `sender` owns `sender_key`, and how verified it is; `creator_proven`:
-    /// whether that key is the creator's as proven, or only as a sharer claims.
+    /// whether that key is the creator's as proven, or only as a sharer claims. A `claim` the
+    /// event carries proves it when it is that device's signature (see [`CreatorClaim`]).
     pub(crate) async fn facts_for_sender_key(
         &self,
         sender: &UserId,
         sender_key: Curve25519PublicKey,
         key_origin: KeyOrigin,
         creator_proven: bool,
+        claim: Option<SessionClaim<'_>>,
     ) -> Result<DecryptionFacts> {
         if let Some(facts) =
             DecryptionFacts::for_own_session(&self.own_device, sender, sender_key, &key_origin)
@@ -34,6 +49,11 @@ impl Context {
         // A device we do not know yet (a member who just joined, a device just logged in) is
         // asked for before the session is called unknown.
         let device = self.device_with_key(sender, sender_key).await?;
+        let creator_proven = creator_proven
+            || match (&device, claim) {
+                (Some(device), Some(claim)) => claim_holds(claim, sender, sender_key, device),
+                _ => false,
+            };
         let session_owner = match device {
             Some(device) => SessionOwner::Device {
                 user_id: sender.to_owned(),
@@ -116,4 +136,27 @@ impl Context {
         }
         self.client.encryption().get_user_identity(user_id).await.ok().map(|i| i.is_some())
     }
+}
+
+/// Whether `claim` is `device`'s signature for its session, created with `sender_key` by
+/// `sender`'s `device`.
+fn claim_holds(
+    claim: SessionClaim<'_>,
+    sender: &UserId,
+    sender_key: Curve25519PublicKey,
+    device: &Device,
+) -> bool {
+    let Some(ed25519) = device.ed25519_key() else { return false };
+    let checked = claim.claim.verify(
+        claim.room_id,
+        claim.session_id,
+        sender,
+        device.device_id().as_str(),
+        sender_key,
+        ed25519,
+    );
+    if let Err(error) = &checked {
+        debug!(%sender, session_id = claim.session_id, %error, "creator claim refused");
+    }
+    checked.is_ok()
 }

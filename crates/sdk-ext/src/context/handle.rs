@@ -3,7 +3,10 @@
 use std::{
     collections::BTreeSet,
     ops::Deref,
-    sync::{Arc, Mutex as StdMutex},
+    sync::{
+        Arc, Mutex as StdMutex,
+        atomic::{AtomicU64, Ordering},
+    },
 };
 
 use crypto_ext::{OwnDevice, vodozemac::Curve25519PublicKey, wire::OutgoingContent};
@@ -54,6 +57,8 @@ pub(crate) struct Shared {
     pub(super) asked_lookups: AskedLookups,
     /// Rooms we switched to encrypted state ourselves, before the sync echoes it.
     pub(super) enabled_rooms: StdMutex<BTreeSet<OwnedRoomId>>,
+    /// How many key exports ran (see [`Context::key_exports`]).
+    pub(super) key_exports: AtomicU64,
 }
 
 impl Deref for Context {
@@ -91,7 +96,14 @@ impl Context {
             updates,
             asked_lookups: AskedLookups::default(),
             enabled_rooms: StdMutex::default(),
+            key_exports: AtomicU64::new(0),
         }))
+    }
+
+    /// How many times the client's keys were read through matrix-sdk's key export since the
+    /// extension was installed.
+    pub(crate) fn key_exports(&self) -> u64 {
+        self.key_exports.load(Ordering::Relaxed)
     }
 
     /// Tells subscribers; having none is fine.

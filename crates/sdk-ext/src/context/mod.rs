@@ -15,11 +15,12 @@ mod rooms;
 mod sessions;
 mod throttle;
 
+pub(crate) use facts::SessionClaim;
 pub(crate) use handle::{Context, OlmSender};
 pub(crate) use preview::PreviewEvent;
 pub(crate) use rooms::{
     encrypts_state, is_joined, is_moderator, is_moderator_in, levels_with_content,
     room_encryption_content, state_content,
 };
-pub(crate) use sessions::ClientKey;
+pub(crate) use sessions::{ClientKey, KeyRead};
 pub(crate) use throttle::Ask;

@@ -5,12 +5,12 @@
 
 use std::collections::BTreeMap;
 
-use crypto_ext::{InboundStateSession, identifiers, validate_preview};
+use crypto_ext::{CreatorClaim, InboundStateSession, identifiers, validate_preview};
 use ruma::{OwnedUserId, RoomId, serde::Raw};
 use serde_json::Value;
 use tracing::warn;
 
-use super::handle::Context;
+use super::{facts::SessionClaim, handle::Context};
 use crate::{EncryptedAvatar, Result, RoomPreview};
 
 /// One encrypted state event of a room we are not in.
@@ -72,12 +72,19 @@ impl Context {
             let Ok(decrypted) = session.decrypt_content(&event.content) else { continue };
             let shared_by = decrypted.key_origin.shared_by().cloned();
             let sender = &event.sender;
+            let claim = CreatorClaim::from_content(&event.content);
+            let claim = claim.as_ref().map(|claim| SessionClaim {
+                room_id,
+                session_id: &event.session_id,
+                claim,
+            });
             let facts = self
                 .facts_for_sender_key(
                     sender,
                     decrypted.sender_key,
                     decrypted.key_origin,
                     decrypted.creator_proven,
+                    claim,
                 )
                 .await?;
             let payload = match validate_preview(

@@ -1,14 +1,18 @@
 //! Session helpers: stored sessions, further-reaching copies, keys at an index, key files.
 //!
-//! The client's key store is read and written through matrix-sdk's key export and import, the
-//! only public way to reach it.
+//! The client's key store is read from the shared crypto store when the app shares it, else
+//! through matrix-sdk's key export (our own actions only); keys go in through matrix-sdk's key
+//! import, the only public way to add them.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
     io::Write,
+    sync::atomic::Ordering,
 };
 
-use crypto_ext::{ImportKeyError, InboundStateSession, KeyOrigin};
+use crypto_ext::{
+    CreatorClaim, ImportKeyError, InboundStateSession, KeyOrigin, OutboundStateSession,
+};
 use matrix_sdk_crypto::olm::ExportedRoomKey;
 use ruma::RoomId;
 use state_store_ext::{StateChanges, StoreError};
@@ -21,6 +25,16 @@ use crate::Result;
 /// private temporary directory for the duration of one call, under a random 40-character
 /// passphrase: the passphrase's entropy protects it, not the rounds.
 const IMPORT_FILE_ROUNDS: u32 = 1_000;
+
+/// Whether reading the client's keys may fall back to a key export when the client's crypto
+/// store is not shared.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum KeyRead {
+    /// Our own action (inviting with history): a key export is acceptable.
+    MayExport,
+    /// Work a remote party's event or message leads to: never a key export.
+    NoExport,
+}
 
 /// A copy of a Megolm session the client's crypto store holds.
 pub(crate) struct ClientKey {
@@ -106,8 +120,9 @@ impl Context {
 
     /// The keys of a room's state sessions, each exported at the index given (the index of the
     /// slot's current event, so nobody learns an earlier value). Keys sent to us by their
-    /// creators live in the client's key store: they are copied into ours first (one key
-    /// export), so later calls find them there. Sessions we hold nowhere are left out.
+    /// creators live in the client's key store: they are copied into ours first, so later calls
+    /// find them there; read only from the shared crypto store, never through a key export (a
+    /// remote party's request can lead here). Sessions we hold nowhere are left out.
     pub(crate) async fn keys_at_index(
         &self,
         room_id: &RoomId,
@@ -116,32 +131,32 @@ impl Context {
         self.keys_at_index_with(room_id, indices, None).await
     }
 
-    /// [`Context::keys_at_index`], taking the keys ours lacks from `exported` (the client's
-    /// sessions, already exported by the caller) instead of a second key export.
+    /// [`Context::keys_at_index`], taking the keys ours lacks from `client_keys` (the room's
+    /// sessions in the client's store, already read by the caller) instead of a second read.
     pub(crate) async fn keys_at_index_with(
         &self,
         room_id: &RoomId,
         indices: &BTreeMap<String, u32>,
-        exported: Option<&[ClientKey]>,
+        client_keys: Option<&[ClientKey]>,
     ) -> Result<Vec<ExportedRoomKey>> {
         let wanted: Vec<String> = indices.keys().cloned().collect();
         let mut sessions = self.stored_sessions(room_id, &wanted).await?;
         let held: BTreeSet<String> = sessions.iter().map(InboundStateSession::session_id).collect();
         let missing: BTreeSet<String> = wanted.into_iter().filter(|s| !held.contains(s)).collect();
         if !missing.is_empty() {
-            let copied: Vec<InboundStateSession> = match exported {
-                Some(exported) => exported
-                    .iter()
-                    .filter(|copy| missing.contains(&copy.key.session_id))
-                    .filter_map(|copy| copy.state_session(room_id).ok())
-                    .collect(),
-                None => self
-                    .export_sessions(move |s| missing.contains(s.session_id()))
-                    .await?
-                    .iter()
-                    .filter_map(|copy| copy.state_session(room_id).ok())
-                    .collect(),
+            let read;
+            let client_keys = match client_keys {
+                Some(keys) => keys,
+                None => {
+                    read = self.client_keys(room_id, Some(&missing), KeyRead::NoExport).await?;
+                    &read[..]
+                }
             };
+            let copied: Vec<InboundStateSession> = client_keys
+                .iter()
+                .filter(|copy| missing.contains(&copy.key.session_id))
+                .filter_map(|copy| copy.state_session(room_id).ok())
+                .collect();
             sessions.extend(self.store_sessions(copied, StateChanges::default()).await?);
         }
         Ok(sessions
@@ -153,20 +168,58 @@ impl Context {
             .collect())
     }
 
-    /// A copy of one Megolm session the client's `OlmMachine` holds.
-    pub(crate) async fn export_session(&self, session_id: &str) -> Result<Option<ClientKey>> {
-        let wanted = session_id.to_owned();
-        let keys = self.export_sessions(move |session| session.session_id() == wanted).await?;
+    /// The copy of one of `room_id`'s Megolm sessions the client holds, from the shared crypto
+    /// store only (never a key export: a remote party's event leads here); `None` without it.
+    pub(crate) async fn client_key(
+        &self,
+        room_id: &RoomId,
+        session_id: &str,
+    ) -> Result<Option<ClientKey>> {
+        let wanted = BTreeSet::from([session_id.to_owned()]);
+        let keys = self.client_keys(room_id, Some(&wanted), KeyRead::NoExport).await?;
         Ok(keys.into_iter().find(|copy| copy.key.session_id == session_id))
     }
 
+    /// Copies of `room_id`'s Megolm sessions the client holds (only those of `wanted` when
+    /// given), from the shared crypto store when there is one. Without it, `read` decides:
+    /// [`KeyRead::MayExport`] goes through matrix-sdk's key export, [`KeyRead::NoExport`]
+    /// finds nothing.
+    pub(crate) async fn client_keys(
+        &self,
+        room_id: &RoomId,
+        wanted: Option<&BTreeSet<String>>,
+        read: KeyRead,
+    ) -> Result<Vec<ClientKey>> {
+        if let Some(store) = &self.config.client_crypto_store {
+            let mut keys = Vec::new();
+            for session in store.room_sessions(room_id, wanted).await? {
+                keys.push(ClientKey {
+                    imported: session.has_been_imported(),
+                    key: session.export().await,
+                });
+            }
+            return Ok(keys);
+        }
+        match read {
+            KeyRead::NoExport => Ok(Vec::new()),
+            KeyRead::MayExport => {
+                self.export_sessions(|session| {
+                    session.room_id() == room_id
+                        && wanted.is_none_or(|ids| ids.contains(session.session_id()))
+                })
+                .await
+            }
+        }
+    }
+
     /// Copies of the Megolm sessions the client's `OlmMachine` holds that match `predicate`,
-    /// through matrix-sdk's key export (the only public way to read them): an encrypted file
-    /// with a random passphrase in a private temporary directory, deleted right after.
-    pub(crate) async fn export_sessions(
+    /// through matrix-sdk's key export: an encrypted file with a random passphrase in a private
+    /// temporary directory, deleted right after.
+    async fn export_sessions(
         &self,
         mut predicate: impl FnMut(&matrix_sdk_crypto::olm::InboundGroupSession) -> bool,
     ) -> Result<Vec<ClientKey>> {
+        self.key_exports.fetch_add(1, Ordering::Relaxed);
         let dir = tempfile::tempdir().map_err(StoreError::from)?;
         let path = dir.path().join("key-export.txt");
         let passphrase = random_passphrase();
@@ -193,6 +246,25 @@ impl Context {
             .into_iter()
             .map(|key| ClientKey { imported: imported.contains(&key.session_id), key })
             .collect())
+    }
+
+    /// Signs `session`'s creator claim with our device's key when it has none yet (a new or
+    /// rotated session) and the client's crypto store is shared; without it, our sessions carry
+    /// no claim.
+    pub(crate) async fn sign_creator_claim(
+        &self,
+        session: &mut OutboundStateSession,
+    ) -> Result<()> {
+        let Some(store) = &self.config.client_crypto_store else { return Ok(()) };
+        if session.creator_claim().is_some() {
+            return Ok(());
+        }
+        let signature = store.sign(&session.creator_claim_text(&self.own_device)).await?;
+        session.set_creator_claim(CreatorClaim {
+            device_id: self.own_device.device_id.clone(),
+            signature: signature.to_base64(),
+        });
+        Ok(())
     }
 
     /// Hands keys to the client's key store through matrix-sdk's public key import: an

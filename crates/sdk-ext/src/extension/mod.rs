@@ -58,7 +58,9 @@ impl StateExtension {
     /// # Errors
     ///
     /// [`Error::NotReady`] if the client is not logged in or has no encryption set up; store
-    /// errors when the store cannot be opened (wrong passphrase, newer schema, ...).
+    /// errors when the store cannot be opened (wrong passphrase, newer schema, ...);
+    /// [`Error::ForeignCryptoStore`] if [`StateExtConfig::client_crypto_store`] is not the
+    /// client's.
     pub async fn install(client: &Client, config: StateExtConfig) -> Result<Self> {
         let (Some(user_id), Some(device_id)) = (client.user_id(), client.device_id()) else {
             return Err(Error::NotReady);
@@ -71,6 +73,9 @@ impl StateExtension {
             curve25519: device.curve25519_key().ok_or(Error::NotReady)?,
             ed25519: device.ed25519_key().ok_or(Error::NotReady)?,
         };
+        if let Some(shared) = &config.client_crypto_store {
+            shared.check_owner(&own_device).await?;
+        }
         let store: Arc<dyn StateStore> = match &config.store {
             StoreConfig::Sqlite { path, passphrase } => {
                 Arc::new(SqliteStateStore::open(path, passphrase.as_deref()).await?)
@@ -172,6 +177,13 @@ impl StateExtension {
     /// Store or homeserver errors.
     pub async fn restricted_preview(&self, room_id: &RoomId) -> Result<Option<RoomPreview>> {
         self.inner.restricted.preview(room_id).await
+    }
+
+    /// How many times the extension read the client's keys through matrix-sdk's key export
+    /// since it was installed (500,000 PBKDF2 rounds each way). Always 0 with
+    /// [`StateExtConfig::client_crypto_store`] set; without it, only our own invites export.
+    pub fn key_exports(&self) -> u64 {
+        self.inner.ctx.key_exports()
     }
 
     /// Whether the background task that processes syncs and key arrivals is running.

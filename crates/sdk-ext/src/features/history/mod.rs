@@ -32,7 +32,7 @@ use tracing::{info, instrument, warn};
 
 use crate::{
     InviteReport, Result, SkippedDevice,
-    context::{Ask, ClientKey, Context},
+    context::{Ask, ClientKey, Context, KeyRead},
 };
 
 /// The shared-history feature.
@@ -127,17 +127,17 @@ impl History {
                 shared_state_keys += 1;
             }
         }
-        // One key export of the room's sessions in the client's key store. Other members'
-        // state sessions go in at the index of their slot's current event, never from the first
-        // index the key store holds: the invitee reads the current values, not older ones.
-        // State sessions no slot holds now stay out; the rest are message sessions.
+        // One read of the room's sessions in the client's key store (from the shared crypto
+        // store, else one key export). Other members' state sessions go in at the index of
+        // their slot's current event, never from the first index the key store holds: the
+        // invitee reads the current values, not older ones. State sessions no slot holds now
+        // stay out; the rest are message sessions.
         let (state_sessions, current_indices) = self.state_sessions(&room_id).await?;
         let others: BTreeMap<String, u32> = current_indices
             .into_iter()
             .filter(|(session_id, _)| !own_state_sessions.contains(session_id))
             .collect();
-        let wanted = room_id.clone();
-        let exported = ctx.export_sessions(move |s| s.room_id() == wanted).await?;
+        let exported = ctx.client_keys(&room_id, None, KeyRead::MayExport).await?;
         for key in ctx.keys_at_index_with(&room_id, &others, Some(&exported)).await? {
             if builder.add_state_key(key) {
                 shared_state_keys += 1;

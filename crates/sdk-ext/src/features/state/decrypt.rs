@@ -26,7 +26,7 @@ use ruma::{
 use tracing::debug;
 
 use super::EncryptedState;
-use crate::Result;
+use crate::{Result, context::SessionClaim};
 
 /// What decrypting one event gave.
 pub(super) enum Decryption {
@@ -70,6 +70,7 @@ impl EncryptedState {
                         decrypted.sender_key,
                         decrypted.key_origin,
                         decrypted.creator_proven,
+                        claim_of(room.room_id(), event),
                     )
                     .await?;
                 let proven = facts.creator_proven;
@@ -115,7 +116,13 @@ impl EncryptedState {
                     && let Some(sender_key) = megolm_sender_key(info)
                 {
                     let now = ctx
-                        .facts_for_sender_key(&event.sender, sender_key, KeyOrigin::Direct, true)
+                        .facts_for_sender_key(
+                            &event.sender,
+                            sender_key,
+                            KeyOrigin::Direct,
+                            true,
+                            None,
+                        )
                         .await?;
                     if matches!(now.session_owner, SessionOwner::Device { .. }) {
                         facts = now;
@@ -123,15 +130,18 @@ impl EncryptedState {
                 }
                 // A key from a bundle has no Olm link to its creator (the machine reports an
                 // insecure source): tie the session's claimed sender key to the event sender's
-                // devices ourselves. Content cannot be forged this way (Megolm messages are
-                // signed by the session), this only attributes the session.
+                // devices ourselves, proven only by the creator claim the event carries.
+                // Content cannot be forged this way (Megolm messages are signed by the
+                // session), this only attributes the session.
                 if facts.session_owner == SessionOwner::Unknown
                     && let Some(forwarder) = &info.forwarder
                     && let Some(sender_key) = megolm_sender_key(info)
                 {
                     let origin = KeyOrigin::Bundle { shared_by: forwarder.user_id.clone() };
-                    facts =
-                        ctx.facts_for_sender_key(&event.sender, sender_key, origin, false).await?;
+                    let claim = claim_of(room.room_id(), event);
+                    facts = ctx
+                        .facts_for_sender_key(&event.sender, sender_key, origin, false, claim)
+                        .await?;
                 }
                 Ok(Decryption::Decrypted {
                     plaintext: decrypted.event.json().get().to_owned(),
@@ -162,7 +172,7 @@ impl EncryptedState {
         }
     }
 
-    /// [`EncryptedState::explain_refusal`], at most once per event and within the export
+    /// [`EncryptedState::explain_refusal`], at most once per event and within the read
     /// budget (see `explain`); `None` when over budget.
     async fn explain_within_budget(
         &self,
@@ -175,8 +185,8 @@ impl EncryptedState {
             if let Some(found) = explanations.remembered(&event.event_id) {
                 return Ok(found);
             }
-            if !explanations.may_export(now) {
-                debug!(event_id = %event.event_id, "refusal not explained: export budget spent");
+            if !explanations.may_read(now) {
+                debug!(event_id = %event.event_id, "refusal not explained: read budget spent");
                 return Ok(None);
             }
         }
@@ -189,17 +199,17 @@ impl EncryptedState {
     }
 
     /// Why the client's machine refused an event, found by decrypting it with a copy of its
-    /// key exported through matrix-sdk's key export (the only public way to read a session the
-    /// machine holds) and checking it against rules 1 to 3 and the state-key rule. `None` when
-    /// the copy is missing, does not decrypt, or passes those checks: the refusal then stands
-    /// with the machine's own reason. Never a reason to accept: our checks here are weaker than
+    /// key read from the shared crypto store (never through a key export: any member can post
+    /// refused events) and checking it against rules 1 to 3 and the state-key rule. `None` when
+    /// the store is not shared, the copy is missing, does not decrypt, or passes those checks:
+    /// the refusal then stands with the machine's own reason. Never a reason to accept: our checks here are weaker than
     /// the machine's.
     async fn explain_refusal(
         &self,
         room: &Room,
         event: &EncryptedStateEvent,
     ) -> Result<Option<RejectionReason>> {
-        let Some(copy) = self.ctx.export_session(&event.session_id).await? else {
+        let Some(copy) = self.ctx.client_key(room.room_id(), &event.session_id).await? else {
             return Ok(None);
         };
         // The machine binds the key to the room it came for: import it for that room, so that a
@@ -222,6 +232,7 @@ impl EncryptedState {
                 decrypted.sender_key,
                 decrypted.key_origin,
                 decrypted.creator_proven,
+                None,
             )
             .await?;
         Ok(validate_preview(
@@ -264,10 +275,30 @@ impl EncryptedState {
         let mut facts_by_key: Vec<((OwnedUserId, String, KeyOrigin), DecryptionFacts)> = Vec::new();
         let mut out = BTreeMap::new();
         for (event, decrypted) in decrypted {
-            // A creator only a sharer claims: decrypted one by one, where the machine may know
-            // better.
             let Ok(decrypted) = decrypted else { continue };
             if !decrypted.creator_proven {
+                // A creator only a sharer vouches for: proven by the claim the event carries,
+                // else decrypted one by one, where the machine may know better.
+                let facts = match claim_of(room_id, &event) {
+                    Some(claim) => {
+                        self.ctx
+                            .facts_for_sender_key(
+                                &event.sender,
+                                decrypted.sender_key,
+                                decrypted.key_origin,
+                                false,
+                                Some(claim),
+                            )
+                            .await?
+                    }
+                    None => continue,
+                };
+                if facts.creator_proven {
+                    out.insert(
+                        event.event_id,
+                        Decryption::Decrypted { plaintext: decrypted.plaintext, facts },
+                    );
+                }
                 continue;
             }
             let key = (
@@ -285,6 +316,7 @@ impl EncryptedState {
                             decrypted.sender_key,
                             decrypted.key_origin,
                             true,
+                            None,
                         )
                         .await?;
                     facts_by_key.push((key, facts.clone()));
@@ -298,6 +330,12 @@ impl EncryptedState {
         }
         Ok(out)
     }
+}
+
+/// The creator claim `event` carries, to check for `room_id`.
+fn claim_of<'a>(room_id: &'a RoomId, event: &'a EncryptedStateEvent) -> Option<SessionClaim<'a>> {
+    let claim = event.creator_claim.as_ref()?;
+    Some(SessionClaim { room_id, session_id: &event.session_id, claim })
 }
 
 /// The Curve25519 key of the device that created the Megolm session, as the machine reports it.

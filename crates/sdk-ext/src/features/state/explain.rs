@@ -1,11 +1,10 @@
 //! A bound on the work spent explaining the client's machine's refusals.
 //!
-//! An explanation reads a copy of the refused event's key through matrix-sdk's key export (the
-//! only public way to read a session the machine holds), which costs hundreds of milliseconds
-//! of key derivation. Any member can post refused events, so explanations are remembered per
-//! event (an event rejected for a reason that may clear is scanned again, and must not cost a
-//! new export each time) and at most [`EXPORTS_PER_WINDOW`] exports run per [`WINDOW`]; past
-//! that, a refusal is recorded with the machine's own reason.
+//! An explanation reads a copy of the refused event's key from the shared crypto store and
+//! decrypts the event again. Any member can post refused events, so explanations are
+//! remembered per event (an event rejected for a reason that may clear is scanned again, and
+//! must not cost a new read each time) and at most [`READS_PER_WINDOW`] reads run per
+//! [`WINDOW`]; past that, a refusal is recorded with the machine's own reason.
 
 use std::{
     collections::{HashMap, VecDeque},
@@ -15,14 +14,14 @@ use std::{
 use crypto_ext::RejectionReason;
 use ruma::OwnedEventId;
 
-/// Key exports allowed per [`WINDOW`] to explain refusals.
-pub(super) const EXPORTS_PER_WINDOW: u32 = 10;
-/// The window of [`EXPORTS_PER_WINDOW`].
+/// Key reads allowed per [`WINDOW`] to explain refusals.
+pub(super) const READS_PER_WINDOW: u32 = 10;
+/// The window of [`READS_PER_WINDOW`].
 pub(super) const WINDOW: Duration = Duration::from_secs(60);
 /// Explanations remembered; the oldest is forgotten first.
 pub(super) const REMEMBERED: usize = 1024;
 
-/// What was explained, and how many exports the current window has used.
+/// What was explained, and how many reads the current window has used.
 #[derive(Debug)]
 pub(super) struct Explanations {
     explained: HashMap<OwnedEventId, Option<RejectionReason>>,
@@ -41,13 +40,13 @@ impl Explanations {
         self.explained.get(event_id).cloned()
     }
 
-    /// Whether an export may run at `now`; if so, counts it.
-    pub(super) fn may_export(&mut self, now: Instant) -> bool {
+    /// Whether a read may run at `now`; if so, counts it.
+    pub(super) fn may_read(&mut self, now: Instant) -> bool {
         if now.saturating_duration_since(self.window_start) >= WINDOW {
             self.window_start = now;
             self.used = 0;
         }
-        if self.used >= EXPORTS_PER_WINDOW {
+        if self.used >= READS_PER_WINDOW {
             return false;
         }
         self.used += 1;
@@ -74,13 +73,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn exports_are_bounded_per_window() {
+    fn reads_are_bounded_per_window() {
         let start = Instant::now();
         let mut explanations = Explanations::new(start);
-        let allowed =
-            (0..EXPORTS_PER_WINDOW + 5).filter(|_| explanations.may_export(start)).count();
-        assert_eq!(allowed, EXPORTS_PER_WINDOW as usize);
-        assert!(explanations.may_export(start + WINDOW), "a new window allows exports again");
+        let allowed = (0..READS_PER_WINDOW + 5).filter(|_| explanations.may_read(start)).count();
+        assert_eq!(allowed, READS_PER_WINDOW as usize);
+        assert!(explanations.may_read(start + WINDOW), "a new window allows reads again");
     }
 
     #[test]

@@ -36,7 +36,7 @@ pub(crate) struct EncryptedState {
     /// Rooms with events rejected because their sender's device was unknown, with those
     /// senders: a device update of one of them validates the room's events again.
     unknown_device_senders: StdMutex<BTreeMap<OwnedRoomId, BTreeSet<OwnedUserId>>>,
-    /// Refusals of the client's machine explained, and the exports that cost (bounded).
+    /// Refusals of the client's machine explained, and the key reads that cost (bounded).
     explanations: StdMutex<explain::Explanations>,
     /// Rooms whose timeline had a gap: whether its state is still to be fetched, and when it
     /// last was.

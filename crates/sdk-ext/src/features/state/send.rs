@@ -159,6 +159,7 @@ impl EncryptedState {
         };
         let recipients = ctx.recipient_devices(room).await?;
         self.share(&mut session, &recipients).await?;
+        ctx.sign_creator_claim(&mut session).await?;
 
         let encrypted = session.encrypt(&ctx.own_device, &room_id, &slot, content)?;
         // Persist the ratchet before sending: an index must never be used twice, even if the
