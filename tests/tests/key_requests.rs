@@ -11,7 +11,7 @@ use integration_tests::{
 };
 use matrix_sdk::{
     Room,
-    deserialized_responses::{DeviceLinkProblem, VerificationLevel, VerificationState},
+    deserialized_responses::{VerificationLevel, VerificationState},
     encryption::LocalTrust,
     ruma::{
         OwnedRoomId, RoomId, TransactionId,
@@ -95,14 +95,17 @@ async fn a_joiner_whose_inviter_is_offline_reads_the_name_once_an_admin_answers(
         KeyOrigin::KeyShare { shared_by: carol.user_id().to_owned() }
     );
     assert_eq!(provenance.sender, alice.user_id(), "Alice's event, Carol's key");
-    // Carol's word is not proof that Alice's device created the session: shown, labelled, and
-    // never with Alice's verified trust.
-    assert!(!provenance.creator_proven);
+    // Carol's word is not proof that Alice's device created the session, but the claim Alice's
+    // device signed, which her event carries, is: the value reads with her device's own trust
+    // (cross-signed by Alice, whose identity Bob has not verified), not as an insecure source.
+    assert!(provenance.creator_proven, "Alice's signed claim proves her device");
+    assert_eq!(
+        provenance.sender_device.as_deref(),
+        Some(alice.client.device_id().expect("device"))
+    );
     assert_eq!(
         provenance.verification,
-        Some(VerificationState::Unverified(VerificationLevel::None(
-            DeviceLinkProblem::InsecureSource
-        )))
+        Some(VerificationState::Unverified(VerificationLevel::UnverifiedIdentity))
     );
     // Carol's client says it answered.
     let answered = tokio::time::timeout(DEFAULT_TIMEOUT, async {

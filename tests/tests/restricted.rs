@@ -2,7 +2,7 @@
 //! room's join rules pushes its encrypted name and topic, with their keys, to the members of the
 //! allowed room, so they see the room's look before joining; refusals of untrusted previews.
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use crypto_ext::{InboundStateSession, KeyOrigin, identifiers};
 use integration_tests::{
     DEFAULT_TIMEOUT, StateUser, TestUser, join, keep_syncing, next_update, restricted_room,
@@ -160,6 +160,19 @@ async fn another_moderator_pushes_once_the_one_who_set_the_allow_list_left() -> 
         })
     })
     .await?;
+    // Dave joins the space now: his only copy of the name's key is Carol's, and still Alice's
+    // name reads as Alice's, proven by the claim her device signed (her event carries it), not
+    // by Carol's word.
+    let dave = StateUser::register("dave").await?;
+    space.invite_user_by_id(dave.user_id()).await?;
+    join(&dave, &space.room_id().to_owned()).await?;
+    sync_until(&dave.client, "Dave previews the room, from Carol", DEFAULT_TIMEOUT, || async {
+        previewed_name(&dave, &room_id).await.as_deref() == Some("Planning")
+    })
+    .await?;
+    let preview = dave.ext.restricted_preview(&room_id).await?.context("preview")?;
+    assert_eq!(preview.shared_by.as_deref(), Some(carol.user_id()));
+    assert!(preview.creators_proven, "{preview:?}");
     Ok(())
 }
 

@@ -3,7 +3,7 @@
 
 use anyhow::{Context, Result};
 use crypto_ext::Provenance;
-use crypto_ext::{KeyOrigin, testing::Crafter};
+use crypto_ext::{CreatorClaim, KeyOrigin, testing::Crafter, vodozemac::Ed25519Keypair};
 use integration_tests::{
     DEFAULT_TIMEOUT, StateUser, TestUser, join, keep_syncing, shared_room, sync_until, wait_until,
 };
@@ -12,7 +12,9 @@ use matrix_sdk::{
     deserialized_responses::{DeviceLinkProblem, VerificationLevel, VerificationState},
     ruma::{OwnedEventId, RoomId},
 };
-use sdk_ext::{RejectionReason, RoomStateExt, StateOrigin, StateSenderTrust, UnprovenCreators};
+use sdk_ext::{
+    RejectionReason, RoomHistoryExt, RoomStateExt, StateOrigin, StateSenderTrust, UnprovenCreators,
+};
 use serde_json::json;
 
 fn init() {
@@ -173,11 +175,12 @@ async fn a_device_cross_signed_after_its_state_arrived_reads_as_cross_signed() -
 
 /// A sharer passes its own session off as another member's: Carol crafts a session naming
 /// Alice's device as its creator, the name it encrypts is posted in Alice's name (as Alice's
-/// homeserver could), and Carol hands the key on with her invites to Bob and Dave. The name is
-/// never shown as Alice's with her trust: Bob (the default, `UnprovenCreators::Accept`) shows it
-/// as "creator unproven", shared by Carol, with an insecure source; Dave
-/// (`UnprovenCreators::Reject`) rejects it. The control: a topic Alice sets later, whose key
-/// her own device sends them, is proven for both.
+/// homeserver could) with a creator claim Carol forged, and Carol hands the key on with her
+/// invites to Bob and Dave. The name is never shown as Alice's with her trust: Bob (the
+/// default, `UnprovenCreators::Accept`) shows it as "creator unproven", shared by Carol, with an
+/// insecure source; Dave (`UnprovenCreators::Reject`) rejects it. The control: Alice's genuine
+/// topic, whose key Carol hands on the same way (with the history of her invites), is proven
+/// for both by the claim Alice's device signed, which Alice's event carries.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sharer_cannot_pass_its_session_off_as_another_members() -> Result<()> {
     init();
@@ -189,8 +192,17 @@ async fn a_sharer_cannot_pass_its_session_off_as_another_members() -> Result<()>
     let room = shared_room(&alice, &[&carol]).await?;
     let room_id = room.room_id().to_owned();
     room.enable_state_encryption().await?;
+    let carol_room = carol.room(&room_id);
 
-    // Carol's session, claiming Alice's device as its creator.
+    // Alice's genuine topic, its key sent by her device to Carol's.
+    let genuine = room.set_encrypted_topic("Alice's own topic").await?.event_id;
+    sync_until(&carol.client, "Carol reads Alice's topic", DEFAULT_TIMEOUT, || async {
+        carol_room.encrypted_topic().await.ok().flatten().as_deref() == Some("Alice's own topic")
+    })
+    .await?;
+
+    // Carol's session, claiming Alice's device as its creator, with a claim Carol signed
+    // herself in the name of Alice's device.
     let alice_device = alice.own_device().await?;
     let mut crafter = Crafter::new();
     let key = crafter.exported_key(&room_id, &alice_device);
@@ -201,21 +213,26 @@ async fn a_sharer_cannot_pass_its_session_off_as_another_members() -> Result<()>
         "content": { "name": "Passed off as Alice's" },
         "room_id": room_id,
     });
-    let content = crafter.encrypt(&alice_device, &payload);
-    let forged = room
-        .send_state_event_raw(
-            "m.room.encrypted",
-            "m.room.name:",
-            content.cast_unchecked::<matrix_sdk::ruma::events::AnyStateEventContent>(),
-        )
-        .await?
-        .event_id;
+    let mut content: serde_json::Value =
+        serde_json::from_str(crafter.encrypt(&alice_device, &payload).json().get())?;
+    let carols_key = Ed25519Keypair::new();
+    let forged_claim = CreatorClaim::sign(
+        &room_id,
+        &session_id,
+        alice.user_id(),
+        &alice_device.device_id,
+        alice_device.curve25519,
+        |text| carols_key.sign(text.as_bytes()),
+    );
+    content[crypto_ext::identifiers::CREATOR_CLAIM] = serde_json::to_value(&forged_claim)?;
+    let forged =
+        room.send_state_event_raw("m.room.encrypted", "m.room.name:", content).await?.event_id;
 
-    // Carol invites Bob and Dave and hands them the key, as an inviter's keys travel.
-    let carol_room = carol.room(&room_id);
+    // Carol invites Bob and Dave with the room's history (Alice's topic key goes with it) and
+    // hands them her session's key, as an inviter's keys travel.
     let keys = json!({ "room_id": room_id, "keys": [key] });
     for invitee in [&bob, &dave] {
-        carol_room.invite_user_by_id(invitee.user_id()).await?;
+        carol_room.invite_with_history(invitee.user_id()).await?;
         sync_until(&invitee.client, "the invite arrives", DEFAULT_TIMEOUT, || async {
             invitee.client.get_room(&room_id).is_some()
         })
@@ -254,13 +271,8 @@ async fn a_sharer_cannot_pass_its_session_off_as_another_members() -> Result<()>
     .await?;
     assert_eq!(dave_room.encrypted_name().await?, None);
 
-    // Control: state Alice sets herself, its key sent by her own device, is proven.
-    sync_until(&alice.client, "Alice sees Bob and Dave joined", DEFAULT_TIMEOUT, || async {
-        integration_tests::is_joined(&room, bob.user_id()).await
-            && integration_tests::is_joined(&room, dave.user_id()).await
-    })
-    .await?;
-    let genuine = room.set_encrypted_topic("Alice's own topic").await?.event_id;
+    // Control: Alice's genuine topic, handed on by the same sharer, is proven by Alice's claim,
+    // for the strict reader too.
     for (reader, reader_room) in [(&bob, &bob_room), (&dave, &dave_room)] {
         sync_until(&reader.client, "the reader accepts Alice's topic", DEFAULT_TIMEOUT, || async {
             provenance(reader_room, "m.room.topic")
@@ -268,6 +280,13 @@ async fn a_sharer_cannot_pass_its_session_off_as_another_members() -> Result<()>
                 .is_some_and(|p| p.event_id == genuine && p.creator_proven)
         })
         .await?;
+        let topic = provenance(reader_room, "m.room.topic").await.context("topic")?;
+        assert_eq!(topic.sender, alice.user_id());
+        assert_eq!(topic.key_origin.shared_by(), Some(&carol.user_id().to_owned()));
+        assert_eq!(
+            topic.verification,
+            Some(VerificationState::Unverified(VerificationLevel::UnverifiedIdentity))
+        );
     }
     Ok(())
 }

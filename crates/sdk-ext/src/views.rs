@@ -80,4 +80,9 @@ pub struct RoomPreview {
     pub shared_by: Option<OwnedUserId>,
     /// For a restricted room's preview: the allowed room, one we are in, through which it came.
     pub via: Option<OwnedRoomId>,
+    /// Whether the creator of every value shown is proven (the creator's own device handed us
+    /// the key, or the event carries its signed creator claim), not only vouched for by
+    /// `shared_by`. With [`UnprovenCreators::Reject`](crate::UnprovenCreators::Reject), values
+    /// whose creator is not proven are left out.
+    pub creators_proven: bool,
 }

@@ -244,7 +244,8 @@ fn check(input: &ValidationInput<'_>) -> Result<Checked, RejectionReason> {
 
 /// Rules 1 to 3 and the state-key part of rule 4, for a state event seen in an invite's stripped
 /// state: there are no power levels to check against, so callers show the result as a preview
-/// only (until the user joins and the full pipeline runs).
+/// only (until the user joins and the full pipeline runs). `unproven` decides, as for joined
+/// rooms, whether a creator only the sharer vouches for is shown.
 ///
 /// # Errors
 ///
@@ -255,8 +256,9 @@ pub fn validate_preview(
     packed_state_key: &str,
     plaintext: &str,
     facts: &DecryptionFacts,
+    unproven: UnprovenCreators,
 ) -> Result<StatePayload, RejectionReason> {
-    rule_session_of_sender(facts, sender, UnprovenCreators::Accept, StateSenderTrust::Untrusted)?;
+    rule_session_of_sender(facts, sender, unproven, StateSenderTrust::Untrusted)?;
     let payload = rule_payload_matches(plaintext, packed_state_key, room_id)?;
     let slot = payload.slot();
     rule_not_critical(&slot)?;

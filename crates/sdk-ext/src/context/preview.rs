@@ -64,6 +64,7 @@ impl Context {
     ) -> Result<(RoomPreview, Vec<usize>)> {
         let mut preview = RoomPreview::default();
         let mut shown = Vec::new();
+        let mut all_proven = true;
         for (position, event) in events.iter().enumerate() {
             let Some(session) = sessions.get_mut(&event.session_id) else { continue };
             if session.room_id() != room_id {
@@ -93,6 +94,7 @@ impl Context {
                 &event.packed_state_key,
                 &decrypted.plaintext,
                 &facts,
+                self.config.unproven_creators,
             ) {
                 Ok(payload) => payload,
                 Err(reason) => {
@@ -109,8 +111,10 @@ impl Context {
                 _ => continue,
             }
             preview.shared_by = shared_by;
+            all_proven &= facts.creator_proven;
             shown.push(position);
         }
+        preview.creators_proven = !shown.is_empty() && all_proven;
         Ok((preview, shown))
     }
 }

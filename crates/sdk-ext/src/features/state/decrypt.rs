@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use crypto_ext::{
     DecryptionFacts, EncryptedStateEvent, InboundStateSession, KeyOrigin, RejectionReason,
-    SessionOwner,
+    SessionOwner, UnprovenCreators,
     state_sessions::batch::{SessionGroup, decrypt_batch},
     validate_preview,
     vodozemac::Curve25519PublicKey,
@@ -241,6 +241,7 @@ impl EncryptedState {
             &event.packed_state_key,
             &decrypted.plaintext,
             &facts,
+            UnprovenCreators::Accept,
         )
         .err())
     }
