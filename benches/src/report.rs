@@ -155,10 +155,10 @@ const TARGETS: &str = "## Targets\n\
 \n\
 On this 2-core machine: join-to-readable at most 0.5x the stock decrypt time for N = 5,000 and at\n\
 most 3x the sum of the primitives; bundle build and import at most 1.0x stock for K = 10,000;\n\
-sync overhead at most 3%. Bundle build cannot meet its target through matrix-sdk's public API:\n\
-the only way to read the sessions of the client's key store is `Encryption::export_room_keys`,\n\
-whose key file costs two PBKDF2 runs of 500,000 rounds (export, then our read), about 600 ms\n\
-whatever the number of sessions. Bundle import also writes every key to our own store (state\n\
+sync overhead at most 3%. Bundle build reads the room's sessions from the client's crypto store,\n\
+shared with the extension (`ClientCryptoStore`), as matrix-sdk's own builder does; a client that\n\
+does not share it goes through `Encryption::export_room_keys`, whose key file costs two PBKDF2\n\
+runs of 500,000 rounds (about 600 ms whatever the number of sessions). Bundle import also writes every key to our own store (state\n\
 decryption and \"shared by\" attribution), next to matrix-sdk's import. The CPU-time row has a\n\
 10 ms resolution; differences of a few percent there are within its noise. Peak memory is not reported: measured as the process's resident high-water mark, it mostly\n\
 showed memory the allocator kept from earlier runs; it needs one process per run.\n\

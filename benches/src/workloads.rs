@@ -30,9 +30,6 @@ use crate::{
     report::{Comparison, Measurement},
 };
 
-/// PBKDF2 rounds of matrix-sdk's `Encryption::export_room_keys` (the only public way for our
-/// client code to read the sessions it puts in a bundle).
-const EXPORT_ROUNDS: u32 = 500_000;
 /// PBKDF2 rounds of the key file our receiver hands to `Encryption::import_room_keys`.
 const IMPORT_ROUNDS: u32 = 1_000;
 
@@ -204,9 +201,10 @@ fn primitives_join(room: &Room) -> Result<Duration> {
     Ok(start.elapsed())
 }
 
-/// Bundle build for `k` shareable sessions: ours (sessions read through matrix-sdk's key export,
-/// bundle built by `BundleBuilder`, sealed) against matrix-sdk-crypto's `build_room_key_bundle`
-/// with the same serialisation and attachment encryption.
+/// Bundle build for `k` shareable sessions: ours (as `sdk-ext` with the client's crypto store
+/// shared: the room's sessions read from the store, bundle built by `BundleBuilder` with the
+/// withheld notices received earlier, sealed) against matrix-sdk-crypto's
+/// `build_room_key_bundle` with the same serialisation and attachment encryption.
 pub(crate) async fn bundle_build(k: usize, plan: Plan) -> Result<Comparison> {
     let room_id = fixtures::room_id();
     let alice = fixtures::alice();
@@ -218,17 +216,14 @@ pub(crate) async fn bundle_build(k: usize, plan: Plan) -> Result<Comparison> {
         let (room_id, alice) = (room_id.clone(), alice.clone());
         async move {
             let start = Instant::now();
-            let wanted = room_id.clone();
-            let exported = machine.store().export_room_keys(|s| s.room_id() == wanted).await?;
-            let file = matrix_sdk_crypto::encrypt_room_key_export(
-                &exported,
-                &passphrase(),
-                EXPORT_ROUNDS,
-            )?;
-            let read = matrix_sdk_crypto::decrypt_room_key_export(file.as_bytes(), &passphrase())?;
+            let store = machine.store();
+            let sessions = store.get_inbound_group_sessions_by_room_id(&room_id).await?;
             let mut builder = BundleBuilder::new(&room_id, &alice);
-            for key in read {
-                builder.add_message_session(key);
+            for session in sessions {
+                builder.add_message_session(session.export().await);
+            }
+            for withheld in store.get_withheld_sessions_by_room_id(&room_id).await? {
+                builder.add_withheld(withheld.content);
             }
             let sealed = bundle::seal(&builder.build())?;
             Ok::<_, anyhow::Error>((start.elapsed(), sealed.ciphertext.len()))

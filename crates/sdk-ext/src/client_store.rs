@@ -5,6 +5,7 @@ use std::{collections::BTreeSet, path::Path, sync::Arc};
 
 use crypto_ext::{OwnDevice, vodozemac::Ed25519Signature};
 
+use matrix_sdk::deserialized_responses::WithheldCode;
 use matrix_sdk::{
     SqliteCryptoStore, SqliteEventCacheStore, SqliteMediaStore, SqliteStateStore,
     SqliteStoreConfig, config::StoreConfig as ClientStoreConfig,
@@ -13,6 +14,7 @@ use matrix_sdk::{
 use matrix_sdk_crypto::{
     olm::InboundGroupSession,
     store::{DynCryptoStore, IntoCryptoStore, MemoryStore},
+    types::events::room_key_withheld::RoomKeyWithheldContent,
 };
 use ruma::RoomId;
 
@@ -153,6 +155,22 @@ impl ClientCryptoStore {
             .await?
             .ok_or_else(|| Error::ForeignCryptoStore("it holds no account".to_owned()))?;
         Ok(account.sign(message))
+    }
+
+    /// The `m.history_not_shared` withheld notices the client keeps for `room_id` (received in
+    /// bundles), to pass on in ours as matrix-sdk's own bundle does.
+    pub(crate) async fn history_not_shared(
+        &self,
+        room_id: &RoomId,
+    ) -> Result<Vec<RoomKeyWithheldContent>> {
+        Ok(self
+            .store
+            .get_withheld_sessions_by_room_id(room_id)
+            .await?
+            .into_iter()
+            .map(|entry| entry.content)
+            .filter(|content| content.withheld_code() == WithheldCode::HistoryNotShared)
+            .collect())
     }
 
     /// The room's Megolm sessions the client holds, exported from their first known index;

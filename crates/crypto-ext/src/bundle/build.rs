@@ -93,6 +93,24 @@ impl BundleBuilder {
         self.add_message_session(key)
     }
 
+    /// Passes on a withheld notice received earlier (an `m.history_not_shared` entry of a bundle
+    /// we imported), as matrix-sdk's own bundle does, unless the session is shared or withheld
+    /// already, or of another room. Returns whether it was added.
+    pub fn add_withheld(&mut self, withheld: RoomKeyWithheldContent) -> bool {
+        let (Some(room_id), Some(session_id)) = (withheld.room_id(), withheld.megolm_session_id())
+        else {
+            return false;
+        };
+        if room_id != self.room_id
+            || self.room_keys.contains_key(session_id)
+            || self.withheld.contains_key(session_id)
+        {
+            return false;
+        }
+        self.withheld.insert(session_id.to_owned(), withheld);
+        true
+    }
+
     /// How many sessions are shared and withheld so far.
     pub fn counts(&self) -> (usize, usize) {
         (self.room_keys.len(), self.withheld.len())

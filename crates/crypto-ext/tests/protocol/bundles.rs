@@ -6,8 +6,11 @@ use crypto_ext::{
     bundle::{BundleBuilder, BundleLimits, RoomKeyBundle, open, seal},
 };
 use matrix_sdk_common::deserialized_responses::ProcessedToDeviceEvent;
+use matrix_sdk_common::deserialized_responses::WithheldCode;
 use matrix_sdk_crypto::{
-    AttachmentEncryptor, CollectStrategy, EncryptionSettings, olm::ExportedRoomKey,
+    AttachmentEncryptor, CollectStrategy, EncryptionSettings,
+    olm::ExportedRoomKey,
+    types::{EventEncryptionAlgorithm, events::room_key_withheld::RoomKeyWithheldContent},
 };
 use ruma::{RoomId, events::room::history_visibility::HistoryVisibility, room_id};
 use serde_json::{Value, json};
@@ -101,6 +104,35 @@ async fn a_session_is_never_both_shared_and_withheld() {
     // ...and a later withheld copy does not bring it back.
     builder.add_message_session(unshareable);
     assert_eq!(builder.counts(), (1, 0));
+}
+
+/// A withheld notice received earlier is passed on, once, unless the session is shared or is
+/// of another room.
+#[tokio::test]
+async fn withheld_notices_received_earlier_are_passed_on() {
+    let (alice, bob) = alice_and_bob().await;
+    let room = room_id!("!room:example.org");
+    let sessions = message_sessions(&alice, &bob, room).await;
+    let shareable = sessions.iter().find(|k| k.shared_history).unwrap();
+    let notice = |room: &RoomId, session_id: &str| {
+        RoomKeyWithheldContent::new(
+            EventEncryptionAlgorithm::MegolmV1AesSha2,
+            WithheldCode::HistoryNotShared,
+            room.to_owned(),
+            session_id.to_owned(),
+            shareable.sender_key,
+            "CAROLDEVICE".into(),
+        )
+    };
+    let mut builder = BundleBuilder::new(room, &alice.own_device());
+    builder.add_message_session(to_exported_clone(shareable));
+    assert!(builder.add_withheld(notice(room, "a-session-we-never-had")));
+    assert!(!builder.add_withheld(notice(room, "a-session-we-never-had")), "once");
+    assert!(!builder.add_withheld(notice(room, &shareable.session_id)), "shared already");
+    assert!(!builder.add_withheld(notice(room_id!("!other:example.org"), "x")), "other room");
+    assert_eq!(builder.counts(), (1, 1));
+    let bundle = builder.build();
+    assert_eq!(bundle.withheld[0].megolm_session_id(), Some("a-session-we-never-had"));
 }
 
 fn to_exported_clone(key: &ExportedRoomKey) -> ExportedRoomKey {

@@ -13,7 +13,9 @@ use std::{
 use crypto_ext::{
     CreatorClaim, ImportKeyError, InboundStateSession, KeyOrigin, OutboundStateSession,
 };
-use matrix_sdk_crypto::olm::ExportedRoomKey;
+use matrix_sdk_crypto::{
+    olm::ExportedRoomKey, types::events::room_key_withheld::RoomKeyWithheldContent,
+};
 use ruma::RoomId;
 use state_store_ext::{StateChanges, StoreError};
 use tracing::debug;
@@ -209,6 +211,19 @@ impl Context {
                 })
                 .await
             }
+        }
+    }
+
+    /// The `m.history_not_shared` notices the client received for `room_id` (in bundles), to
+    /// pass on; none without the shared crypto store (matrix-sdk offers no other way to read
+    /// them).
+    pub(crate) async fn received_withheld(
+        &self,
+        room_id: &RoomId,
+    ) -> Result<Vec<RoomKeyWithheldContent>> {
+        match &self.config.client_crypto_store {
+            Some(store) => store.history_not_shared(room_id).await,
+            None => Ok(Vec::new()),
         }
     }
 

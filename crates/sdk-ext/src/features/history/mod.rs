@@ -155,6 +155,10 @@ impl History {
                 shared_message_keys += 1;
             }
         }
+        // Notices of history the client was not given, passed on as matrix-sdk's bundle does.
+        for withheld in ctx.received_withheld(&room_id).await? {
+            builder.add_withheld(withheld);
+        }
         let withheld_keys = builder.counts().1;
         let bundle = builder.build();
 
