@@ -2,6 +2,8 @@
 //! `invite_with_history` and receive them with the extension's receiver (matrix-sdk's own is
 //! off).
 
+use std::time::Duration;
+
 use anyhow::Result;
 use crypto_ext::KeyOrigin;
 use integration_tests::{
@@ -723,5 +725,80 @@ async fn another_members_older_state_values_stay_unreadable_to_an_invitee() -> R
         let session = crypto_ext::InboundStateSession::from_pickle(pickle);
         assert_eq!(session.first_known_index(), 1, "from the current event's index");
     }
+    Ok(())
+}
+
+/// A bundle download that stalls (Bob's bundle client goes through a proxy that accepts the
+/// connection and never answers) neither holds up state processing nor runs forever: Bob reads
+/// a topic Alice sets after he joined while the download hangs, then the download times out
+/// and the bundle is deferred (kept, retried later), not refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_bundle_download_times_out_without_blocking_state() -> Result<()> {
+    integration_tests::init_tracing("warn");
+    // A proxy that takes connections and never says a word.
+    let stalled = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let proxy = format!("http://{}", stalled.local_addr()?);
+    let _held = tokio::spawn(async move {
+        let mut connections = Vec::new();
+        while let Ok((socket, _)) = stalled.accept().await {
+            connections.push(socket);
+        }
+    });
+    let timeout = Duration::from_secs(20);
+    let alice = StateUser::register("alice").await?;
+    let bob = StateUser::register_with("bob", |config| {
+        config.http_client = Some(
+            matrix_sdk::reqwest::Client::builder()
+                .proxy(matrix_sdk::reqwest::Proxy::all(&proxy).expect("proxy"))
+                .build()
+                .expect("client"),
+        );
+        config.bundle_limits.download_timeout = timeout;
+    })
+    .await?;
+    let room = room_with_history(&alice, "shared").await?;
+    let room_id = room.room_id().to_owned();
+    room.invite_with_history(bob.user_id()).await?;
+    let mut updates = bob.ext.subscribe();
+    let _bob_syncing = integration_tests::keep_syncing(&bob.client);
+    join(&bob, &room_id).await?;
+    let joined = std::time::Instant::now();
+
+    // State goes on while the download hangs.
+    sync_until(&alice.client, "Alice sees Bob joined", DEFAULT_TIMEOUT, || async {
+        integration_tests::is_joined(&room, bob.user_id()).await
+    })
+    .await?;
+    room.set_encrypted_topic("Set while the bundle hangs").await?;
+    let bob_room = bob.room(&room_id);
+    wait_until("Bob reads the new topic", DEFAULT_TIMEOUT, || async {
+        bob_room.encrypted_topic().await.ok().flatten().as_deref()
+            == Some("Set while the bundle hangs")
+    })
+    .await?;
+    assert!(joined.elapsed() < timeout, "the topic came while the download was still stalled");
+
+    // Then the download gives up, and the bundle is kept for a retry.
+    let deferred = tokio::time::timeout(timeout + DEFAULT_TIMEOUT, async {
+        loop {
+            match updates.recv().await {
+                Ok(StateUpdate::BundleDeferred { room_id: deferred, reason, .. })
+                    if deferred == room_id =>
+                {
+                    return Ok(reason);
+                }
+                Ok(StateUpdate::HistoryImported(_)) | Ok(StateUpdate::BundleRefused { .. }) => {
+                    return Err(anyhow::anyhow!("the bundle was not deferred"));
+                }
+                _ => {}
+            }
+        }
+    })
+    .await??;
+    assert!(deferred.contains("timed out") || deferred.contains("timeout"), "{deferred}");
+    assert!(
+        bob.ext.store().pending_bundles(&room_id).await?.len() == 1,
+        "the announcement is kept for the retry"
+    );
     Ok(())
 }

@@ -63,6 +63,17 @@ pub enum StateUpdate {
         /// Why, for display.
         reason: String,
     },
+    /// A room-key bundle could not be fetched for a reason that may clear (the media server
+    /// failed or stalled past `BundleLimits::download_timeout`): it is kept and tried again in
+    /// the background, after 30 seconds, then twice as long each time up to an hour.
+    BundleDeferred {
+        /// The room.
+        room_id: OwnedRoomId,
+        /// Who announced it.
+        sender: OwnedUserId,
+        /// Why, for display.
+        reason: String,
+    },
     /// We sent a member the state keys they asked for.
     KeyRequestAnswered {
         /// The room.

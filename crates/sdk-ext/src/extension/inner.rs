@@ -79,14 +79,6 @@ impl Inner {
         Ok(run.outcomes)
     }
 
-    /// [`Inner::import_history`] for every joined room (at start: an import cut short resumes).
-    pub(super) async fn import_all_history(&self) -> Result<()> {
-        for room in self.ctx.client.joined_rooms() {
-            self.import_history(&room).await?;
-        }
-        Ok(())
-    }
-
     /// Asks for the keys a joined room's state still waits for; a room with nothing waiting
     /// stops being a waiting room.
     pub(super) async fn request_keys(&self, room: &Room) -> Result<()> {

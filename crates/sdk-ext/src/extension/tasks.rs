@@ -3,7 +3,12 @@
 //! Start-up resumes imports, asks for missing keys and pushes previews; the listener reacts to
 //! syncs, key arrivals, membership changes, device updates and the key-request schedule.
 
-use std::{collections::BTreeSet, pin::Pin, sync::Weak, time::Duration};
+use std::{
+    collections::BTreeSet,
+    pin::Pin,
+    sync::{Arc, Weak},
+    time::Duration,
+};
 
 use crypto_ext::identifiers;
 use futures_util::{Stream, StreamExt};
@@ -31,10 +36,8 @@ type Devices = Pin<Box<dyn Stream<Item = DeviceUpdates> + Send>>;
 struct StartUp;
 
 impl StartUp {
-    async fn run(inner: &Inner) {
-        if let Err(error) = inner.import_all_history().await {
-            warn!(%error, "resuming room-key bundle imports failed");
-        }
+    async fn run(inner: &Arc<Inner>) {
+        import_all_history(inner);
         for room_id in inner.state.waiting_rooms() {
             request_keys(inner, &room_id).await;
         }
@@ -132,7 +135,7 @@ impl Handler {
                 // Bundles whose download failed are retried with the room's next sync; keys
                 // still missing are asked for.
                 for room_id in updates.joined.keys() {
-                    import_history(&inner, room_id).await;
+                    import_history(&inner, room_id);
                 }
                 for room_id in inner.state.waiting_rooms() {
                     if updates.joined.contains_key(&room_id) {
@@ -171,9 +174,13 @@ impl Handler {
         true
     }
 
-    /// The schedule: key requests escalate, owed checks of rooms' state run.
+    /// The schedule: key requests escalate, owed checks of rooms' state run, deferred bundle
+    /// downloads are retried.
     async fn on_schedule(&self) -> bool {
         let Some(inner) = self.inner.upgrade() else { return false };
+        for room_id in inner.history.retries_due() {
+            import_history(&inner, &room_id);
+        }
         for room_id in inner.state.waiting_rooms() {
             request_keys(&inner, &room_id).await;
         }
@@ -193,14 +200,10 @@ impl Handler {
             // Our membership changed (we joined after accepting an invite, say): the inviter's
             // bundle can be imported now, without waiting for a sync.
             Ok(update) if update.reasons.contains(RoomInfoNotableUpdateReasons::MEMBERSHIP) => {
-                import_history(&inner, &update.room_id).await;
+                import_history(&inner, &update.room_id);
             }
             Ok(_) => {}
-            Err(RecvError::Lagged(_)) => {
-                if let Err(error) = inner.import_all_history().await {
-                    warn!(%error, "importing room-key bundles failed");
-                }
-            }
+            Err(RecvError::Lagged(_)) => import_all_history(&inner),
             Err(RecvError::Closed) => return false,
         }
         true
@@ -287,13 +290,27 @@ fn changes_state(update: &JoinedRoomUpdate) -> bool {
         })
 }
 
-/// Imports the bundles kept for a room we joined, logging failures (the background task goes
-/// on).
-async fn import_history(inner: &Inner, room_id: &RoomId) {
-    if let Some(room) = inner.ctx.client.get_room(room_id)
-        && let Err(error) = inner.import_history(&room).await
-    {
-        warn!(%room_id, %error, "importing a room-key bundle failed");
+/// Imports the bundles kept for a room we joined in a task of its own, so that a slow or stalled
+/// download never holds up the listener (at most one per room; a deferred download waits for
+/// its retry), logging failures.
+fn import_history(inner: &Arc<Inner>, room_id: &RoomId) {
+    let Some(room) = inner.ctx.client.get_room(room_id) else { return };
+    if !inner.history.start_background_import(room_id) {
+        return;
+    }
+    let inner = inner.clone();
+    tokio::spawn(async move {
+        if let Err(error) = inner.import_history(&room).await {
+            warn!(room_id = %room.room_id(), %error, "importing a room-key bundle failed");
+        }
+        inner.history.end_background_import(room.room_id());
+    });
+}
+
+/// [`import_history`] for every joined room.
+fn import_all_history(inner: &Arc<Inner>) {
+    for room in inner.ctx.client.joined_rooms() {
+        import_history(inner, room.room_id());
     }
 }
 

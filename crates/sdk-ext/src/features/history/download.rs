@@ -26,7 +26,7 @@ pub(super) async fn download(
     if let Some(token) = client.access_token() {
         request = request.bearer_auth(token);
     }
-    let response = request.send().await.map_err(|e| BundleImportError::Download(e.to_string()))?;
+    let response = request.send().await.map_err(|e| download_error(&e, limits))?;
     let status = response.status();
     if status == matrix_sdk::reqwest::StatusCode::NOT_FOUND {
         return Err(BundleImportError::NotFound);
@@ -34,7 +34,19 @@ pub(super) async fn download(
     if !status.is_success() {
         return Err(BundleImportError::Download(format!("the homeserver answered {status}")));
     }
-    read_capped(response, limits.max_bytes).await
+    read_capped(response, limits).await
+}
+
+/// What a failed request or body read says: a timeout names the deadline it ran into.
+fn download_error(error: &matrix_sdk::reqwest::Error, limits: BundleLimits) -> BundleImportError {
+    if error.is_timeout() {
+        BundleImportError::Download(format!(
+            "timed out after {:?} (BundleLimits::download_timeout)",
+            limits.download_timeout
+        ))
+    } else {
+        BundleImportError::Download(error.to_string())
+    }
 }
 
 /// The GET of a bundle, bounded in time (from connecting to the last byte of the body) by
@@ -47,12 +59,13 @@ fn bundle_request(
     http.get(url).timeout(limits.download_timeout)
 }
 
-/// Reads a response body of at most `max` bytes: a larger `Content-Length` is refused before the
-/// body is read, and a body without one that grows past `max` is dropped there.
+/// Reads a response body of at most `limits.max_bytes`: a larger `Content-Length` is refused
+/// before the body is read, and a body without one that grows past the cap is dropped there.
 async fn read_capped(
     mut response: matrix_sdk::reqwest::Response,
-    max: usize,
+    limits: BundleLimits,
 ) -> Result<Vec<u8>, BundleImportError> {
+    let max = limits.max_bytes;
     let too_large = |size: usize| BundleImportError::Bundle(BundleError::TooLarge { size, max });
     let announced = response.content_length().map(|len| usize::try_from(len).unwrap_or(usize::MAX));
     if let Some(len) = announced
@@ -61,9 +74,7 @@ async fn read_capped(
         return Err(too_large(len));
     }
     let mut body = Vec::with_capacity(announced.unwrap_or(0));
-    while let Some(chunk) =
-        response.chunk().await.map_err(|e| BundleImportError::Download(e.to_string()))?
-    {
+    while let Some(chunk) = response.chunk().await.map_err(|e| download_error(&e, limits))? {
         if body.len() + chunk.len() > max {
             return Err(too_large(body.len() + chunk.len()));
         }
@@ -114,7 +125,8 @@ mod tests {
 
     async fn fetch(url: &str, max: usize) -> Result<Vec<u8>, BundleImportError> {
         let response = matrix_sdk::reqwest::Client::new().get(url).send().await.unwrap();
-        tokio::time::timeout(Duration::from_secs(10), read_capped(response, max))
+        let limits = BundleLimits { max_bytes: max, ..Default::default() };
+        tokio::time::timeout(Duration::from_secs(10), read_capped(response, limits))
             .await
             .expect("the body is not awaited past the cap")
     }
@@ -155,13 +167,16 @@ mod tests {
                 .send()
                 .await
                 .unwrap();
-            read_capped(response, 1000).await
+            read_capped(response, BundleLimits { max_bytes: 1000, ..limits }).await
         };
         let error = tokio::time::timeout(Duration::from_secs(10), download)
             .await
             .expect("the download's own timeout ends it")
             .unwrap_err();
-        assert!(matches!(error, BundleImportError::Download(_)), "{error}");
+        assert!(
+            matches!(&error, BundleImportError::Download(reason) if reason.starts_with("timed out")),
+            "{error}"
+        );
     }
 
     #[tokio::test]

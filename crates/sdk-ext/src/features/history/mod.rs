@@ -2,6 +2,7 @@
 
 mod download;
 mod receive;
+mod retry;
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -44,6 +45,8 @@ pub(crate) struct History {
     http: matrix_sdk::reqwest::Client,
     /// Rooms with kept bundle announcements (so a sync of any other room costs no store query).
     bundle_rooms: StdMutex<BTreeSet<OwnedRoomId>>,
+    /// Background imports in flight, and retries of deferred downloads.
+    schedule: StdMutex<retry::Schedule>,
 }
 
 /// An invite with history that was sent: the report, and the invitee's devices that got the
@@ -58,7 +61,34 @@ impl History {
     pub(crate) async fn new(ctx: Context) -> Result<Self> {
         let http = ctx.config.http_client.clone().unwrap_or_default();
         let bundle_rooms = ctx.store.rooms_with_pending_bundles().await?.into_iter().collect();
-        Ok(Self { ctx, imports: Mutex::new(()), http, bundle_rooms: StdMutex::new(bundle_rooms) })
+        Ok(Self {
+            ctx,
+            imports: Mutex::new(()),
+            http,
+            bundle_rooms: StdMutex::new(bundle_rooms),
+            schedule: StdMutex::default(),
+        })
+    }
+
+    /// Starts a background import of `room_id`'s kept bundles, unless the room has none, one
+    /// runs already, or its deferred download is not due for a retry; returns whether it
+    /// started. End it with [`History::end_background_import`].
+    pub(crate) fn start_background_import(&self, room_id: &RoomId) -> bool {
+        self.is_bundle_room(room_id) && self.schedule().start(room_id, std::time::Instant::now())
+    }
+
+    /// A background import of `room_id` ended.
+    pub(crate) fn end_background_import(&self, room_id: &RoomId) {
+        self.schedule().end(room_id);
+    }
+
+    /// The rooms whose deferred bundle download is due for a retry.
+    pub(crate) fn retries_due(&self) -> Vec<OwnedRoomId> {
+        self.schedule().due(std::time::Instant::now())
+    }
+
+    fn schedule(&self) -> std::sync::MutexGuard<'_, retry::Schedule> {
+        self.schedule.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Marks whether `room_id` has kept bundle announcements.

@@ -67,7 +67,12 @@ impl ImportRun {
                     sender: sender.clone(),
                     reason: error.to_string(),
                 }),
-                BundleOutcome::Deferred { .. } | BundleOutcome::Ignored { .. } => None,
+                BundleOutcome::Deferred { sender, error } => Some(StateUpdate::BundleDeferred {
+                    room_id: room_id.to_owned(),
+                    sender: sender.clone(),
+                    reason: error.to_string(),
+                }),
+                BundleOutcome::Ignored { .. } => None,
             })
             .collect()
     }
@@ -183,6 +188,9 @@ impl History {
         }
         let kept = run.outcomes.iter().any(|o| matches!(o, BundleOutcome::Deferred { .. }));
         self.set_bundle_room(room_id, kept);
+        if let Some(delay) = self.schedule().record(room_id, kept, std::time::Instant::now()) {
+            debug!(?delay, "a bundle download is retried later");
+        }
         Ok(run)
     }
 
