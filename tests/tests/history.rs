@@ -201,7 +201,7 @@ async fn without_cross_signing_nothing_is_shared() -> Result<()> {
     assert!(matches!(error, sdk_ext::Error::NoCrossSigning), "{error}");
     // Not even the invite went out: Bob's next sync knows no such room.
     bob.client
-        .sync_once(matrix_sdk::config::SyncSettings::default().timeout(std::time::Duration::ZERO))
+        .sync_once(matrix_sdk::config::SyncSettings::default().timeout(Duration::ZERO))
         .await?;
     assert!(bob.client.get_room(room.room_id()).is_none());
     Ok(())
@@ -321,7 +321,7 @@ async fn an_import_killed_midway_resumes_after_a_restart() -> Result<()> {
         .env("IMPORT_ROOM_ID", room_id.as_str())
         .kill_on_drop(true)
         .status();
-    let status = tokio::time::timeout(std::time::Duration::from_secs(120), child).await??;
+    let status = tokio::time::timeout(Duration::from_secs(120), child).await??;
     assert_eq!(status.signal(), Some(9), "the child was not killed mid-import: {status}");
 
     // Killed mid-way: the client's key store never got the keys.
