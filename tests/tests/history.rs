@@ -802,3 +802,65 @@ async fn a_stalled_bundle_download_times_out_without_blocking_state() -> Result<
     );
     Ok(())
 }
+
+/// A bundle announcement for a room we were never invited to is not kept: anyone can name any
+/// room. Mallory announces a bundle for her room X without inviting Bob, then invites him to
+/// room Z with history (her messages reach Bob in the order she sent them): Z's announcement is
+/// stored, X's is not. Held in memory for a while, X's is stored once Mallory does invite Bob
+/// to X.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn announcements_for_rooms_we_were_never_invited_to_are_not_kept() -> Result<()> {
+    integration_tests::init_tracing("warn");
+    let mallory = StateUser::register("mallory").await?;
+    let bob = StateUser::register("bob").await?;
+    let room_x = shared_room(&mallory, &[]).await?;
+    let room_z = shared_room(&mallory, &[]).await?;
+    let x = room_x.room_id().to_owned();
+    let z = room_z.room_id().to_owned();
+    let announcement = json!({
+        "room_id": x,
+        "file": {
+            "url": "mxc://localhost/nothing",
+            "v": "v2",
+            "key": {
+                "kty": "oct",
+                "key_ops": ["encrypt", "decrypt"],
+                "alg": "A256CTR",
+                "k": "qcHVMSgYg-71CauWBezXI5qkaRb0LuIy-Wx5kIaHMIA",
+                "ext": true
+            },
+            "iv": "X85+XgHN+HEAAAAAAAAAAA",
+            "hashes": { "sha256": "5qG4fFnbbVdlAB1Q72JDKwCagV6Dbkx9uds4rSak37c" }
+        },
+    });
+    mallory
+        .send_to_devices(
+            bob.user_id(),
+            crypto_ext::identifiers::ROOM_KEY_BUNDLE_UNSTABLE,
+            &announcement,
+        )
+        .await?;
+    room_z.invite_with_history(bob.user_id()).await?;
+
+    let pending = |room_id| {
+        let store = bob.ext.store().clone();
+        async move { store.pending_bundles(room_id).await.map(|p| p.len()).unwrap_or(0) }
+    };
+    sync_until(&bob.client, "Bob keeps Z's announcement", DEFAULT_TIMEOUT, || async {
+        pending(&z).await == 1
+    })
+    .await?;
+    assert_eq!(pending(&x).await, 0, "X's announcement is not stored");
+    assert!(
+        !bob.ext.store().rooms_with_pending_bundles().await?.contains(&x),
+        "no room we were not invited to has a kept announcement"
+    );
+
+    // The invite to X comes after all: the announcement, held in memory, is stored now.
+    room_x.invite_user_by_id(bob.user_id()).await?;
+    sync_until(&bob.client, "Bob keeps X's announcement", DEFAULT_TIMEOUT, || async {
+        pending(&x).await == 1
+    })
+    .await?;
+    Ok(())
+}

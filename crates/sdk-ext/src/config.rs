@@ -130,9 +130,13 @@ pub struct RemoteWorkLimits {
     /// previews, bundle announcements) one user may send us per minute; the rest are ignored
     /// with a log line. Default 30.
     pub to_device_per_sender_per_minute: u32,
-    /// How many rooms the client does not know yet may have kept bundle announcements (an
-    /// announcement may precede its invite); announcements for more are ignored. Default 32.
+    /// For how many rooms the client does not know yet bundle announcements are held (an
+    /// announcement may precede its invite): in memory only, never in the store until the
+    /// invite arrives; announcements for more rooms are ignored. Default 32.
     pub announcements_for_unknown_rooms: usize,
+    /// How long such an announcement is held waiting for its invite; then it is dropped.
+    /// Default 10 minutes.
+    pub unknown_room_announcement_ttl: Duration,
     /// How many sessions one round of a room's key requests asks for at most; the others wait
     /// for the next rounds. Default 64.
     pub key_request_sessions_per_round: usize,
@@ -147,6 +151,7 @@ impl Default for RemoteWorkLimits {
         Self {
             to_device_per_sender_per_minute: 30,
             announcements_for_unknown_rooms: 32,
+            unknown_room_announcement_ttl: Duration::from_secs(10 * 60),
             key_request_sessions_per_round: 64,
             state_check_interval: Duration::from_secs(60),
         }

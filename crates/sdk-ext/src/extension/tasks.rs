@@ -132,8 +132,13 @@ impl Handler {
                     .map(|(room_id, update)| (room_id.clone(), room_sync(update)))
                     .collect();
                 let scanned = inner.state.scan_rooms(&timelines).await;
-                // Bundles whose download failed are retried with the room's next sync; keys
-                // still missing are asked for.
+                // Announcements that came before their invite are kept now that it is here;
+                // kept bundles of joined rooms are imported; keys still missing are asked for.
+                for room_id in updates.invited.keys() {
+                    if let Err(error) = inner.history.keep_early(room_id).await {
+                        warn!(%error, %room_id, "keeping a bundle announcement failed");
+                    }
+                }
                 for room_id in updates.joined.keys() {
                     import_history(&inner, room_id);
                 }

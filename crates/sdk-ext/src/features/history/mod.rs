@@ -1,6 +1,7 @@
 //! Shared history (MSC4268): invite with a bundle, receive the inviter's, attribute keys.
 
 mod download;
+mod early;
 mod receive;
 mod retry;
 
@@ -47,6 +48,8 @@ pub(crate) struct History {
     bundle_rooms: StdMutex<BTreeSet<OwnedRoomId>>,
     /// Background imports in flight, and retries of deferred downloads.
     schedule: StdMutex<retry::Schedule>,
+    /// Announcements for rooms the client does not know yet, in memory only.
+    early: StdMutex<early::EarlyAnnouncements>,
 }
 
 /// An invite with history that was sent: the report, and the invitee's devices that got the
@@ -67,6 +70,7 @@ impl History {
             http,
             bundle_rooms: StdMutex::new(bundle_rooms),
             schedule: StdMutex::default(),
+            early: StdMutex::default(),
         })
     }
 
@@ -74,7 +78,8 @@ impl History {
     /// runs already, or its deferred download is not due for a retry; returns whether it
     /// started. End it with [`History::end_background_import`].
     pub(crate) fn start_background_import(&self, room_id: &RoomId) -> bool {
-        self.is_bundle_room(room_id) && self.schedule().start(room_id, std::time::Instant::now())
+        (self.is_bundle_room(room_id) || self.holds_early(room_id))
+            && self.schedule().start(room_id, std::time::Instant::now())
     }
 
     /// A background import of `room_id` ended.

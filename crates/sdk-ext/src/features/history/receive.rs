@@ -15,7 +15,7 @@
 
 use std::{
     collections::BTreeSet,
-    time::{Duration, SystemTime},
+    time::{Duration, Instant, SystemTime},
 };
 
 use crypto_ext::{
@@ -94,23 +94,6 @@ impl History {
             warn!(sender = %user_id, "ignoring a bundle announcement without sender device keys");
             return Ok(None);
         }
-        // An announcement may come before its invite (it is sent first), so one for a room the
-        // client does not know yet is kept, but only a few such: a stranger could name any
-        // number of rooms.
-        if self.ctx.client.get_room(&announcement.room_id).is_none() {
-            let unknown = self
-                .ctx
-                .store
-                .rooms_with_pending_bundles()
-                .await?
-                .into_iter()
-                .filter(|room_id| self.ctx.client.get_room(room_id).is_none())
-                .count();
-            if unknown >= self.ctx.config.remote_limits.announcements_for_unknown_rooms {
-                warn!(sender = %user_id, room_id = %announcement.room_id, "ignoring a bundle announcement for an unknown room: too many kept");
-                return Ok(None);
-            }
-        }
         let pending = PendingBundle {
             room_id: announcement.room_id.clone(),
             sender: user_id.clone(),
@@ -118,6 +101,24 @@ impl History {
             file: announcement.file,
             received_at: MilliSecondsSinceUnixEpoch::now(),
         };
+        // An announcement may come before its invite (it is sent first), but anyone can name
+        // any room: one for a room the client does not know is held in memory only, for a few
+        // rooms and a short while, and stored once the invite arrives (see `early`).
+        if self.ctx.client.get_room(&announcement.room_id).is_none() {
+            let limits = &self.ctx.config.remote_limits;
+            let held = self.early().hold(
+                pending,
+                Instant::now(),
+                limits.unknown_room_announcement_ttl,
+                limits.announcements_for_unknown_rooms,
+            );
+            if held {
+                debug!(room_id = %announcement.room_id, sender = %user_id, "holding a bundle announcement until its invite arrives");
+            } else {
+                warn!(sender = %user_id, room_id = %announcement.room_id, "ignoring a bundle announcement for an unknown room: too many held");
+            }
+            return Ok(None);
+        }
         debug!(room_id = %pending.room_id, sender = %user_id, "kept a bundle announcement");
         self.ctx
             .store
@@ -133,6 +134,7 @@ impl History {
     pub(crate) async fn import_pending(&self, room: &Room) -> Result<ImportRun> {
         let room_id = room.room_id();
         let mut run = ImportRun::default();
+        self.keep_early(room_id).await?;
         if !self.is_bundle_room(room_id) {
             return Ok(run);
         }
@@ -188,10 +190,36 @@ impl History {
         }
         let kept = run.outcomes.iter().any(|o| matches!(o, BundleOutcome::Deferred { .. }));
         self.set_bundle_room(room_id, kept);
-        if let Some(delay) = self.schedule().record(room_id, kept, std::time::Instant::now()) {
+        if let Some(delay) = self.schedule().record(room_id, kept, Instant::now()) {
             debug!(?delay, "a bundle download is retried later");
         }
         Ok(run)
+    }
+
+    /// Stores the announcements held in memory for `room_id`, now that the client knows the
+    /// room (its invite arrived); expired ones are dropped.
+    pub(crate) async fn keep_early(&self, room_id: &RoomId) -> Result<()> {
+        let ttl = self.ctx.config.remote_limits.unknown_room_announcement_ttl;
+        let early = self.early().take(room_id, Instant::now(), ttl);
+        if early.is_empty() {
+            return Ok(());
+        }
+        debug!(%room_id, count = early.len(), "kept the bundle announcements that came before the invite");
+        self.ctx
+            .store
+            .save_changes(StateChanges { pending_bundles: early, ..Default::default() })
+            .await?;
+        self.set_bundle_room(room_id, true);
+        Ok(())
+    }
+
+    /// Whether announcements for `room_id` are held in memory.
+    pub(super) fn holds_early(&self, room_id: &RoomId) -> bool {
+        self.early().holds(room_id)
+    }
+
+    fn early(&self) -> std::sync::MutexGuard<'_, super::early::EarlyAnnouncements> {
+        self.early.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     async fn forget(&self, announcement: &PendingBundle) -> Result<()> {
