@@ -89,7 +89,8 @@ async fn a_members_junk_neither_delays_a_genuine_update_nor_runs_a_key_export() 
     assert_eq!(junk.len(), 200);
     for chunk in junk.chunks(20) {
         let mut sends = tokio::task::JoinSet::new();
-        for (packed, content) in chunk.iter().cloned() {
+        for (packed, content) in chunk {
+            let (packed, content) = (packed.clone(), content.clone());
             let room = mallory_room.clone();
             sends.spawn(async move {
                 let content = matrix_sdk::ruma::serde::Raw::new(&content)?
