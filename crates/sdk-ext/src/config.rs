@@ -140,6 +140,11 @@ pub struct RemoteWorkLimits {
     /// How many sessions one round of a room's key requests asks for at most; the others wait
     /// for the next rounds. Default 64.
     pub key_request_sessions_per_round: usize,
+    /// How many of one sender's encrypted state events in one room may wait for their keys
+    /// (each is stored and its key asked for); past that, a new one is rejected with
+    /// [`RejectionReason::TooManyWaiting`](crate::RejectionReason::TooManyWaiting), validated
+    /// again when the room is scanned in full. Default 256.
+    pub pending_per_sender_per_room: usize,
     /// How often at most a room's encrypted state is checked against the homeserver's `/state`
     /// (after a sync with a gap or with encrypted state: the client's store may lack events).
     /// Default one minute.
@@ -153,6 +158,7 @@ impl Default for RemoteWorkLimits {
             announcements_for_unknown_rooms: 32,
             unknown_room_announcement_ttl: Duration::from_secs(10 * 60),
             key_request_sessions_per_round: 64,
+            pending_per_sender_per_room: 256,
             state_check_interval: Duration::from_secs(60),
         }
     }

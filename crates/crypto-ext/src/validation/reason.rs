@@ -112,13 +112,24 @@ pub enum RejectionReason {
     /// The event was redacted before it could be decrypted (its ciphertext is gone).
     #[error("the event was redacted before it could be decrypted")]
     Redacted,
+    /// No key for the event yet, and more of its sender's events in the room wait for keys
+    /// than the reader keeps waiting (each costs storage and key requests); validated again
+    /// when the room is scanned in full (after a bundle import, a device change, a restart).
+    #[error("too many of the sender's events wait for keys (at most {limit})")]
+    TooManyWaiting {
+        /// How many of one sender's events in one room may wait.
+        limit: usize,
+    },
 }
 
 impl RejectionReason {
-    /// Whether the rejection may be lifted by new information about devices (a device that
-    /// becomes known, a device its owner cross-signs later), so the event is worth validating
-    /// again when the sender's devices change.
+    /// Whether the rejection may be lifted by new information (a device that becomes known, a
+    /// device its owner cross-signs later, keys that let other waiting events through), so the
+    /// event is worth validating again when the room is scanned in full.
     pub fn is_transient(&self) -> bool {
-        matches!(self, Self::SenderDeviceUnknown | Self::UntrustedDevice { .. })
+        matches!(
+            self,
+            Self::SenderDeviceUnknown | Self::UntrustedDevice { .. } | Self::TooManyWaiting { .. }
+        )
     }
 }

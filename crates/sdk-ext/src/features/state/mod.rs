@@ -8,6 +8,7 @@ mod explain;
 mod room_sync;
 mod scan;
 mod send;
+mod waiting;
 
 pub(crate) use room_sync::RoomSync;
 

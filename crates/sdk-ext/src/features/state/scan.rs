@@ -34,7 +34,7 @@ use serde_json::Value;
 use state_store_ext::{PendingEvent, SessionEventRef, StateChanges, StateRecord};
 use tracing::{debug, instrument, warn};
 
-use super::{EncryptedState, decrypt::Decryption, room_sync::RoomSync};
+use super::{EncryptedState, decrypt::Decryption, room_sync::RoomSync, waiting::WaitingCounts};
 use crate::{
     Result, StateUpdate,
     context::{levels_with_content, state_content},
@@ -45,6 +45,8 @@ use crate::{
 struct Batch {
     changes: StateChanges,
     updates: Vec<StateUpdate>,
+    /// How many of each sender's events in the room wait for keys.
+    waiting: WaitingCounts,
 }
 
 impl Batch {
@@ -241,7 +243,8 @@ impl EncryptedState {
 
         let mut position = store.room_position(room_id).await?;
         let first_position = position;
-        let mut batch = Batch::default();
+        let mut batch =
+            Batch { waiting: WaitingCounts::from_pending(pending.values()), ..Batch::default() };
         let mut fresh = Vec::new();
         for (raw, levels_at) in met {
             if is_redacted(raw) {
@@ -373,6 +376,11 @@ impl EncryptedState {
         let (plaintext, facts) = match decryption {
             Decryption::Decrypted { plaintext, facts } => (plaintext, facts),
             Decryption::Missing => {
+                let limit = self.ctx.config.remote_limits.pending_per_sender_per_room;
+                if !was_pending && !batch.waiting.admit(&event.sender, limit) {
+                    reject(batch, RejectionReason::TooManyWaiting { limit });
+                    return Ok(None);
+                }
                 if !was_pending {
                     debug!(event_id = %event.event_id, session_id = %event.session_id, "waiting for key");
                     batch.updates.push(StateUpdate::Pending {
