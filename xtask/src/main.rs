@@ -6,9 +6,11 @@
 //! * `cargo xtask bench`: our paths against the stock matrix-sdk paths (release build), written
 //!   to `docs/benchmarks.md`.
 //! * `cargo xtask layers`: the one-way rule between `sdk-ext`'s layers, from its module paths.
+//! * `cargo xtask fuzz [TARGET] [--time SECS] [--runs N]`: the fuzz targets (cargo-fuzz).
 //! * `cargo xtask synapse start|stop|status|logs`: manage a long-lived local Synapse by hand.
 
 mod cmd;
+mod fuzz;
 mod http;
 mod layers;
 mod synapse;
@@ -25,6 +27,10 @@ commands:
   test                      fmt check, clippy, unit tests, integration suite against Synapse
   demo                      run the example scenario against a local Synapse
   bench                     benchmarks, ours against stock matrix-sdk, into docs/benchmarks.md
+  fuzz [TARGET] [--time SECS] [--runs N]
+                            run the fuzz targets (all by default, 60 s each), installing
+                            cargo-fuzz into target/tools if needed
+  fuzz-seeds                write the committed seed corpora of the fuzz targets
   layers [--graph] [DIR]    check sdk-ext's layer rule (no feature imports another, nothing
                             imports upwards, no import cycle); --graph prints every import
   synapse start             install (if needed) and start a local Synapse in the background
@@ -53,6 +59,8 @@ fn run() -> Result<()> {
         ["demo"] => test::demo(&root),
         ["bench"] => test::bench(&root),
         ["layers", rest @ ..] => layers::run(&root, rest),
+        ["fuzz-seeds"] => fuzz::seeds(&root),
+        ["fuzz", rest @ ..] => fuzz::cli(&root, rest),
         ["synapse", "start"] => synapse::cli_start(&root),
         ["synapse", "stop"] => synapse::cli_stop(&root),
         ["synapse", "status"] => synapse::cli_status(&root),

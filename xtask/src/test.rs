@@ -234,6 +234,14 @@ pub fn run(root: &Path) -> Result<()> {
     if built && stock_built && js_installed {
         step(&mut steps, "doc tests", || cargo(&["test", "--workspace", "--doc"]));
         step(&mut steps, "unit tests", || runner.run(root, false, &[]));
+        // Every fuzz target builds and runs briefly from its seeds, so none rots.
+        step(&mut steps, "fuzz targets, 20,000 runs each", || {
+            crate::fuzz::run(
+                root,
+                crate::fuzz::TARGETS,
+                crate::fuzz::Budget { seconds: 60, runs: Some(20_000) },
+            )
+        });
         step(&mut steps, "benchmarks, once at a tiny size", || {
             cargo(&["run", "--quiet", "--package", "benches", "--bin", "bench", "--", "--quick"])
         });

@@ -144,6 +144,10 @@ pub enum BundleError {
     /// The plaintext is not a bundle.
     #[error("the bundle is malformed: {0}")]
     Malformed(#[source] serde_json::Error),
+    /// An entry carries a key whose encoding the parser cannot take safely (see
+    /// [`crate::key_encoding`]).
+    #[error("the bundle is malformed: {0}")]
+    MalformedKey(String),
     /// Reading through the attachment cipher failed.
     #[error("I/O error while encrypting the bundle: {0}")]
     Io(#[source] std::io::Error),

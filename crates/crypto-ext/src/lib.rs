@@ -5,6 +5,7 @@ pub mod bundle;
 pub mod critical;
 mod error;
 pub mod identifiers;
+pub mod key_encoding;
 pub mod state_event;
 pub mod state_sessions;
 #[cfg(feature = "testing")]

@@ -210,6 +210,8 @@ impl ToDeviceContent {
             kind: ToDeviceKind,
             content: &Value,
         ) -> Result<T, WireError> {
+            crate::key_encoding::check_claimed_keys(content)
+                .map_err(|detail| WireError::Malformed { kind, detail })?;
             T::deserialize(content)
                 .map_err(|error| WireError::Malformed { kind, detail: error.to_string() })
         }

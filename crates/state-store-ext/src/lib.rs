@@ -2,6 +2,8 @@
 
 mod changes;
 mod error;
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing;
 mod memory;
 pub mod records;
 mod sqlite;

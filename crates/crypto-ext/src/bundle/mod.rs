@@ -12,4 +12,4 @@ mod open;
 
 pub use build::{BundleBuilder, SealedBundle, seal};
 pub use matrix_sdk_crypto::types::room_history::{HistoricRoomKey, RoomKeyBundle};
-pub use open::{BundleLimits, OpenedBundle, exported_room_key, open};
+pub use open::{BundleLimits, OpenedBundle, exported_room_key, open, open_plaintext};

@@ -76,7 +76,19 @@ pub fn open(
     let mut json = Vec::with_capacity(ciphertext.len());
     // The decryptor checks the hash when it reaches the end and fails the read on a mismatch.
     decryptor.read_to_end(&mut json).map_err(|_| BundleError::HashMismatch)?;
-    let bundle: RoomKeyBundle = serde_json::from_slice(&json).map_err(BundleError::Malformed)?;
+    open_plaintext(&json, room_id)
+}
+
+/// The second half of [`open`], on the decrypted bytes: parses them and keeps only the entries
+/// of `room_id`; a session listed both as shared and withheld is dropped from both lists.
+///
+/// # Errors
+///
+/// [`BundleError::Malformed`] when the bytes are not a bundle, [`BundleError::MalformedKey`]
+/// for a key the parser cannot take safely.
+pub fn open_plaintext(json: &[u8], room_id: &RoomId) -> Result<OpenedBundle, BundleError> {
+    crate::key_encoding::check_bundle_claimed_keys(json).map_err(BundleError::MalformedKey)?;
+    let bundle: RoomKeyBundle = serde_json::from_slice(json).map_err(BundleError::Malformed)?;
 
     let (mut room_keys, foreign_keys): (Vec<HistoricRoomKey>, Vec<_>) =
         bundle.room_keys.into_iter().partition(|key| key.room_id == room_id);

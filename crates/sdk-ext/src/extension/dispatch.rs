@@ -20,6 +20,7 @@ use matrix_sdk::{
 };
 use ruma::{OwnedUserId, UserId, events::AnyToDeviceEvent};
 use serde_json::Value;
+use tokio::sync::mpsc;
 use tracing::warn;
 
 use super::inner::Inner;
@@ -58,25 +59,45 @@ impl SenderBudgets {
     }
 }
 
-/// Registers the handler of our to-device messages.
+/// How many of our to-device messages may wait for the worker; past that, new ones are dropped
+/// with a log line (the senders' budgets keep this from happening short of a flood by many).
+const QUEUE: usize = 1024;
+
+/// Registers the handler of our to-device messages. The handler runs inside the client's sync
+/// (matrix-sdk awaits it), so it only checks the sender's budget and queues the message; one
+/// worker task handles the queue in order, with all its lookups, store writes and Olm sends.
 pub(super) fn register(client: &Client, inner: Weak<Inner>) -> EventHandlerHandle {
     let budgets = Arc::new(StdMutex::new(SenderBudgets::default()));
+    let (queue, mut work) = mpsc::channel::<(RawEvent, Option<EncryptionInfo>)>(QUEUE);
+    let worker = inner.clone();
+    tokio::spawn(async move {
+        while let Some((raw, info)) = work.recv().await {
+            let Some(inner) = worker.upgrade() else { return };
+            if let Err(error) = dispatch(&inner, &raw, info.as_ref()).await {
+                warn!(%error, "could not handle a to-device message");
+            }
+        }
+    });
     client.add_event_handler(
         move |_: AnyToDeviceEvent, raw: RawEvent, info: Option<EncryptionInfo>| {
             let inner = inner.clone();
             let budgets = budgets.clone();
+            let queue = queue.clone();
             async move {
                 let Some(inner) = inner.upgrade() else { return };
+                if !is_ours(&raw) {
+                    return;
+                }
                 if let Some(info) = &info {
                     let mut budgets = budgets.lock().unwrap_or_else(|e| e.into_inner());
                     let budget = inner.ctx.config.remote_limits.to_device_per_sender_per_minute;
-                    if is_ours(&raw) && !budgets.spend(&info.sender, Instant::now(), budget) {
+                    if !budgets.spend(&info.sender, Instant::now(), budget) {
                         warn!(sender = %info.sender, "ignoring a to-device message: the sender's budget is spent");
                         return;
                     }
                 }
-                if let Err(error) = dispatch(&inner, &raw, info.as_ref()).await {
-                    warn!(%error, "could not handle a to-device message");
+                if queue.try_send((raw, info)).is_err() {
+                    warn!("ignoring a to-device message: the queue is full");
                 }
             }
         },
@@ -182,16 +203,9 @@ async fn dispatch(inner: &Arc<Inner>, raw: &RawEvent, info: Option<&EncryptionIn
                 // Shut down: announcements are still kept, imports wait for `import_history`.
                 return Ok(());
             }
-            // The invite may already be accepted (an announcement can trail the join). Imports
-            // take a while: not in the sync's event handler.
-            let inner = Arc::downgrade(inner);
-            tokio::spawn(async move {
-                let Some(inner) = inner.upgrade() else { return };
-                let Some(room) = inner.ctx.client.get_room(&room_id) else { return };
-                if let Err(error) = inner.import_history(&room).await {
-                    warn!(%error, "importing a room-key bundle failed");
-                }
-            });
+            // The invite may already be accepted (an announcement can trail the join): imported
+            // in the background, as the listener's imports are.
+            super::tasks::import_history(inner, &room_id);
             Ok(())
         }
     }

@@ -298,7 +298,7 @@ fn changes_state(update: &JoinedRoomUpdate) -> bool {
 /// Imports the bundles kept for a room we joined in a task of its own, so that a slow or stalled
 /// download never holds up the listener (at most one per room; a deferred download waits for
 /// its retry), logging failures.
-fn import_history(inner: &Arc<Inner>, room_id: &RoomId) {
+pub(super) fn import_history(inner: &Arc<Inner>, room_id: &RoomId) {
     let Some(room) = inner.ctx.client.get_room(room_id) else { return };
     if !inner.history.start_background_import(room_id) {
         return;

@@ -1,6 +1,6 @@
 //! The SQLite backend: one file in the app's data directory, values encrypted at rest.
 
-mod codec;
+pub(crate) mod codec;
 mod migrations;
 
 use std::{
