@@ -12,6 +12,8 @@ use std::collections::BTreeMap;
 use serde::Deserialize;
 use serde_json::Value;
 
+use crate::BundleError;
+
 /// The length of an Ed25519 public key.
 const ED25519_LENGTH: usize = 32;
 
@@ -51,8 +53,10 @@ pub fn check_claimed_keys(value: &Value) -> Result<(), String> {
 ///
 /// # Errors
 ///
-/// The first malformed key; bytes that are not a bundle pass (the real parse reports them).
-pub fn check_bundle_claimed_keys(json: &[u8]) -> Result<(), String> {
+/// [`BundleError::Malformed`] when the bytes are not JSON of a bundle's shape (the real parse
+/// must not run on them: it reads entries before it finds a syntax error further on),
+/// [`BundleError::MalformedKey`] for the first malformed key.
+pub fn check_bundle_claimed_keys(json: &[u8]) -> Result<(), BundleError> {
     #[derive(Deserialize)]
     struct Bundle {
         #[serde(default)]
@@ -63,11 +67,11 @@ pub fn check_bundle_claimed_keys(json: &[u8]) -> Result<(), String> {
         #[serde(default)]
         sender_claimed_keys: BTreeMap<String, Value>,
     }
-    let Ok(bundle) = serde_json::from_slice::<Bundle>(json) else { return Ok(()) };
+    let bundle = serde_json::from_slice::<Bundle>(json).map_err(BundleError::Malformed)?;
     for entry in &bundle.room_keys {
-        check_keys(
-            entry.sender_claimed_keys.iter().filter_map(|(k, v)| Some((k.as_str(), v.as_str()?))),
-        )?;
+        let keys = entry.sender_claimed_keys.iter();
+        check_keys(keys.filter_map(|(k, v)| Some((k.as_str(), v.as_str()?))))
+            .map_err(BundleError::MalformedKey)?;
     }
     Ok(())
 }
@@ -104,8 +108,12 @@ mod tests {
         assert!(check_claimed_keys(&content(&panicking)).is_err());
         let bundle = json!({ "room_keys": [{ "sender_claimed_keys": { "ed25519": panicking } }] });
         assert!(check_bundle_claimed_keys(bundle.to_string().as_bytes()).is_err());
+        // Cut short after the bad key: not even JSON, and still refused before the real parse
+        // (the fuzz target's second finding).
+        let cut = bundle.to_string();
+        assert!(check_bundle_claimed_keys(&cut.as_bytes()[..cut.len() - 3]).is_err());
         let bundle = json!({ "room_keys": [{ "sender_claimed_keys": { "ed25519": key } }] });
-        assert_eq!(check_bundle_claimed_keys(bundle.to_string().as_bytes()), Ok(()));
+        assert!(check_bundle_claimed_keys(bundle.to_string().as_bytes()).is_ok());
     }
 
     /// The regression of the fuzz finding: the bundle and every to-device content that
@@ -121,12 +129,14 @@ mod tests {
             "session_key": "AQAAAAA",
             "sender_claimed_keys": { "ed25519": format!("{key}A") },
         });
-        let bundle = json!({ "room_keys": [entry.clone()], "withheld": [] });
-        let opened = crate::bundle::open_plaintext(
-            bundle.to_string().as_bytes(),
-            ruma::room_id!("!room:example.org"),
-        );
-        assert!(matches!(opened, Err(crate::BundleError::MalformedKey(_))), "{opened:?}");
+        let bundle = json!({ "room_keys": [entry.clone()], "withheld": [] }).to_string();
+        let room_id = ruma::room_id!("!room:example.org");
+        let opened = crate::bundle::open_plaintext(bundle.as_bytes(), room_id);
+        assert!(matches!(opened, Err(BundleError::MalformedKey(_))), "{opened:?}");
+        // The same bundle cut short after the entry: the parser would meet the key first.
+        let cut = &bundle.as_bytes()[..bundle.len() - 20];
+        let opened = crate::bundle::open_plaintext(cut, room_id);
+        assert!(matches!(opened, Err(BundleError::Malformed(_))), "{opened:?}");
         let content = json!({ "room_id": "!room:example.org", "keys": [entry] });
         let parsed = crate::wire::ToDeviceContent::parse(
             crate::wire::ToDeviceKind::InviteStateKeys,

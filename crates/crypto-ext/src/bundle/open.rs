@@ -87,7 +87,7 @@ pub fn open(
 /// [`BundleError::Malformed`] when the bytes are not a bundle, [`BundleError::MalformedKey`]
 /// for a key the parser cannot take safely.
 pub fn open_plaintext(json: &[u8], room_id: &RoomId) -> Result<OpenedBundle, BundleError> {
-    crate::key_encoding::check_bundle_claimed_keys(json).map_err(BundleError::MalformedKey)?;
+    crate::key_encoding::check_bundle_claimed_keys(json)?;
     let bundle: RoomKeyBundle = serde_json::from_slice(json).map_err(BundleError::Malformed)?;
 
     let (mut room_keys, foreign_keys): (Vec<HistoricRoomKey>, Vec<_>) =
