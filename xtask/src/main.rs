@@ -7,6 +7,7 @@
 //!   to `docs/benchmarks.md`.
 //! * `cargo xtask layers`: the one-way rule between `sdk-ext`'s layers, from its module paths.
 //! * `cargo xtask fuzz [TARGET] [--time SECS] [--runs N]`: the fuzz targets (cargo-fuzz).
+//! * `cargo xtask crash-trials [N]`: SIGKILL trials of the state store's writers.
 //! * `cargo xtask synapse start|stop|status|logs`: manage a long-lived local Synapse by hand.
 
 mod cmd;
@@ -31,6 +32,7 @@ commands:
                             run the fuzz targets (all by default, 60 s each), installing
                             cargo-fuzz into target/tools if needed
   fuzz-seeds                write the committed seed corpora of the fuzz targets
+  crash-trials [N]          N (default 50) SIGKILL trials per scenario of the state store
   layers [--graph] [DIR]    check sdk-ext's layer rule (no feature imports another, nothing
                             imports upwards, no import cycle); --graph prints every import
   synapse start             install (if needed) and start a local Synapse in the background
@@ -60,6 +62,10 @@ fn run() -> Result<()> {
         ["bench"] => test::bench(&root),
         ["layers", rest @ ..] => layers::run(&root, rest),
         ["fuzz-seeds"] => fuzz::seeds(&root),
+        ["crash-trials"] => test::crash_trials(&root, 50),
+        ["crash-trials", n] => {
+            test::crash_trials(&root, n.parse().context("the trial count must be a number")?)
+        }
         ["fuzz", rest @ ..] => fuzz::cli(&root, rest),
         ["synapse", "start"] => synapse::cli_start(&root),
         ["synapse", "stop"] => synapse::cli_stop(&root),

@@ -234,6 +234,7 @@ pub fn run(root: &Path) -> Result<()> {
     if built && stock_built && js_installed {
         step(&mut steps, "doc tests", || cargo(&["test", "--workspace", "--doc"]));
         step(&mut steps, "unit tests", || runner.run(root, false, &[]));
+        step(&mut steps, "crash trials, 3 per scenario", || crash_trials(root, 3));
         // Every fuzz target builds and runs briefly from its seeds, so none rots.
         step(&mut steps, "fuzz targets, 20,000 runs each", || {
             crate::fuzz::run(
@@ -284,6 +285,27 @@ pub fn run(root: &Path) -> Result<()> {
         bail!("failed: {}", failed.join(", "));
     }
     Ok(())
+}
+
+/// `cargo xtask crash-trials [N]`: `trials` SIGKILL trials per scenario (see
+/// `tests/src/bin/crash-trials.rs`).
+pub fn crash_trials(root: &Path, trials: usize) -> Result<()> {
+    let trials = trials.to_string();
+    cmd::run(
+        root,
+        "cargo",
+        &[
+            "run",
+            "--quiet",
+            "--package",
+            INTEGRATION_PACKAGE,
+            "--bin",
+            "crash-trials",
+            "--",
+            &trials,
+        ],
+        &[],
+    )
 }
 
 /// `cargo xtask demo`: the example scenario against a local Synapse.
