@@ -16,12 +16,12 @@ mod user;
 pub use appservice::APPSERVICE_TOKEN;
 pub use js::{JS_PEER_ENV, JsPeer};
 pub use room::{
-    edit_power_levels, has_power_level, is_joined, join, restricted_room, set_power_levels,
-    shared_room,
+    edit_power_levels, has_power_level, is_joined, join, post_encrypted_state, restricted_room,
+    set_power_levels, shared_room,
 };
 pub use state::{
-    StateUser, alice_and_bob_with_encrypted_state, server_state, state_config,
-    stores_encrypted_state,
+    StateUser, alice_and_bob_with_encrypted_state, room_with_a_member_at_50, server_state,
+    state_config, stores_encrypted_state,
 };
 pub use stock::{STOCK_CLIENT_ENV, StockClient};
 pub use sync::{DEFAULT_TIMEOUT, Syncing, keep_syncing, next_update, sync_until, wait_until};

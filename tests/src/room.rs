@@ -135,3 +135,26 @@ pub async fn edit_power_levels(
     room.send_state_event_raw("m.room.power_levels", "", content).await?;
     Ok(())
 }
+
+/// Posts each `(packed state key, content)` as an `m.room.encrypted` state event in `room`, 20 at
+/// a time (as a flooding member would), and waits for every answer.
+pub async fn post_encrypted_state(
+    room: &Room,
+    events: &[(String, serde_json::Value)],
+) -> Result<()> {
+    for chunk in events.chunks(20) {
+        let mut sends = tokio::task::JoinSet::new();
+        for (packed, content) in chunk {
+            let (room, packed) = (room.clone(), packed.clone());
+            let content = Raw::new(content)?
+                .cast_unchecked::<matrix_sdk::ruma::events::AnyStateEventContent>();
+            sends.spawn(async move {
+                room.send_state_event_raw("m.room.encrypted", &packed, content).await
+            });
+        }
+        while let Some(sent) = sends.join_next().await {
+            sent??;
+        }
+    }
+    Ok(())
+}

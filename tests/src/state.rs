@@ -7,7 +7,7 @@ use matrix_sdk::{
     Room,
     ruma::{RoomId, api::client::state::get_state_events, events::AnyStateEvent, serde::Raw},
 };
-use sdk_ext::{ClientCryptoStore, StateExtConfig, StateExtension};
+use sdk_ext::{ClientCryptoStore, RoomStateExt, StateExtConfig, StateExtension};
 
 use crate::TestUser;
 
@@ -100,4 +100,24 @@ pub async fn alice_and_bob_with_encrypted_state() -> Result<(StateUser, StateUse
     let room = crate::shared_room(&alice, &[&bob]).await?;
     room.enable_state_encryption().await?;
     Ok((alice, bob, room))
+}
+
+/// Alice's room with encrypted state switched on, with Bob and Mallory as members and Mallory
+/// at power 50 (her client has seen it): the setup of the flood tests.
+pub async fn room_with_a_member_at_50() -> Result<(StateUser, StateUser, StateUser, Room)> {
+    let alice = StateUser::register("alice").await?;
+    let bob = StateUser::register("bob").await?;
+    let mallory = StateUser::register("mallory").await?;
+    let room = crate::shared_room(&alice, &[&bob, &mallory]).await?;
+    crate::set_power_levels(&room, &[(mallory.user_id(), 50)], &[]).await?;
+    room.enable_state_encryption().await?;
+    let mallory_room = mallory.room(room.room_id());
+    crate::sync_until(
+        &mallory.client,
+        "Mallory sees her power",
+        crate::DEFAULT_TIMEOUT,
+        || async { crate::has_power_level(&mallory_room, mallory.user_id(), 50).await },
+    )
+    .await?;
+    Ok((alice, bob, mallory, room))
 }

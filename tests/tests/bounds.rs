@@ -6,10 +6,9 @@ use std::time::{Duration, Instant};
 use anyhow::Result;
 use crypto_ext::testing::Crafter;
 use integration_tests::{
-    DEFAULT_TIMEOUT, StateUser, has_power_level, keep_syncing, set_power_levels, shared_room,
-    sync_until, wait_until,
+    DEFAULT_TIMEOUT, keep_syncing, post_encrypted_state, room_with_a_member_at_50, sync_until,
+    wait_until,
 };
-use matrix_sdk::ruma::events::AnyStateEventContent;
 use sdk_ext::RoomStateExt;
 use serde_json::{Value, json};
 
@@ -26,13 +25,8 @@ const GENUINE_UPDATE_BOUND: Duration = Duration::from_secs(60);
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_members_junk_neither_delays_a_genuine_update_nor_runs_a_key_export() -> Result<()> {
     integration_tests::init_tracing("warn");
-    let alice = StateUser::register("alice").await?;
-    let bob = StateUser::register("bob").await?;
-    let mallory = StateUser::register("mallory").await?;
-    let room = shared_room(&alice, &[&bob, &mallory]).await?;
+    let (_alice, bob, mallory, room) = room_with_a_member_at_50().await?;
     let room_id = room.room_id().to_owned();
-    set_power_levels(&room, &[(mallory.user_id(), 50)], &[]).await?;
-    room.enable_state_encryption().await?;
     room.set_encrypted_name("Before the flood").await?;
     let bob_room = bob.room(&room_id);
     sync_until(&bob.client, "Bob reads the first name", DEFAULT_TIMEOUT, || async {
@@ -40,10 +34,6 @@ async fn a_members_junk_neither_delays_a_genuine_update_nor_runs_a_key_export() 
     })
     .await?;
     let mallory_room = mallory.room(&room_id);
-    sync_until(&mallory.client, "Mallory sees her power", DEFAULT_TIMEOUT, || async {
-        has_power_level(&mallory_room, mallory.user_id(), 50).await
-    })
-    .await?;
     let _bob_syncing = keep_syncing(&bob.client);
 
     let mut shared = Crafter::new();
@@ -87,22 +77,7 @@ async fn a_members_junk_neither_delays_a_genuine_update_nor_runs_a_key_export() 
         junk.push((slot, serde_json::from_str(content.json().get())?));
     }
     assert_eq!(junk.len(), 200);
-    for chunk in junk.chunks(20) {
-        let mut sends = tokio::task::JoinSet::new();
-        for (packed, content) in chunk {
-            let (packed, content) = (packed.clone(), content.clone());
-            let room = mallory_room.clone();
-            sends.spawn(async move {
-                let content = matrix_sdk::ruma::serde::Raw::new(&content)?
-                    .cast_unchecked::<AnyStateEventContent>();
-                room.send_state_event_raw("m.room.encrypted", &packed, content).await?;
-                anyhow::Ok(())
-            });
-        }
-        while let Some(sent) = sends.join_next().await {
-            sent??;
-        }
-    }
+    post_encrypted_state(&mallory_room, &junk).await?;
 
     let posted = Instant::now();
     room.set_encrypted_name("After the flood").await?;

@@ -8,7 +8,8 @@ use anyhow::Result;
 use crypto_ext::testing::Crafter;
 use integration_tests::{
     DEFAULT_TIMEOUT, StateUser, alice_and_bob_with_encrypted_state, has_power_level, join,
-    keep_syncing, server_state, set_power_levels, shared_room, sync_until,
+    keep_syncing, post_encrypted_state, room_with_a_member_at_50, server_state, set_power_levels,
+    shared_room, sync_until,
 };
 use matrix_sdk::ruma::{
     OwnedEventId, RoomId,
@@ -321,18 +322,9 @@ async fn an_encrypted_canonical_alias_is_not_shown() -> Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_encrypted_state_event_the_server_holds_reaches_a_verdict() -> Result<()> {
     init();
-    let alice = StateUser::register("alice").await?;
-    let bob = StateUser::register("bob").await?;
-    let mallory = StateUser::register("mallory").await?;
-    let room = shared_room(&alice, &[&bob, &mallory]).await?;
+    let (alice, bob, mallory, room) = room_with_a_member_at_50().await?;
     let room_id = room.room_id().to_owned();
-    set_power_levels(&room, &[(mallory.user_id(), 50)], &[]).await?;
-    room.enable_state_encryption().await?;
     let mallory_room = mallory.room(&room_id);
-    sync_until(&mallory.client, "Mallory sees her power", DEFAULT_TIMEOUT, || async {
-        has_power_level(&mallory_room, mallory.user_id(), 50).await
-    })
-    .await?;
     let _bob_syncing = keep_syncing(&bob.client);
 
     let mut crafter = Crafter::new();
@@ -347,21 +339,13 @@ async fn every_encrypted_state_event_the_server_holds_reaches_a_verdict() -> Res
             "type": "org.example.flood", "state_key": state_key, "content": { "n": n },
             "room_id": room_id,
         });
-        contents.push((format!("org.example.flood:{state_key}"), crafter.encrypt(&own, &payload)));
+        let content = crafter.encrypt(&own, &payload);
+        contents.push((
+            format!("org.example.flood:{state_key}"),
+            serde_json::from_str(content.json().get())?,
+        ));
     }
-    for chunk in contents.chunks(20) {
-        let mut sends = tokio::task::JoinSet::new();
-        for (packed, content) in chunk.iter().cloned() {
-            let room = mallory_room.clone();
-            sends.spawn(async move {
-                let content = content.cast_unchecked::<AnyStateEventContent>();
-                room.send_state_event_raw("m.room.encrypted", &packed, content).await
-            });
-        }
-        while let Some(sent) = sends.join_next().await {
-            sent??;
-        }
-    }
+    post_encrypted_state(&mallory_room, &contents).await?;
 
     let held: Vec<OwnedEventId> = server_state(&alice, &room_id)
         .await?
