@@ -30,7 +30,8 @@ static FACTS: LazyLock<DecryptionFacts> = LazyLock::new(|| DecryptionFacts {
 fuzz_target!(|data: &str| {
     let (packed, plaintext) = data.split_once('\n').unwrap_or(("m.room.name:", data));
     let parsed = StatePayload::parse(plaintext);
-    let judged = validate_preview(&ROOM, &SENDER, packed, plaintext, &FACTS, UnprovenCreators::Reject);
+    let judged =
+        validate_preview(&ROOM, &SENDER, packed, plaintext, &FACTS, UnprovenCreators::Reject);
     if let Ok(payload) = judged {
         let slot = payload.slot();
         assert!(parsed.is_ok(), "accepted a payload that does not parse");

@@ -68,9 +68,21 @@ fn write_seed_corpora() {
 
     // Payloads with their packed keys.
     for (name, packed, payload) in [
-        ("name", "m.room.name:", json!({"type": "m.room.name", "state_key": "", "content": {"name": "Planning"}, "room_id": room})),
-        ("custom", "org.example.status:@alice:example.org", json!({"type": "org.example.status", "state_key": "@alice:example.org", "content": {"busy": true}, "room_id": room})),
-        ("nested", "org.example.deep:", json!({"type": "org.example.deep", "state_key": "", "content": {"a": {"b": {"c": [1, 2, {"d": null}]}}}, "room_id": room})),
+        (
+            "name",
+            "m.room.name:",
+            json!({"type": "m.room.name", "state_key": "", "content": {"name": "Planning"}, "room_id": room}),
+        ),
+        (
+            "custom",
+            "org.example.status:@alice:example.org",
+            json!({"type": "org.example.status", "state_key": "@alice:example.org", "content": {"busy": true}, "room_id": room}),
+        ),
+        (
+            "nested",
+            "org.example.deep:",
+            json!({"type": "org.example.deep", "state_key": "", "content": {"a": {"b": {"c": [1, 2, {"d": null}]}}}, "room_id": room}),
+        ),
     ] {
         write("state_payload", name, format!("{packed}\n{payload}").as_bytes());
     }

@@ -203,7 +203,11 @@ pub fn run(root: &Path) -> Result<()> {
     let cargo = |args: &[&str]| cmd::run(root, "cargo", args, &[]);
     let runner = Runner::detect();
 
-    step(&mut steps, "format check", || cargo(&["fmt", "--all", "--", "--check"]));
+    step(&mut steps, "format check", || {
+        cargo(&["fmt", "--all", "--", "--check"])?;
+        // The fuzz targets are a workspace of their own.
+        cargo(&["fmt", "--manifest-path", "fuzz/Cargo.toml", "--", "--check"])
+    });
     step(&mut steps, "no stock encrypted-state path in the workspace", || {
         check_no_base_encrypted_state(root)
     });
