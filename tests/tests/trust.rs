@@ -3,7 +3,9 @@
 
 use anyhow::{Context, Result};
 use crypto_ext::Provenance;
-use crypto_ext::{CreatorClaim, KeyOrigin, testing::Crafter, vodozemac::Ed25519Keypair};
+use crypto_ext::{
+    CreatorClaim, KeyOrigin, bundle::BundleBuilder, testing::Crafter, vodozemac::Ed25519Keypair,
+};
 use integration_tests::{
     DEFAULT_TIMEOUT, StateUser, TestUser, join, keep_syncing, shared_room, sync_until, wait_until,
 };
@@ -288,5 +290,81 @@ async fn a_sharer_cannot_pass_its_session_off_as_another_members() -> Result<()>
             Some(VerificationState::Unverified(VerificationLevel::UnverifiedIdentity))
         );
     }
+    Ok(())
+}
+
+/// The same pass-off through a room-key bundle: Carol uploads a bundle whose entry is her own
+/// session claiming Alice's device, announces it, and invites Bob and Dave. The name the session
+/// encrypts, posted in Alice's name, is shown by Bob only as "creator unproven", shared by
+/// Carol, never with Alice's trust; Dave, who refuses unproven creators, rejects it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bundle_cannot_pass_a_sharers_session_off_as_another_members() -> Result<()> {
+    init();
+    let alice = StateUser::register("alice").await?;
+    let carol = StateUser::register("carol").await?;
+    let bob = StateUser::register("bob").await?;
+    let dave = StateUser::register_with("dave", |c| c.unproven_creators = UnprovenCreators::Reject)
+        .await?;
+    let room = shared_room(&alice, &[&carol]).await?;
+    let room_id = room.room_id().to_owned();
+    room.enable_state_encryption().await?;
+
+    let alice_device = alice.own_device().await?;
+    let mut crafter = Crafter::new();
+    let payload = json!({
+        "type": "m.room.name", "state_key": "", "room_id": room_id,
+        "content": { "name": "Passed off in a bundle" },
+    });
+    let content = crafter.encrypt(&alice_device, &payload);
+    let forged = room
+        .send_state_event_raw(
+            "m.room.encrypted",
+            "m.room.name:",
+            content.cast_unchecked::<matrix_sdk::ruma::events::AnyStateEventContent>(),
+        )
+        .await?
+        .event_id;
+
+    // Carol's bundle: her session, naming Alice's device as its creator.
+    let mut builder = BundleBuilder::new(&room_id, carol.ext.own_device());
+    builder.add_state_key(crafter.exported_key(&room_id, &alice_device));
+    let bundle = serde_json::to_vec(&builder.build())?;
+    let file = carol.client.upload_encrypted_file(&mut bundle.as_slice()).await?;
+    let announcement = json!({ "room_id": room_id, "file": file });
+    let carol_room = carol.room(&room_id);
+    for invitee in [&bob, &dave] {
+        carol
+            .send_to_devices(
+                invitee.user_id(),
+                crypto_ext::identifiers::ROOM_KEY_BUNDLE_UNSTABLE,
+                &announcement,
+            )
+            .await?;
+        carol_room.invite_user_by_id(invitee.user_id()).await?;
+        join(invitee, &room_id).await?;
+    }
+
+    let bob_room = bob.room(&room_id);
+    sync_until(&bob.client, "Bob shows the name, unproven", DEFAULT_TIMEOUT, || async {
+        provenance(&bob_room, "m.room.name").await.is_some_and(|p| p.event_id == forged)
+    })
+    .await?;
+    let name = provenance(&bob_room, "m.room.name").await.context("name")?;
+    assert_eq!(name.sender, alice.user_id());
+    assert!(!name.creator_proven, "only Carol's bundle names Alice's device");
+    assert_eq!(name.key_origin, KeyOrigin::Bundle { shared_by: carol.user_id().to_owned() });
+    assert_eq!(
+        name.verification,
+        Some(VerificationState::Unverified(VerificationLevel::None(
+            DeviceLinkProblem::InsecureSource
+        )))
+    );
+    let dave_room = dave.room(&room_id);
+    let unproven = RejectionReason::CreatorUnproven { shared_by: Some(carol.user_id().to_owned()) };
+    sync_until(&dave.client, "Dave rejects the name", DEFAULT_TIMEOUT, || {
+        rejected_for(&dave_room, &forged, &unproven)
+    })
+    .await?;
+    assert_eq!(dave_room.encrypted_name().await?, None);
     Ok(())
 }
