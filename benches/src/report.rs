@@ -193,9 +193,10 @@ pub(crate) fn write_docs(table: &str, series: &[(usize, Measurement)]) -> Result
          SQLite store decrypting each event (`decrypt_room_event`), without applying it; \
          primitives = vodozemac Megolm decryption of every event plus one SQLite transaction of \
          N rows.\n\
-         * bundle build: ours = sessions read through matrix-sdk's key export (the public way; \
-         PBKDF2 with 500,000 rounds each way), `BundleBuilder`, attachment encryption; stock = \
-         `build_room_key_bundle`, serialisation, attachment encryption.\n\
+         * bundle build: ours = the room's sessions read from the client's crypto store, shared \
+         with the extension (`ClientCryptoStore`), `BundleBuilder` with the withheld notices \
+         received earlier, attachment encryption; stock = `build_room_key_bundle`, \
+         serialisation, attachment encryption.\n\
          * bundle import: ours = `bundle::open` under the cap, keys into our store (one \
          transaction) and through a key file into the client's key store; stock = attachment \
          decryption, parsing, `receive_room_key_bundle`.\n\
