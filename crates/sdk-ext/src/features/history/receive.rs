@@ -19,7 +19,7 @@ use std::{
 };
 
 use crypto_ext::{
-    InboundStateSession, KeyOrigin,
+    BundleError, InboundStateSession, KeyOrigin,
     bundle::{self, OpenedBundle},
     vodozemac::Curve25519PublicKey,
     wire::RoomKeyBundleAnnouncement,
@@ -260,7 +260,13 @@ impl History {
         let limits = self.ctx.config.bundle_limits;
         let ciphertext = download(&self.ctx, &self.http, &file, limits).await?;
         let info = MediaEncryptionInfo::from(file);
-        Ok(bundle::open(&ciphertext, info, room_id, limits)?)
+        // AES and JSON parsing over up to `max_bytes`: off the async workers.
+        let room_id = room_id.to_owned();
+        tokio::task::spawn_blocking(move || bundle::open(&ciphertext, info, &room_id, limits))
+            .await
+            // A panic while opening it: the bundle is what broke the parser, never retried.
+            .map_err(|e| BundleError::MalformedKey(format!("opening the bundle failed: {e}")))?
+            .map_err(BundleImportError::from)
     }
 
     /// Stores the bundle's keys in our store (state decryption, attribution) and its withheld
