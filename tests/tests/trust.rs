@@ -175,6 +175,43 @@ async fn a_device_cross_signed_after_its_state_arrived_reads_as_cross_signed() -
     Ok(())
 }
 
+/// Checks a name posted in Alice's name with Carol's session that Carol handed on with
+/// `origin`: Bob (accepting unproven creators) shows it as "creator unproven", shared by Carol,
+/// from an insecure source, never with Alice's trust; Dave (refusing them) rejects it.
+async fn passed_off_name_is_never_alices(
+    bob: &StateUser,
+    dave: &StateUser,
+    room_id: &RoomId,
+    forged: &OwnedEventId,
+    alice: &StateUser,
+    carol: &StateUser,
+    origin: KeyOrigin,
+) -> Result<()> {
+    let bob_room = bob.room(room_id);
+    sync_until(&bob.client, "Bob shows the name, unproven", DEFAULT_TIMEOUT, || async {
+        provenance(&bob_room, "m.room.name").await.is_some_and(|p| p.event_id == *forged)
+    })
+    .await?;
+    let name = provenance(&bob_room, "m.room.name").await.context("name")?;
+    assert_eq!(name.sender, alice.user_id());
+    assert!(!name.creator_proven, "only Carol's word names Alice's device");
+    assert_eq!(name.key_origin, origin);
+    assert_eq!(
+        name.verification,
+        Some(VerificationState::Unverified(VerificationLevel::None(
+            DeviceLinkProblem::InsecureSource
+        )))
+    );
+    let dave_room = dave.room(room_id);
+    let unproven = RejectionReason::CreatorUnproven { shared_by: Some(carol.user_id().to_owned()) };
+    sync_until(&dave.client, "Dave rejects the name", DEFAULT_TIMEOUT, || {
+        rejected_for(&dave_room, forged, &unproven)
+    })
+    .await?;
+    assert_eq!(dave_room.encrypted_name().await?, None);
+    Ok(())
+}
+
 /// A sharer passes its own session off as another member's: Carol crafts a session naming
 /// Alice's device as its creator, the name it encrypts is posted in Alice's name (as Alice's
 /// homeserver could) with a creator claim Carol forged, and Carol hands the key on with her
@@ -249,29 +286,9 @@ async fn a_sharer_cannot_pass_its_session_off_as_another_members() -> Result<()>
         join(invitee, &room_id).await?;
     }
 
-    let bob_room = bob.room(&room_id);
-    sync_until(&bob.client, "Bob shows the name, unproven", DEFAULT_TIMEOUT, || async {
-        provenance(&bob_room, "m.room.name").await.is_some_and(|p| p.event_id == forged)
-    })
-    .await?;
-    let name = provenance(&bob_room, "m.room.name").await.context("name")?;
-    assert_eq!(name.sender, alice.user_id());
-    assert!(!name.creator_proven, "only Carol's word names Alice's device");
-    assert_eq!(name.key_origin, KeyOrigin::Invite { shared_by: carol.user_id().to_owned() });
-    assert_eq!(
-        name.verification,
-        Some(VerificationState::Unverified(VerificationLevel::None(
-            DeviceLinkProblem::InsecureSource
-        )))
-    );
-
-    let dave_room = dave.room(&room_id);
-    let unproven = RejectionReason::CreatorUnproven { shared_by: Some(carol.user_id().to_owned()) };
-    sync_until(&dave.client, "Dave rejects the name", DEFAULT_TIMEOUT, || {
-        rejected_for(&dave_room, &forged, &unproven)
-    })
-    .await?;
-    assert_eq!(dave_room.encrypted_name().await?, None);
+    let origin = KeyOrigin::Invite { shared_by: carol.user_id().to_owned() };
+    passed_off_name_is_never_alices(&bob, &dave, &room_id, &forged, &alice, &carol, origin).await?;
+    let (bob_room, dave_room) = (bob.room(&room_id), dave.room(&room_id));
 
     // Control: Alice's genuine topic, handed on by the same sharer, is proven by Alice's claim,
     // for the strict reader too.
@@ -344,27 +361,6 @@ async fn a_bundle_cannot_pass_a_sharers_session_off_as_another_members() -> Resu
         join(invitee, &room_id).await?;
     }
 
-    let bob_room = bob.room(&room_id);
-    sync_until(&bob.client, "Bob shows the name, unproven", DEFAULT_TIMEOUT, || async {
-        provenance(&bob_room, "m.room.name").await.is_some_and(|p| p.event_id == forged)
-    })
-    .await?;
-    let name = provenance(&bob_room, "m.room.name").await.context("name")?;
-    assert_eq!(name.sender, alice.user_id());
-    assert!(!name.creator_proven, "only Carol's bundle names Alice's device");
-    assert_eq!(name.key_origin, KeyOrigin::Bundle { shared_by: carol.user_id().to_owned() });
-    assert_eq!(
-        name.verification,
-        Some(VerificationState::Unverified(VerificationLevel::None(
-            DeviceLinkProblem::InsecureSource
-        )))
-    );
-    let dave_room = dave.room(&room_id);
-    let unproven = RejectionReason::CreatorUnproven { shared_by: Some(carol.user_id().to_owned()) };
-    sync_until(&dave.client, "Dave rejects the name", DEFAULT_TIMEOUT, || {
-        rejected_for(&dave_room, &forged, &unproven)
-    })
-    .await?;
-    assert_eq!(dave_room.encrypted_name().await?, None);
-    Ok(())
+    let origin = KeyOrigin::Bundle { shared_by: carol.user_id().to_owned() };
+    passed_off_name_is_never_alices(&bob, &dave, &room_id, &forged, &alice, &carol, origin).await
 }
