@@ -203,3 +203,52 @@ impl ClientCryptoStore {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use matrix_sdk_crypto::{
+        olm::Account,
+        store::{CryptoStore as _, types::PendingChanges},
+    };
+    use ruma::{device_id, user_id};
+
+    use super::*;
+
+    fn own(account: &Account) -> OwnDevice {
+        OwnDevice {
+            user_id: account.user_id().to_owned(),
+            device_id: account.device_id().to_owned(),
+            curve25519: account.identity_keys().curve25519,
+            ed25519: account.identity_keys().ed25519,
+        }
+    }
+
+    async fn store_with(account: Account) -> ClientCryptoStore {
+        let store = MemoryStore::new();
+        store.save_pending_changes(PendingChanges { account: Some(account) }).await.unwrap();
+        ClientCryptoStore::new(store)
+    }
+
+    #[tokio::test]
+    async fn only_the_clients_own_store_is_taken_and_it_signs_with_the_devices_key() {
+        let alice = user_id!("@alice:example.org");
+        let account = Account::with_device_id(alice, device_id!("ALICE"));
+        let device = own(&account);
+        let store = store_with(account).await;
+        store.check_owner(&device).await.unwrap();
+        let signature = store.sign("a claim").await.unwrap();
+        device.ed25519.verify(b"a claim", &signature).unwrap();
+
+        // Another device of the same user, another user, an empty store: refused.
+        let other = own(&Account::with_device_id(alice, device_id!("OTHER")));
+        let error = store.check_owner(&other).await.unwrap_err();
+        assert!(matches!(error, Error::ForeignCryptoStore(_)), "{error}");
+        let mallory =
+            Account::with_device_id(user_id!("@mallory:example.org"), device_id!("ALICE"));
+        let error = store_with(mallory).await.check_owner(&device).await.unwrap_err();
+        assert!(matches!(error, Error::ForeignCryptoStore(_)), "{error}");
+        let (_, empty) = ClientCryptoStore::in_memory();
+        let error = empty.check_owner(&device).await.unwrap_err();
+        assert!(matches!(error, Error::ForeignCryptoStore(_)), "{error}");
+    }
+}
