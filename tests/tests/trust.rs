@@ -175,6 +175,19 @@ async fn a_device_cross_signed_after_its_state_arrived_reads_as_cross_signed() -
     Ok(())
 }
 
+/// The cast of the pass-off tests: Alice's room with encrypted state and Carol in it; Bob, who
+/// accepts unproven creators (the default), and Dave, who refuses them, not yet in it.
+async fn pass_off_cast() -> Result<(StateUser, StateUser, StateUser, StateUser, Room)> {
+    let alice = StateUser::register("alice").await?;
+    let carol = StateUser::register("carol").await?;
+    let bob = StateUser::register("bob").await?;
+    let dave = StateUser::register_with("dave", |c| c.unproven_creators = UnprovenCreators::Reject)
+        .await?;
+    let room = shared_room(&alice, &[&carol]).await?;
+    room.enable_state_encryption().await?;
+    Ok((alice, carol, bob, dave, room))
+}
+
 /// Checks a name posted in Alice's name with Carol's session that Carol handed on with
 /// `origin`: Bob (accepting unproven creators) shows it as "creator unproven", shared by Carol,
 /// from an insecure source, never with Alice's trust; Dave (refusing them) rejects it.
@@ -223,14 +236,8 @@ async fn passed_off_name_is_never_alices(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sharer_cannot_pass_its_session_off_as_another_members() -> Result<()> {
     init();
-    let alice = StateUser::register("alice").await?;
-    let carol = StateUser::register("carol").await?;
-    let bob = StateUser::register("bob").await?;
-    let dave = StateUser::register_with("dave", |c| c.unproven_creators = UnprovenCreators::Reject)
-        .await?;
-    let room = shared_room(&alice, &[&carol]).await?;
+    let (alice, carol, bob, dave, room) = pass_off_cast().await?;
     let room_id = room.room_id().to_owned();
-    room.enable_state_encryption().await?;
     let carol_room = carol.room(&room_id);
 
     // Alice's genuine topic, its key sent by her device to Carol's.
@@ -317,14 +324,8 @@ async fn a_sharer_cannot_pass_its_session_off_as_another_members() -> Result<()>
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bundle_cannot_pass_a_sharers_session_off_as_another_members() -> Result<()> {
     init();
-    let alice = StateUser::register("alice").await?;
-    let carol = StateUser::register("carol").await?;
-    let bob = StateUser::register("bob").await?;
-    let dave = StateUser::register_with("dave", |c| c.unproven_creators = UnprovenCreators::Reject)
-        .await?;
-    let room = shared_room(&alice, &[&carol]).await?;
+    let (alice, carol, bob, dave, room) = pass_off_cast().await?;
     let room_id = room.room_id().to_owned();
-    room.enable_state_encryption().await?;
 
     let alice_device = alice.own_device().await?;
     let mut crafter = Crafter::new();
