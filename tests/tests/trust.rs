@@ -12,7 +12,8 @@ use integration_tests::{
 use matrix_sdk::{
     Room,
     deserialized_responses::{DeviceLinkProblem, VerificationLevel, VerificationState},
-    ruma::{OwnedEventId, RoomId},
+    event_handler::RawEvent,
+    ruma::{OwnedEventId, RoomId, events::AnyToDeviceEvent},
 };
 use sdk_ext::{
     RejectionReason, RoomHistoryExt, RoomStateExt, StateOrigin, StateSenderTrust, UnprovenCreators,
@@ -364,4 +365,89 @@ async fn a_bundle_cannot_pass_a_sharers_session_off_as_another_members() -> Resu
 
     let origin = KeyOrigin::Bundle { shared_by: carol.user_id().to_owned() };
     passed_off_name_is_never_alices(&bob, &dave, &room_id, &forged, &alice, &carol, origin).await
+}
+
+/// The same pass-off through a key share: Bob, joining after the name, asks the room's
+/// moderators for its key; Carol answers Bob's request (its real id, from the device asked)
+/// with her own session claiming Alice's device. Bob shows the name only as "creator unproven",
+/// shared by Carol, never with Alice's trust.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_share_cannot_pass_a_sharers_session_off_as_another_members() -> Result<()> {
+    init();
+    let alice = StateUser::register("alice").await?;
+    let carol = StateUser::register("carol").await?;
+    let bob = StateUser::register_with("bob", |c| {
+        c.key_requests.escalation_delay = std::time::Duration::from_secs(1);
+    })
+    .await?;
+    let room = shared_room(&alice, &[&carol]).await?;
+    let room_id = room.room_id().to_owned();
+    integration_tests::set_power_levels(&room, &[(carol.user_id(), 100)], &[]).await?;
+    room.enable_state_encryption().await?;
+
+    let alice_device = alice.own_device().await?;
+    let mut crafter = Crafter::new();
+    let payload = json!({
+        "type": "m.room.name", "state_key": "", "room_id": room_id,
+        "content": { "name": "Passed off in a key share" },
+    });
+    let content = crafter.encrypt(&alice_device, &payload);
+    let forged = room
+        .send_state_event_raw(
+            "m.room.encrypted",
+            "m.room.name:",
+            content.cast_unchecked::<matrix_sdk::ruma::events::AnyStateEventContent>(),
+        )
+        .await?
+        .event_id;
+
+    // Carol's client hands the test the requests it receives for her session.
+    let (requests, mut asked) = tokio::sync::mpsc::unbounded_channel::<String>();
+    let session_id = crafter.session_id();
+    carol.client.add_event_handler(move |_: AnyToDeviceEvent, raw: RawEvent| {
+        let requests = requests.clone();
+        let session_id = session_id.clone();
+        async move {
+            let event: serde_json::Value = serde_json::from_str(raw.get()).unwrap_or_default();
+            let content = &event["content"];
+            let wanted = content["session_ids"]
+                .as_array()
+                .is_some_and(|ids| ids.iter().any(|id| id.as_str() == Some(&session_id)));
+            if event["type"] == crypto_ext::identifiers::STATE_KEY_REQUEST && wanted {
+                let _ =
+                    requests.send(content["request_id"].as_str().unwrap_or_default().to_owned());
+            }
+        }
+    });
+    let _carol_online = keep_syncing(&carol.client);
+    room.invite_user_by_id(bob.user_id()).await?;
+    join(&bob, &room_id).await?;
+    let _bob_online = keep_syncing(&bob.client);
+
+    let request_id = tokio::time::timeout(DEFAULT_TIMEOUT, asked.recv())
+        .await?
+        .context("Bob asks Carol for the key")?;
+    let share = json!({
+        "room_id": room_id,
+        "request_id": request_id,
+        "keys": [crafter.exported_key(&room_id, &alice_device)],
+    });
+    carol.send_to_devices(bob.user_id(), crypto_ext::identifiers::STATE_KEY_SHARE, &share).await?;
+
+    let bob_room = bob.room(&room_id);
+    wait_until("Bob shows the name, unproven", DEFAULT_TIMEOUT, || async {
+        provenance(&bob_room, "m.room.name").await.is_some_and(|p| p.event_id == forged)
+    })
+    .await?;
+    let name = provenance(&bob_room, "m.room.name").await.context("name")?;
+    assert_eq!(name.sender, alice.user_id());
+    assert!(!name.creator_proven, "only Carol's answer names Alice's device");
+    assert_eq!(name.key_origin, KeyOrigin::KeyShare { shared_by: carol.user_id().to_owned() });
+    assert_eq!(
+        name.verification,
+        Some(VerificationState::Unverified(VerificationLevel::None(
+            DeviceLinkProblem::InsecureSource
+        )))
+    );
+    Ok(())
 }
