@@ -4,7 +4,8 @@
 use anyhow::{Context, Result};
 use crypto_ext::Provenance;
 use crypto_ext::{
-    CreatorClaim, KeyOrigin, bundle::BundleBuilder, testing::Crafter, vodozemac::Ed25519Keypair,
+    CreatorClaim, KeyOrigin, OwnDevice, bundle::BundleBuilder, testing::Crafter,
+    vodozemac::Ed25519Keypair,
 };
 use integration_tests::{
     DEFAULT_TIMEOUT, StateUser, TestUser, join, keep_syncing, shared_room, sync_until, wait_until,
@@ -176,6 +177,27 @@ async fn a_device_cross_signed_after_its_state_arrived_reads_as_cross_signed() -
     Ok(())
 }
 
+/// Posts in `room` (Alice's, as her homeserver could) a name encrypted with `crafter`'s session
+/// that names `creator`'s device, with `claim` in its content if given.
+async fn post_passed_off_name(
+    room: &Room,
+    crafter: &mut Crafter,
+    creator: &OwnDevice,
+    name: &str,
+    claim: Option<&CreatorClaim>,
+) -> Result<OwnedEventId> {
+    let payload = json!({
+        "type": "m.room.name", "state_key": "", "room_id": room.room_id(),
+        "content": { "name": name },
+    });
+    let mut content: serde_json::Value =
+        serde_json::from_str(crafter.encrypt(creator, &payload).json().get())?;
+    if let Some(claim) = claim {
+        content[crypto_ext::identifiers::CREATOR_CLAIM] = serde_json::to_value(claim)?;
+    }
+    Ok(room.send_state_event_raw("m.room.encrypted", "m.room.name:", content).await?.event_id)
+}
+
 /// The cast of the pass-off tests: Alice's room with encrypted state and Carol in it; Bob, who
 /// accepts unproven creators (the default), and Dave, who refuses them, not yet in it.
 async fn pass_off_cast() -> Result<(StateUser, StateUser, StateUser, StateUser, Room)> {
@@ -254,14 +276,6 @@ async fn a_sharer_cannot_pass_its_session_off_as_another_members() -> Result<()>
     let mut crafter = Crafter::new();
     let key = crafter.exported_key(&room_id, &alice_device);
     let session_id = key.session_id.clone();
-    let payload = json!({
-        "type": "m.room.name",
-        "state_key": "",
-        "content": { "name": "Passed off as Alice's" },
-        "room_id": room_id,
-    });
-    let mut content: serde_json::Value =
-        serde_json::from_str(crafter.encrypt(&alice_device, &payload).json().get())?;
     let carols_key = Ed25519Keypair::new();
     let forged_claim = CreatorClaim::sign(
         &room_id,
@@ -271,9 +285,14 @@ async fn a_sharer_cannot_pass_its_session_off_as_another_members() -> Result<()>
         alice_device.curve25519,
         |text| carols_key.sign(text.as_bytes()),
     );
-    content[crypto_ext::identifiers::CREATOR_CLAIM] = serde_json::to_value(&forged_claim)?;
-    let forged =
-        room.send_state_event_raw("m.room.encrypted", "m.room.name:", content).await?.event_id;
+    let forged = post_passed_off_name(
+        &room,
+        &mut crafter,
+        &alice_device,
+        "Passed off as Alice's",
+        Some(&forged_claim),
+    )
+    .await?;
 
     // Carol invites Bob and Dave with the room's history (Alice's topic key goes with it) and
     // hands them her session's key, as an inviter's keys travel.
@@ -330,19 +349,9 @@ async fn a_bundle_cannot_pass_a_sharers_session_off_as_another_members() -> Resu
 
     let alice_device = alice.own_device().await?;
     let mut crafter = Crafter::new();
-    let payload = json!({
-        "type": "m.room.name", "state_key": "", "room_id": room_id,
-        "content": { "name": "Passed off in a bundle" },
-    });
-    let content = crafter.encrypt(&alice_device, &payload);
-    let forged = room
-        .send_state_event_raw(
-            "m.room.encrypted",
-            "m.room.name:",
-            content.cast_unchecked::<matrix_sdk::ruma::events::AnyStateEventContent>(),
-        )
-        .await?
-        .event_id;
+    let forged =
+        post_passed_off_name(&room, &mut crafter, &alice_device, "Passed off in a bundle", None)
+            .await?;
 
     // Carol's bundle: her session, naming Alice's device as its creator.
     let mut builder = BundleBuilder::new(&room_id, carol.ext.own_device());
@@ -387,19 +396,9 @@ async fn a_key_share_cannot_pass_a_sharers_session_off_as_another_members() -> R
 
     let alice_device = alice.own_device().await?;
     let mut crafter = Crafter::new();
-    let payload = json!({
-        "type": "m.room.name", "state_key": "", "room_id": room_id,
-        "content": { "name": "Passed off in a key share" },
-    });
-    let content = crafter.encrypt(&alice_device, &payload);
-    let forged = room
-        .send_state_event_raw(
-            "m.room.encrypted",
-            "m.room.name:",
-            content.cast_unchecked::<matrix_sdk::ruma::events::AnyStateEventContent>(),
-        )
-        .await?
-        .event_id;
+    let forged =
+        post_passed_off_name(&room, &mut crafter, &alice_device, "Passed off in a key share", None)
+            .await?;
 
     // Carol's client hands the test the requests it receives for her session.
     let (requests, mut asked) = tokio::sync::mpsc::unbounded_channel::<String>();
