@@ -6,6 +6,7 @@
 
 mod appservice;
 pub mod demo;
+mod fault;
 mod js;
 mod room;
 mod state;
@@ -14,6 +15,7 @@ mod sync;
 mod user;
 
 pub use appservice::APPSERVICE_TOKEN;
+pub use fault::{FaultyServer, KillPoint};
 pub use js::{JS_PEER_ENV, JsPeer};
 pub use room::{
     edit_power_levels, has_power_level, is_joined, join, post_encrypted_state, restricted_room,

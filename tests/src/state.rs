@@ -27,6 +27,16 @@ impl StateUser {
         Self::install(TestUser::register(prefix).await?).await
     }
 
+    /// Registers a user on the homeserver at `url` (a server of the test's own) and installs
+    /// the extension with `config` applied to the usual configuration.
+    pub async fn register_on(
+        url: &str,
+        prefix: &str,
+        config: impl FnOnce(&mut StateExtConfig),
+    ) -> Result<Self> {
+        Self::install_with(TestUser::register_on(url, prefix).await?, config).await
+    }
+
     /// Registers a user and installs the extension with `config` applied to the usual
     /// configuration.
     pub async fn register_with(

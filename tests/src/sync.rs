@@ -70,9 +70,12 @@ pub fn keep_syncing(client: &Client) -> Syncing {
     let client = client.clone();
     Syncing(tokio::spawn(async move {
         let settings = SyncSettings::default().timeout(Duration::from_secs(1));
+        // A server that is down refuses at once: failed syncs are paced, not spun.
+        let mut pace = tokio::time::interval(Duration::from_millis(250));
         loop {
             if let Err(error) = client.sync_once(settings.clone()).await {
                 tracing::warn!(%error, "background sync failed");
+                pace.tick().await;
             }
         }
     }))

@@ -64,10 +64,22 @@ impl TestUser {
     /// Registers a new user like [`TestUser::register`], but leaves it without a cross-signing
     /// identity.
     pub async fn register_without_cross_signing(prefix: &str) -> Result<Self> {
+        Self::register_on_without_cross_signing(&homeserver_url()?, prefix).await
+    }
+
+    /// Registers a new user like [`TestUser::register`] on the homeserver at `url` (a server
+    /// of the test's own).
+    pub async fn register_on(url: &str, prefix: &str) -> Result<Self> {
+        let user = Self::register_on_without_cross_signing(url, prefix).await?;
+        user.bootstrap_cross_signing().await?;
+        Ok(user)
+    }
+
+    async fn register_on_without_cross_signing(url: &str, prefix: &str) -> Result<Self> {
         let store_dir = tempfile::tempdir()?;
         let username = unique_name(prefix);
         let password = format!("{username}-password");
-        let (builder, crypto_store) = Self::client_builder(&store_dir).await?;
+        let (builder, crypto_store) = Self::client_builder_on(url, store_dir.path()).await?;
         let client = builder.build().await?;
 
         let mut request = RegistrationRequest::new();
@@ -98,9 +110,17 @@ impl TestUser {
     pub async fn client_builder_at(
         dir: &Path,
     ) -> Result<(matrix_sdk::ClientBuilder, ClientCryptoStore)> {
+        Self::client_builder_on(&homeserver_url()?, dir).await
+    }
+
+    /// [`TestUser::client_builder_at`] for the homeserver at `url`.
+    async fn client_builder_on(
+        url: &str,
+        dir: &Path,
+    ) -> Result<(matrix_sdk::ClientBuilder, ClientCryptoStore)> {
         let (stores, crypto_store) = ClientCryptoStore::open_sqlite(dir, None).await?;
         let builder = Client::builder()
-            .homeserver_url(homeserver_url()?)
+            .homeserver_url(url)
             .store_config(stores)
             .with_encryption_settings(EncryptionSettings::default())
             // The extension receives shared history itself.

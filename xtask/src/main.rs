@@ -10,12 +10,11 @@
 //! * `cargo xtask crash-trials [N]`: SIGKILL trials of the state store's writers.
 //! * `cargo xtask synapse start|stop|status|logs`: manage a long-lived local Synapse by hand.
 
-mod cmd;
 mod fuzz;
-mod http;
 mod layers;
-mod synapse;
 mod test;
+
+use xtask::{cmd, synapse};
 
 use std::{path::PathBuf, process::ExitCode};
 

@@ -39,6 +39,8 @@ pub struct Synapse {
     pub url: String,
     /// The run's data directory (config, database, media, log).
     pub dir: PathBuf,
+    /// The virtualenv's Python that runs it.
+    python: PathBuf,
     /// The child handle, when this process started it (used to reap it on stop).
     child: Option<Child>,
 }
@@ -236,48 +238,84 @@ pub fn start(root: &Path, label: &str) -> Result<Synapse> {
         bail!("Synapse could not generate its signing key ({status})");
     }
 
-    let log = fs::File::create(dir.join("homeserver.log"))?;
-    let child = Command::new(&python)
-        .args(["-m", "synapse.app.homeserver", "--config-path"])
-        .arg(&config_path)
-        .current_dir(&dir)
-        .stdin(Stdio::null())
-        .stdout(log.try_clone()?)
-        .stderr(log)
-        // Its own process group: a Ctrl-C in the terminal reaches xtask, which then stops it.
-        .process_group(0)
-        .spawn()
-        .context("could not start Synapse")?;
-
-    let mut synapse = Synapse {
-        pid: child.id(),
-        url: format!("http://127.0.0.1:{port}"),
-        dir,
-        child: Some(child),
-    };
-    println!("xtask: Synapse starting (pid {}, {})", synapse.pid, synapse.url);
-
-    let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
-    let deadline = Instant::now() + START_TIMEOUT;
-    loop {
-        if http::get_status(addr, "/_matrix/client/versions") == Some(200) {
-            println!("xtask: Synapse is up");
-            return Ok(synapse);
-        }
-        if !synapse.is_running() {
-            let tail = log_tail(&synapse.dir, 40);
-            bail!("Synapse exited during start-up. Last log lines:\n{tail}");
-        }
-        if Instant::now() > deadline {
-            let tail = log_tail(&synapse.dir, 40);
-            let _ = synapse.stop();
-            bail!("Synapse did not answer within {START_TIMEOUT:?}. Last log lines:\n{tail}");
-        }
-        std::thread::sleep(Duration::from_millis(250));
-    }
+    let mut synapse =
+        Synapse { pid: 0, url: format!("http://127.0.0.1:{port}"), dir, python, child: None };
+    synapse.launch()?;
+    Ok(synapse)
 }
 
 impl Synapse {
+    /// The port it listens on.
+    pub fn port(&self) -> Result<u16> {
+        let port = self.url.rsplit(':').next().unwrap_or_default();
+        port.parse().with_context(|| format!("no port in {}", self.url))
+    }
+
+    /// Runs the server on its data directory and port and waits until it answers.
+    fn launch(&mut self) -> Result<()> {
+        let config_path = self.dir.join("homeserver.yaml");
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("homeserver.log"))?;
+        let child = Command::new(&self.python)
+            .args(["-m", "synapse.app.homeserver", "--config-path"])
+            .arg(&config_path)
+            .current_dir(&self.dir)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            // Its own process group: a Ctrl-C in the terminal reaches xtask, which then stops it.
+            .process_group(0)
+            .spawn()
+            .context("could not start Synapse")?;
+        self.pid = child.id();
+        self.child = Some(child);
+        println!("xtask: Synapse starting (pid {}, {})", self.pid, self.url);
+
+        let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, self.port()?));
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            if http::get_status(addr, "/_matrix/client/versions") == Some(200) {
+                println!("xtask: Synapse is up");
+                return Ok(());
+            }
+            if !self.is_running() {
+                let tail = log_tail(&self.dir, 40);
+                bail!("Synapse exited during start-up. Last log lines:\n{tail}");
+            }
+            if Instant::now() > deadline {
+                let tail = log_tail(&self.dir, 40);
+                let _ = self.stop();
+                bail!("Synapse did not answer within {START_TIMEOUT:?}. Last log lines:\n{tail}");
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    }
+
+    /// Starts this server again after [`Synapse::kill`] or [`Synapse::stop`]: same data
+    /// directory, same port, a new process; waits until it answers.
+    pub fn restart(&mut self) -> Result<()> {
+        if self.is_running() {
+            bail!("Synapse (pid {}) is still running", self.pid);
+        }
+        self.launch()
+    }
+
+    /// Kills this server at once (SIGKILL to its PID, as a crash or a power cut would end it)
+    /// and reaps it.
+    pub fn kill(&mut self) -> Result<()> {
+        if !self.is_running() {
+            return Ok(());
+        }
+        signal(self.pid, Signal::KILL)?;
+        if let Some(child) = &mut self.child {
+            child.wait()?;
+        }
+        println!("xtask: Synapse (pid {}) killed", self.pid);
+        Ok(())
+    }
+
     /// Whether the process still exists (a child of ours that exited counts as gone).
     pub fn is_running(&mut self) -> bool {
         match &mut self.child {
@@ -311,7 +349,8 @@ impl Synapse {
 
 /// Stops a Synapse known only by its PID (used from the interrupt handler).
 pub fn stop_pid(pid: u32) -> Result<()> {
-    Synapse { pid, url: String::new(), dir: PathBuf::new(), child: None }.stop()
+    Synapse { pid, url: String::new(), dir: PathBuf::new(), python: PathBuf::new(), child: None }
+        .stop()
 }
 
 fn pid_from(pid: u32) -> Result<Pid> {
@@ -358,6 +397,7 @@ fn read_record(root: &Path) -> Option<Synapse> {
         pid: field("PID")?.parse().ok()?,
         url: field("URL")?,
         dir: PathBuf::from(field("DIR")?),
+        python: venv_python(root),
         child: None,
     })
 }

@@ -149,6 +149,10 @@ pub struct RemoteWorkLimits {
     /// (after a sync with a gap or with encrypted state: the client's store may lack events).
     /// Default one minute.
     pub state_check_interval: Duration,
+    /// How long after a bundle download failed for a reason that may clear (the homeserver
+    /// unreachable, a timeout) the room's kept bundles are fetched again; the delay doubles
+    /// after each further failure, up to an hour. Default 30 seconds.
+    pub bundle_retry_delay: Duration,
 }
 
 impl Default for RemoteWorkLimits {
@@ -160,6 +164,7 @@ impl Default for RemoteWorkLimits {
             key_request_sessions_per_round: 64,
             pending_per_sender_per_room: 256,
             state_check_interval: Duration::from_secs(60),
+            bundle_retry_delay: Duration::from_secs(30),
         }
     }
 }

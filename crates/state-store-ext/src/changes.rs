@@ -7,8 +7,8 @@ use crypto_ext::{
 use ruma::{OwnedEventId, OwnedRoomId, OwnedUserId};
 
 use crate::records::{
-    KeyRequest, PendingBundle, PendingEvent, ReceivedPreview, SentPreview, SessionEventRef,
-    StateRecord, WithheldSession,
+    KeyRequest, PendingBundle, PendingEvent, ReceivedPreview, SentBundle, SentPreview,
+    SessionEventRef, StateRecord, WithheldSession,
 };
 
 /// Everything one sync batch (or one user action) changes; the store saves it atomically.
@@ -50,6 +50,11 @@ pub struct StateChanges {
     pub removed_previews: Vec<OwnedRoomId>,
     /// What we pushed of our restricted rooms' previews (one per room).
     pub sent_previews: Vec<SentPreview>,
+    /// Bundles announced to invitees whose invite has not gone through (replacing any for the
+    /// same room and invitee).
+    pub sent_bundles: Vec<SentBundle>,
+    /// Kept bundles to forget, by room and invitee: their invite went through.
+    pub removed_sent_bundles: Vec<(OwnedRoomId, OwnedUserId)>,
 }
 
 impl StateChanges {
@@ -71,6 +76,8 @@ impl StateChanges {
             && self.received_previews.is_empty()
             && self.removed_previews.is_empty()
             && self.sent_previews.is_empty()
+            && self.sent_bundles.is_empty()
+            && self.removed_sent_bundles.is_empty()
     }
 }
 

@@ -16,8 +16,8 @@ use serde::de::DeserializeOwned;
 use crate::{
     Result,
     records::{
-        KeyRequest, PendingBundle, PendingEvent, ReceivedPreview, SentPreview, SessionEventRef,
-        StateRecord, WithheldSession,
+        KeyRequest, PendingBundle, PendingEvent, ReceivedPreview, SentBundle, SentPreview,
+        SessionEventRef, StateRecord, WithheldSession,
     },
     sqlite::codec::{Codec, starting_with},
 };
@@ -35,7 +35,7 @@ pub fn open_stored_value(encrypted: bool, kind: u8, bytes: &[u8]) -> bool {
         (true, Some(codec)) => codec,
         _ => &PLAIN,
     };
-    match kind % 11 {
+    match kind % 12 {
         0 => open::<StateRecord>(codec, bytes),
         1 => open::<RejectedState>(codec, bytes),
         2 => open::<PendingEvent>(codec, bytes),
@@ -46,6 +46,7 @@ pub fn open_stored_value(encrypted: bool, kind: u8, bytes: &[u8]) -> bool {
         7 => open::<WithheldSession>(codec, bytes),
         8 => open::<KeyRequest>(codec, bytes),
         9 => open::<InboundStateSessionPickle>(codec, bytes),
+        10 => open::<SentBundle>(codec, bytes),
         _ => open::<OutboundStateSessionPickle>(codec, bytes),
     }
 }

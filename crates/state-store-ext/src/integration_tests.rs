@@ -537,6 +537,55 @@ macro_rules! state_store_integration_tests {
                     .unwrap();
                 assert!(store.received_preview(&restricted).await.unwrap().is_none());
             }
+
+            #[tokio::test]
+            async fn sent_bundles_are_kept_per_room_and_invitee_until_removed() {
+                let backend = backend();
+                let store = backend.open().await;
+                let (r, other) = (room(1), room(2));
+                let bob = user_id!("@bob:example.org");
+                let carol = user_id!("@carol:example.org");
+                let sent = |url: &str| crate::SentBundle {
+                    room_id: r.clone(),
+                    invitee: bob.to_owned(),
+                    file: serde_json::json!({ "url": url, "key": { "k": "secret" } }),
+                    message_keys: 3,
+                    state_keys: 1,
+                    withheld_keys: 0,
+                    built_at: ts(1),
+                };
+                for url in ["mxc://example.org/first", "mxc://example.org/second"] {
+                    store
+                        .save_changes(StateChanges {
+                            sent_bundles: vec![sent(url)],
+                            ..Default::default()
+                        })
+                        .await
+                        .unwrap();
+                }
+                let store = match backend.path() {
+                    Some(_) => {
+                        drop(store);
+                        backend.open().await
+                    }
+                    None => store,
+                };
+                assert_eq!(
+                    store.sent_bundle(&r, bob).await.unwrap(),
+                    Some(sent("mxc://example.org/second")),
+                    "one per room and invitee, the last saved"
+                );
+                assert!(store.sent_bundle(&r, carol).await.unwrap().is_none());
+                assert!(store.sent_bundle(&other, bob).await.unwrap().is_none());
+                store
+                    .save_changes(StateChanges {
+                        removed_sent_bundles: vec![(r.clone(), bob.to_owned())],
+                        ..Default::default()
+                    })
+                    .await
+                    .unwrap();
+                assert!(store.sent_bundle(&r, bob).await.unwrap().is_none());
+            }
         }
     };
 }

@@ -16,8 +16,8 @@ pub use changes::StateChanges;
 pub use error::{Result, StoreError};
 pub use memory::MemoryStateStore;
 pub use records::{
-    KeyRequest, PendingBundle, PendingEvent, ReceivedPreview, SentPreview, SessionEventRef,
-    StateOrigin, StateRecord, WithheldSession,
+    KeyRequest, PendingBundle, PendingEvent, ReceivedPreview, SentBundle, SentPreview,
+    SessionEventRef, StateOrigin, StateRecord, WithheldSession,
 };
 pub use sqlite::{DATABASE_FILE, SCHEMA_VERSION, SqliteStateStore, SqliteStoreConfig};
 pub use traits::StateStore;

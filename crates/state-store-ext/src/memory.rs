@@ -10,14 +10,14 @@ use crypto_ext::{
     RejectedState, StateSlot,
     state_sessions::{InboundStateSessionPickle, OutboundStateSessionPickle},
 };
-use ruma::{OwnedEventId, OwnedRoomId, OwnedUserId, RoomId};
+use ruma::{OwnedEventId, OwnedRoomId, OwnedUserId, RoomId, UserId};
 
 use crate::{
     Result, StateChanges, StateStore,
     changes::RoomSlot,
     records::{
-        KeyRequest, PendingBundle, PendingEvent, ReceivedPreview, SentPreview, SessionEventRef,
-        StateRecord, WithheldSession,
+        KeyRequest, PendingBundle, PendingEvent, ReceivedPreview, SentBundle, SentPreview,
+        SessionEventRef, StateRecord, WithheldSession,
     },
 };
 
@@ -37,6 +37,7 @@ struct Inner {
     withheld: BTreeMap<String, WithheldSession>,
     received_previews: BTreeMap<OwnedRoomId, ReceivedPreview>,
     sent_previews: BTreeMap<OwnedRoomId, SentPreview>,
+    sent_bundles: BTreeMap<(OwnedRoomId, OwnedUserId), SentBundle>,
 }
 
 /// A [`StateStore`] in memory: nothing survives the process.
@@ -139,6 +140,12 @@ impl StateStore for MemoryStateStore {
         }
         for room_id in changes.removed_previews {
             inner.received_previews.remove(&room_id);
+        }
+        for sent in changes.sent_bundles {
+            inner.sent_bundles.insert((sent.room_id.clone(), sent.invitee.clone()), sent);
+        }
+        for key in changes.removed_sent_bundles {
+            inner.sent_bundles.remove(&key);
         }
         for sent in changes.sent_previews {
             inner.sent_previews.insert(sent.room_id.clone(), sent);
@@ -277,6 +284,10 @@ impl StateStore for MemoryStateStore {
 
     async fn sent_preview(&self, room_id: &RoomId) -> Result<Option<SentPreview>> {
         Ok(self.read().sent_previews.get(room_id).cloned())
+    }
+
+    async fn sent_bundle(&self, room_id: &RoomId, invitee: &UserId) -> Result<Option<SentBundle>> {
+        Ok(self.read().sent_bundles.get(&(room_id.to_owned(), invitee.to_owned())).cloned())
     }
 }
 

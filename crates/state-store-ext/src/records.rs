@@ -268,3 +268,25 @@ pub struct SentPreview {
     /// The devices that were sent that version.
     pub devices: Vec<(OwnedUserId, OwnedDeviceId)>,
 }
+
+/// A room-key bundle we announced to an invitee, kept until their invite went through: a retry
+/// after a failure (the homeserver down, the answer to the invite lost) announces this same
+/// bundle again, never a second one with other content for the same invite.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SentBundle {
+    /// The room.
+    pub room_id: OwnedRoomId,
+    /// The invitee.
+    pub invitee: OwnedUserId,
+    /// The announcement's `file`: the uploaded bundle's encrypted-file description, its key
+    /// included.
+    pub file: serde_json::Value,
+    /// How many message sessions it holds.
+    pub message_keys: usize,
+    /// How many state sessions it holds.
+    pub state_keys: usize,
+    /// How many `withheld` entries it holds.
+    pub withheld_keys: usize,
+    /// When it was built.
+    pub built_at: MilliSecondsSinceUnixEpoch,
+}

@@ -7,13 +7,13 @@ use crypto_ext::{
     RejectedState, StateSlot,
     state_sessions::{InboundStateSessionPickle, OutboundStateSessionPickle},
 };
-use ruma::{OwnedRoomId, RoomId};
+use ruma::{OwnedRoomId, RoomId, UserId};
 
 use crate::{
     Result, StateChanges,
     records::{
-        KeyRequest, PendingBundle, PendingEvent, ReceivedPreview, SentPreview, SessionEventRef,
-        StateRecord, WithheldSession,
+        KeyRequest, PendingBundle, PendingEvent, ReceivedPreview, SentBundle, SentPreview,
+        SessionEventRef, StateRecord, WithheldSession,
     },
 };
 
@@ -95,4 +95,7 @@ pub trait StateStore: Debug + Send + Sync {
 
     /// What we pushed of a restricted room's preview.
     async fn sent_preview(&self, room_id: &RoomId) -> Result<Option<SentPreview>>;
+
+    /// The bundle announced to `invitee` for `room_id` whose invite has not gone through.
+    async fn sent_bundle(&self, room_id: &RoomId, invitee: &UserId) -> Result<Option<SentBundle>>;
 }

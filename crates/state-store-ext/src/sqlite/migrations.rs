@@ -10,6 +10,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/003_withheld_session.sql"),
     include_str!("migrations/004_restricted_previews.sql"),
     include_str!("migrations/005_room_positions.sql"),
+    include_str!("migrations/006_sent_bundles.sql"),
 ];
 
 /// The schema version this build writes.

@@ -14,7 +14,7 @@ use crypto_ext::{
     state_sessions::{InboundStateSessionPickle, OutboundStateSessionPickle},
 };
 use matrix_sdk_store_encryption::StoreCipher;
-use ruma::{OwnedRoomId, RoomId};
+use ruma::{OwnedRoomId, RoomId, UserId};
 use rusqlite::{Connection, OptionalExtension, Transaction, params};
 
 use self::codec::{Codec, exactly, starting_with};
@@ -22,8 +22,8 @@ pub use self::migrations::SCHEMA_VERSION;
 use crate::{
     Result, StateChanges, StateStore, StoreError,
     records::{
-        KeyRequest, PendingBundle, PendingEvent, ReceivedPreview, SentPreview, SessionEventRef,
-        StateRecord, WithheldSession,
+        KeyRequest, PendingBundle, PendingEvent, ReceivedPreview, SentBundle, SentPreview,
+        SessionEventRef, StateRecord, WithheldSession,
     },
 };
 
@@ -321,6 +321,16 @@ fn save(tx: &Transaction<'_>, codec: &Codec, changes: StateChanges) -> Result<()
         let parts = [sent.room_id.as_str()];
         tx.prepare_cached("INSERT OR REPLACE INTO sent_preview (room, value) VALUES (?1, ?2)")?
             .execute(params![codec.key("sent.room", &parts), codec.seal(&parts, &sent)?])?;
+    }
+    for sent in changes.sent_bundles {
+        let parts = [sent.room_id.as_str(), sent.invitee.as_str()];
+        tx.prepare_cached("INSERT OR REPLACE INTO sent_bundle (key, value) VALUES (?1, ?2)")?
+            .execute(params![codec.key("sent_bundle", &parts), codec.seal(&parts, &sent)?])?;
+    }
+    for (room_id, invitee) in changes.removed_sent_bundles {
+        let parts = [room_id.as_str(), invitee.as_str()];
+        tx.prepare_cached("DELETE FROM sent_bundle WHERE key = ?1")?
+            .execute(params![codec.key("sent_bundle", &parts)])?;
     }
     Ok(())
 }
@@ -629,6 +639,15 @@ impl StateStore for SqliteStateStore {
             .key("sent.room", &parts)
             .expect(&parts);
         let mut found: Vec<SentPreview> = self.lookup(lookup).await?;
+        Ok(found.pop())
+    }
+
+    async fn sent_bundle(&self, room_id: &RoomId, invitee: &UserId) -> Result<Option<SentBundle>> {
+        let parts = [room_id.as_str(), invitee.as_str()];
+        let lookup = Lookup::new("sent_bundle", "SELECT value FROM sent_bundle WHERE key = ?1")
+            .key("sent_bundle", &parts)
+            .expect(&parts);
+        let mut found: Vec<SentBundle> = self.lookup(lookup).await?;
         Ok(found.pop())
     }
 }

@@ -19,7 +19,7 @@ use matrix_sdk::{
     ruma::events::room::history_visibility::HistoryVisibility,
 };
 use ruma::{
-    OwnedRoomId, RoomId, UserId,
+    MilliSecondsSinceUnixEpoch, OwnedRoomId, RoomId, UserId,
     api::{
         client::{
             membership::invite_user::v3::{InvitationRecipient, InviteUserId, Request},
@@ -27,8 +27,9 @@ use ruma::{
         },
         error::ErrorKind,
     },
-    events::StateEventType,
+    events::{StateEventType, room::EncryptedFile},
 };
+use state_store_ext::{SentBundle, StateChanges};
 use tokio::sync::Mutex;
 use tracing::{info, instrument, warn};
 
@@ -148,62 +149,25 @@ impl History {
         ctx.require_cross_signing().await?;
 
         let room_id = room.room_id().to_owned();
-        let history_shared = matches!(
-            current_history_visibility(room).await?,
-            HistoryVisibility::Shared | HistoryVisibility::WorldReadable
-        );
-        let mut builder = BundleBuilder::new(&room_id, &ctx.own_device);
-        let mut shared_state_keys = 0;
-        let mut own_state_sessions = BTreeSet::new();
-        for pickle in ctx.store.outbound_sessions(&room_id).await? {
-            let mut session = OutboundStateSession::from_pickle(pickle);
-            own_state_sessions.insert(session.session_id());
-            if builder.add_state_session(&mut session) {
-                shared_state_keys += 1;
+        // A bundle announced for this invite before a failure is announced again as it was:
+        // the invitee may hold it already, and one invite has one bundle.
+        let sent = match ctx.store.sent_bundle(&room_id, user_id).await? {
+            Some(sent) => {
+                info!(%user_id, "announcing again the bundle of an invite that did not go through");
+                sent
             }
-        }
-        // One read of the room's sessions in the client's key store (from the shared crypto
-        // store, else one key export). Other members' state sessions go in at the index of
-        // their slot's current event, never from the first index the key store holds: the
-        // invitee reads the current values, not older ones. State sessions no slot holds now
-        // stay out; the rest are message sessions.
-        let (state_sessions, current_indices) = self.state_sessions(&room_id).await?;
-        let others: BTreeMap<String, u32> = current_indices
-            .into_iter()
-            .filter(|(session_id, _)| !own_state_sessions.contains(session_id))
-            .collect();
-        let exported = ctx.client_keys(&room_id, None, KeyRead::MayExport).await?;
-        for key in ctx.keys_at_index_with(&room_id, &others, Some(&exported)).await? {
-            if builder.add_state_key(key) {
-                shared_state_keys += 1;
+            None => {
+                let sent = self.upload_bundle(room, user_id).await?;
+                let changes =
+                    StateChanges { sent_bundles: vec![sent.clone()], ..Default::default() };
+                ctx.store.save_changes(changes).await?;
+                sent
             }
-        }
-        let mut shared_message_keys = 0;
-        for ClientKey { mut key, .. } in exported {
-            if state_sessions.contains(&key.session_id) {
-                continue;
-            }
-            if !history_shared {
-                key.shared_history = false;
-            }
-            if builder.add_message_session(key) {
-                shared_message_keys += 1;
-            }
-        }
-        // Notices of history the client was not given, passed on as matrix-sdk's bundle does.
-        for withheld in ctx.received_withheld(&room_id).await? {
-            builder.add_withheld(withheld);
-        }
-        let withheld_keys = builder.counts().1;
-        let bundle = builder.build();
-
-        let json = serde_json::to_vec(&bundle)?;
-        let file = client.upload_encrypted_file(&mut json.as_slice()).await?;
-        let bundle_url = file.url.clone();
-        let announcement = RoomKeyBundleAnnouncement {
-            room_id: room_id.clone(),
-            file: serde_json::to_value(&file)?,
         };
+        let file: EncryptedFile = serde_json::from_value(sent.file.clone())?;
+        let bundle_url = file.url;
+        let announcement =
+            RoomKeyBundleAnnouncement { room_id: room_id.clone(), file: sent.file.clone() };
 
         let devices = ctx.user_devices(user_id, Ask::Always).await?;
         let mut devices_skipped = Vec::new();
@@ -229,15 +193,25 @@ impl History {
             }
         }
         // The invite goes out once the bundle is announced, so an invitee who accepts at once
-        // has it (as matrix-sdk and matrix-js-sdk do). Should it fail, a retry shares a new
-        // bundle and invites again; the invitee imports only the bundles of the invite they
-        // accept.
+        // has it (as matrix-sdk and matrix-js-sdk do). Should it fail, the kept bundle is
+        // announced again by the retry; it is forgotten once the invite went through.
         client
             .send(Request::new(
                 room_id.clone(),
                 InvitationRecipient::UserId(InviteUserId::new(user_id.to_owned())),
             ))
             .await?;
+        let changes = StateChanges {
+            removed_sent_bundles: vec![(room_id.clone(), user_id.to_owned())],
+            ..Default::default()
+        };
+        ctx.store.save_changes(changes).await?;
+        let SentBundle {
+            message_keys: shared_message_keys,
+            state_keys: shared_state_keys,
+            withheld_keys,
+            ..
+        } = sent;
         info!(
             %user_id, shared_message_keys, shared_state_keys, withheld_keys,
             reached = devices_reached.len(), skipped = devices_skipped.len(),
@@ -254,6 +228,71 @@ impl History {
             devices_skipped,
         };
         Ok(Invited { report, recipients })
+    }
+
+    /// Builds the bundle of `room` for an invitee (see
+    /// [`crate::RoomHistoryExt::invite_with_history`]) and uploads it encrypted.
+    async fn upload_bundle(&self, room: &Room, invitee: &UserId) -> Result<SentBundle> {
+        let ctx = &self.ctx;
+        let room_id = room.room_id().to_owned();
+        let history_shared = matches!(
+            current_history_visibility(room).await?,
+            HistoryVisibility::Shared | HistoryVisibility::WorldReadable
+        );
+        let mut builder = BundleBuilder::new(&room_id, &ctx.own_device);
+        let mut state_keys = 0;
+        let mut own_state_sessions = BTreeSet::new();
+        for pickle in ctx.store.outbound_sessions(&room_id).await? {
+            let mut session = OutboundStateSession::from_pickle(pickle);
+            own_state_sessions.insert(session.session_id());
+            if builder.add_state_session(&mut session) {
+                state_keys += 1;
+            }
+        }
+        // One read of the room's sessions in the client's key store (from the shared crypto
+        // store, else one key export). Other members' state sessions go in at the index of
+        // their slot's current event, never from the first index the key store holds: the
+        // invitee reads the current values, not older ones. State sessions no slot holds now
+        // stay out; the rest are message sessions.
+        let (state_sessions, current_indices) = self.state_sessions(&room_id).await?;
+        let others: BTreeMap<String, u32> = current_indices
+            .into_iter()
+            .filter(|(session_id, _)| !own_state_sessions.contains(session_id))
+            .collect();
+        let exported = ctx.client_keys(&room_id, None, KeyRead::MayExport).await?;
+        for key in ctx.keys_at_index_with(&room_id, &others, Some(&exported)).await? {
+            if builder.add_state_key(key) {
+                state_keys += 1;
+            }
+        }
+        let mut message_keys = 0;
+        for ClientKey { mut key, .. } in exported {
+            if state_sessions.contains(&key.session_id) {
+                continue;
+            }
+            if !history_shared {
+                key.shared_history = false;
+            }
+            if builder.add_message_session(key) {
+                message_keys += 1;
+            }
+        }
+        // Notices of history the client was not given, passed on as matrix-sdk's bundle does.
+        for withheld in ctx.received_withheld(&room_id).await? {
+            builder.add_withheld(withheld);
+        }
+        let withheld_keys = builder.counts().1;
+        let json = serde_json::to_vec(&builder.build())?;
+        let file = ctx.client.upload_encrypted_file(&mut json.as_slice()).await?;
+        Ok(SentBundle {
+            room_id,
+            invitee: invitee.to_owned(),
+            file: serde_json::to_value(&file)?,
+            message_keys,
+            state_keys,
+            withheld_keys,
+            built_at: MilliSecondsSinceUnixEpoch::now(),
+        })
     }
 
     /// Where the key of a timeline event of `room` came from (see

@@ -190,7 +190,8 @@ impl History {
         }
         let kept = run.outcomes.iter().any(|o| matches!(o, BundleOutcome::Deferred { .. }));
         self.set_bundle_room(room_id, kept);
-        if let Some(delay) = self.schedule().record(room_id, kept, Instant::now()) {
+        let first = self.ctx.config.remote_limits.bundle_retry_delay;
+        if let Some(delay) = self.schedule().record(room_id, kept, Instant::now(), first) {
             debug!(?delay, "a bundle download is retried later");
         }
         Ok(run)

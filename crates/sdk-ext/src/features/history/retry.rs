@@ -9,14 +9,13 @@ use std::{
 
 use ruma::{OwnedRoomId, RoomId};
 
-/// The delay before the first retry of a room's deferred bundles.
-pub(super) const FIRST_RETRY: Duration = Duration::from_secs(30);
 /// The longest delay between two retries.
 pub(super) const MAX_RETRY: Duration = Duration::from_secs(60 * 60);
 
-/// The delay after `previous` (none: the first failure): doubled, at most [`MAX_RETRY`].
-pub(super) fn next_delay(previous: Option<Duration>) -> Duration {
-    previous.map_or(FIRST_RETRY, |d| d.saturating_mul(2)).min(MAX_RETRY)
+/// The delay after `previous` (none: the first failure, which waits `first`): doubled, at most
+/// [`MAX_RETRY`].
+pub(super) fn next_delay(previous: Option<Duration>, first: Duration) -> Duration {
+    previous.map_or(first, |d| d.saturating_mul(2)).min(MAX_RETRY)
 }
 
 /// The background imports: rooms in flight, and rooms waiting for their next retry.
@@ -45,18 +44,20 @@ impl Schedule {
     }
 
     /// Records an import of `room_id` at `now`: `deferred`, its next retry is scheduled after a
-    /// longer delay than the last; otherwise it has none. Returns the delay scheduled.
+    /// longer delay than the last (`first` after a first failure); otherwise it has none.
+    /// Returns the delay scheduled.
     pub(super) fn record(
         &mut self,
         room_id: &RoomId,
         deferred: bool,
         now: Instant,
+        first: Duration,
     ) -> Option<Duration> {
         if !deferred {
             self.retries.remove(room_id);
             return None;
         }
-        let delay = next_delay(self.retries.get(room_id).map(|(_, d)| *d));
+        let delay = next_delay(self.retries.get(room_id).map(|(_, d)| *d), first);
         self.retries.insert(room_id.to_owned(), (now + delay, delay));
         Some(delay)
     }
@@ -77,12 +78,14 @@ mod tests {
 
     use super::*;
 
+    const FIRST_RETRY: Duration = Duration::from_secs(30);
+
     #[test]
     fn the_delay_doubles_up_to_an_hour() {
         let mut delay = None;
         let mut seen = Vec::new();
         for _ in 0..10 {
-            let next = next_delay(delay);
+            let next = next_delay(delay, FIRST_RETRY);
             seen.push(next.as_secs());
             delay = Some(next);
         }
@@ -96,17 +99,25 @@ mod tests {
         let mut schedule = Schedule::default();
         assert!(schedule.start(room, now));
         assert!(!schedule.start(room, now), "one import of a room at a time");
-        assert_eq!(schedule.record(room, true, now), Some(FIRST_RETRY));
+        assert_eq!(schedule.record(room, true, now, FIRST_RETRY), Some(FIRST_RETRY));
         schedule.end(room);
         assert!(!schedule.start(room, now), "not before its retry is due");
         assert!(schedule.due(now).is_empty());
         let later = now + FIRST_RETRY;
         assert_eq!(schedule.due(later), vec![room.to_owned()]);
         assert!(schedule.start(room, later));
-        assert_eq!(schedule.record(room, true, later), Some(FIRST_RETRY * 2), "doubled");
+        assert_eq!(
+            schedule.record(room, true, later, FIRST_RETRY),
+            Some(FIRST_RETRY * 2),
+            "doubled"
+        );
         schedule.end(room);
         assert!(schedule.start(room, later + FIRST_RETRY * 2));
-        assert_eq!(schedule.record(room, false, later), None, "an import that went through");
+        assert_eq!(
+            schedule.record(room, false, later, FIRST_RETRY),
+            None,
+            "an import that went through"
+        );
         schedule.end(room);
         assert!(schedule.start(room, later), "no retry pending any more");
     }
