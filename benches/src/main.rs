@@ -6,7 +6,10 @@
 //! cannot rot); the numbers are then meaningless.
 
 mod fixtures;
+mod flood;
+mod memory;
 mod report;
+mod send;
 mod sync;
 mod workloads;
 
@@ -31,6 +34,10 @@ pub(crate) struct Plan {
     bundle_sizes: &'static [usize],
     /// Syncs per sync-overhead run.
     syncs: usize,
+    /// State events sent per send-latency round.
+    sends: usize,
+    /// Junk encrypted state events in the flood.
+    flood_events: usize,
 }
 
 const FULL: Plan = Plan {
@@ -40,6 +47,8 @@ const FULL: Plan = Plan {
     scaling_sizes: &[100, 1_000, 5_000, 20_000],
     bundle_sizes: &[1_000, 10_000],
     syncs: 50,
+    sends: 50,
+    flood_events: 10_000,
 };
 
 const QUICK: Plan = Plan {
@@ -49,6 +58,8 @@ const QUICK: Plan = Plan {
     scaling_sizes: &[5, 10],
     bundle_sizes: &[10],
     syncs: 2,
+    sends: 2,
+    flood_events: 20,
 };
 
 #[tokio::main]
@@ -56,29 +67,55 @@ async fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let quick = args.iter().any(|a| a == "--quick");
     let write = args.iter().any(|a| a == "--write");
+    // `--only GROUP[,GROUP..]`: join, bundle, send, sync, flood, scaling (all by default).
+    let only: Option<Vec<String>> = args
+        .iter()
+        .position(|a| a == "--only")
+        .and_then(|i| args.get(i + 1))
+        .map(|groups| groups.split(',').map(str::to_owned).collect());
+    let runs = |group: &str| only.as_ref().is_none_or(|groups| groups.iter().any(|g| g == group));
     let plan = if quick { QUICK } else { FULL };
 
     let mut report = Report::default();
-    for &n in plan.join_sizes {
-        let measured = workloads::join_to_readable(n, plan).await?;
-        report.push(measured);
+    if runs("join") {
+        for &n in plan.join_sizes {
+            report.push(workloads::join_to_readable(n, plan).await?);
+        }
     }
-    for &k in plan.bundle_sizes {
-        report.push(workloads::bundle_build(k, plan).await?);
-        report.push(workloads::bundle_import(k, plan).await?);
+    if runs("bundle") {
+        for &k in plan.bundle_sizes {
+            report.push(workloads::bundle_build(k, plan).await?);
+            let (import, memory) = workloads::bundle_import(k, plan).await?;
+            report.push(import);
+            report.push_memory(memory);
+        }
     }
-    let (wall, cpu) = sync::sync_overhead(plan.syncs, plan).await?;
-    report.push(wall);
-    report.push(cpu);
+    if runs("send") {
+        report.push(send::send_latency(plan.sends, plan).await?);
+    }
+    if runs("sync") {
+        let (wall, cpu) = sync::sync_overhead(plan.syncs, plan).await?;
+        report.push(wall);
+        report.push(cpu);
+    }
+    if runs("flood") {
+        let (flood, memory) = flood::flood(plan.flood_events, plan).await?;
+        report.push_flood(flood);
+        report.push_memory(memory);
+    }
     let mut scaling = Vec::new();
-    for &n in plan.scaling_sizes {
-        scaling.push((n, workloads::join_to_readable_ours(n, plan).await?));
+    if runs("scaling") {
+        for &n in plan.scaling_sizes {
+            scaling.push((n, workloads::join_to_readable_ours(n, plan).await?));
+        }
     }
     let table = report.markdown();
-    println!("{table}");
+    let sections = report.sections();
+    println!("{table}\n{sections}");
     println!("{}", report::scaling_markdown(&scaling));
     if write {
-        report::write_docs(&table, &scaling)?;
+        anyhow::ensure!(only.is_none(), "--write needs every workload (no --only)");
+        report::write_docs(&table, &sections, &scaling)?;
         println!("wrote docs/benchmarks.md and docs/benchmarks-scaling.svg");
     }
     Ok(())

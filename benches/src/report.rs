@@ -25,11 +25,11 @@ impl Measurement {
         }
     }
 
-    fn min(&self) -> Duration {
+    pub(crate) fn min(&self) -> Duration {
         self.sorted.first().copied().unwrap_or_default()
     }
 
-    fn max(&self) -> Duration {
+    pub(crate) fn max(&self) -> Duration {
         self.sorted.last().copied().unwrap_or_default()
     }
 }
@@ -46,10 +46,33 @@ pub(crate) struct Comparison {
     pub(crate) size: Option<(usize, usize)>,
 }
 
+/// The peak heap of one workload, ours against stock, against the size of its input.
+#[derive(Debug)]
+pub(crate) struct MemoryRow {
+    pub(crate) workload: String,
+    /// Median peak heap in bytes over the timed runs.
+    pub(crate) ours: usize,
+    pub(crate) stock: usize,
+    /// The input's size in bytes (the bundle file).
+    pub(crate) input: usize,
+}
+
+/// The median of `values` (0 when empty).
+pub(crate) fn median(mut values: Vec<usize>) -> usize {
+    values.sort_unstable();
+    match values.len() {
+        0 => 0,
+        n if n % 2 == 1 => values[n / 2],
+        n => (values[n / 2 - 1] + values[n / 2]) / 2,
+    }
+}
+
 /// Every comparison of a run.
 #[derive(Debug, Default)]
 pub(crate) struct Report {
     rows: Vec<Comparison>,
+    memory: Vec<MemoryRow>,
+    flood: Vec<crate::flood::FloodRow>,
 }
 
 fn ms(d: Duration) -> String {
@@ -63,6 +86,83 @@ fn ratio(a: Duration, b: Duration) -> String {
 impl Report {
     pub(crate) fn push(&mut self, comparison: Comparison) {
         self.rows.push(comparison);
+    }
+
+    pub(crate) fn push_memory(&mut self, row: MemoryRow) {
+        self.memory.push(row);
+    }
+
+    pub(crate) fn push_flood(&mut self, row: crate::flood::FloodRow) {
+        self.flood.push(row);
+    }
+
+    /// The memory and flood sections, each under its heading (empty when not run).
+    pub(crate) fn sections(&self) -> String {
+        let mut out = String::new();
+        if !self.memory.is_empty() {
+            let _ = write!(out, "## Peak heap\n\n{}\n", self.memory_markdown());
+        }
+        if !self.flood.is_empty() {
+            let _ = write!(out, "## Flood\n\n{}\n", self.flood_markdown());
+        }
+        out
+    }
+
+    /// The flood table: CPU per junk event, heap kept, time until the genuine rename shows.
+    fn flood_markdown(&self) -> String {
+        let mut out = String::from(
+            "| junk events | ours µs CPU per event (min-max) | stock µs CPU per event (min-max) | ours/stock | heap kept, ours / stock (MB) | genuine rename shown after, ours ms (min-max) |\n\
+             |---|---|---|---|---|---|\n",
+        );
+        let us = |d: Duration| format!("{:.1}", d.as_secs_f64() * 1e6);
+        for row in &self.flood {
+            let (o, s, t) =
+                (&row.ours_cpu_per_event, &row.stock_cpu_per_event, &row.time_to_genuine);
+            let _ = writeln!(
+                out,
+                "| {} | {} ({}-{}) | {} ({}-{}) | {} | {:.1} / {:.1} | {} ({}-{}) |",
+                row.events,
+                us(o.median()),
+                us(o.min()),
+                us(o.max()),
+                us(s.median()),
+                us(s.min()),
+                us(s.max()),
+                ratio(o.median(), s.median()),
+                row.ours_kept as f64 / 1e6,
+                row.stock_kept as f64 / 1e6,
+                ms(t.median()),
+                ms(t.min()),
+                ms(t.max()),
+            );
+        }
+        out
+    }
+
+    /// The memory table: peak heap in MB, ours/stock, and each against the input's size.
+    pub(crate) fn memory_markdown(&self) -> String {
+        let mut out = String::from(
+            "| workload | input MB | ours MB | stock MB | ours/stock | ours/input | stock/input |\n\
+             |---|---|---|---|---|---|---|\n",
+        );
+        let mb = |bytes: usize| format!("{:.1}", bytes as f64 / 1e6);
+        let per = |a: usize, b: usize| {
+            if b == 0 { "-".to_owned() } else { format!("{:.2}", a as f64 / b as f64) }
+        };
+        for row in &self.memory {
+            let _ = writeln!(
+                out,
+                "| {} | {} | {} | {} | {} | {} | {} |",
+                row.workload,
+                mb(row.input),
+                mb(row.ours),
+                mb(row.stock),
+                per(row.ours, row.stock),
+                per(row.ours, row.input),
+                per(row.stock, row.input),
+            );
+        }
+        out
     }
 
     /// The table: medians (min-max) in milliseconds, ours/stock, ours/primitives, sizes.
@@ -166,7 +266,11 @@ showed memory the allocator kept from earlier runs; it needs one process per run
 ";
 
 /// Writes `docs/benchmarks.md` (machine, versions, command, tables) and the plot.
-pub(crate) fn write_docs(table: &str, series: &[(usize, Measurement)]) -> Result<()> {
+pub(crate) fn write_docs(
+    table: &str,
+    sections: &str,
+    series: &[(usize, Measurement)],
+) -> Result<()> {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
@@ -205,7 +309,7 @@ pub(crate) fn write_docs(table: &str, series: &[(usize, Measurement)]) -> Result
          installed (ours) and without (stock); wall time until the extension has handled the \
          last batch, and the process's CPU time (10 ms resolution), since the extension works \
          on another core.\n\n\
-         {targets}## Scaling (ours)\n\n{scaling}\n![join-to-readable against N](benchmarks-scaling.svg)\n",
+         {sections}{targets}## Scaling (ours)\n\n{scaling}\n![join-to-readable against N](benchmarks-scaling.svg)\n",
         rustc = option_env!("RUSTC_VERSION").unwrap_or("1.95"),
         scaling = scaling_markdown(series),
         targets = TARGETS,

@@ -95,23 +95,35 @@ async fn client(dir: &std::path::Path) -> Result<(Client, MockServer)> {
         })
         .mount(&server)
         .await;
+    let client = logged_in_client(&server, &user_id, dir).await?;
+    Ok((client, server))
+}
+
+/// A client of `server` (on SQLite stores in `dir`) logged in as `user_id`, after one sync (not
+/// measured) that must bring one joined room. `server` answers `/sync` already; this adds the
+/// key upload and query every client makes, and an empty success for anything else.
+pub(crate) async fn logged_in_client(
+    server: &MockServer,
+    user_id: &OwnedUserId,
+    dir: &std::path::Path,
+) -> Result<Client> {
     Mock::given(method("POST"))
         .and(path("/_matrix/client/v3/keys/upload"))
         .respond_with(
             ResponseTemplate::new(200)
                 .set_body_json(json!({ "one_time_key_counts": { "signed_curve25519": 50 } })),
         )
-        .mount(&server)
+        .mount(server)
         .await;
     Mock::given(method("POST"))
         .and(path("/_matrix/client/v3/keys/query"))
         .respond_with(ResponseTemplate::new(200).set_body_json(json!({ "device_keys": {} })))
-        .mount(&server)
+        .mount(server)
         .await;
     // Anything else (filters, push rules, ...): an empty success.
     Mock::given(wiremock::matchers::any())
         .respond_with(ResponseTemplate::new(200).set_body_json(json!({})))
-        .mount(&server)
+        .mount(server)
         .await;
 
     let client = Client::builder()
@@ -122,19 +134,22 @@ async fn client(dir: &std::path::Path) -> Result<(Client, MockServer)> {
         .build()
         .await?;
     let session = MatrixSession {
-        meta: SessionMeta { user_id, device_id: device_id!("BENCHDEVICE").to_owned() },
+        meta: SessionMeta {
+            user_id: user_id.clone(),
+            device_id: device_id!("BENCHDEVICE").to_owned(),
+        },
         tokens: SessionTokens { access_token: "token".to_owned(), refresh_token: None },
     };
     client.matrix_auth().restore_session(session, RoomLoadSettings::default()).await?;
     // The first sync brings the room; not measured.
     client.sync_once(SyncSettings::default().timeout(Duration::ZERO)).await?;
     anyhow::ensure!(client.joined_rooms().len() == 1, "the mock sync did not produce the room");
-    Ok((client, server))
+    Ok(client)
 }
 
 /// The process's CPU time (user + system), from `/proc/self/stat`: our background task runs on
 /// another core, so wall time alone could hide its cost.
-fn cpu_time() -> Duration {
+pub(crate) fn cpu_time() -> Duration {
     let ticks = std::fs::read_to_string("/proc/self/stat")
         .ok()
         .and_then(|stat| {

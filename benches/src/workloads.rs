@@ -27,7 +27,8 @@ use vodozemac::megolm::{InboundGroupSession, MegolmMessage, SessionConfig};
 use crate::{
     Plan, alternate,
     fixtures::{self, Room},
-    report::{Comparison, Measurement},
+    memory::HeapMark,
+    report::{Comparison, Measurement, MemoryRow, median},
 };
 
 /// PBKDF2 rounds of the key file our receiver hands to `Encryption::import_room_keys`.
@@ -269,7 +270,7 @@ pub(crate) async fn bundle_build(k: usize, plan: Plan) -> Result<Comparison> {
 /// Bundle import of `k` sessions: ours (open under the cap, keys into our store and through a
 /// key file into the client's key store) against matrix-sdk-crypto's `receive_room_key_bundle`
 /// on the parsed bundle.
-pub(crate) async fn bundle_import(k: usize, plan: Plan) -> Result<Comparison> {
+pub(crate) async fn bundle_import(k: usize, plan: Plan) -> Result<(Comparison, MemoryRow)> {
     let room_id = fixtures::room_id();
     let alice = fixtures::alice();
     let mut builder = BundleBuilder::new(&room_id, &alice);
@@ -285,11 +286,14 @@ pub(crate) async fn bundle_import(k: usize, plan: Plan) -> Result<Comparison> {
     file["url"] = serde_json::json!("mxc://bench.example/bundle");
     let content: RoomKeyBundleContent =
         serde_json::from_value(serde_json::json!({ "room_id": room_id, "file": file }))?;
+    // The peak heap of each timed run (ours, stock).
+    let peaks = std::cell::RefCell::new((Vec::new(), Vec::new()));
 
     let ours = || async {
         let (machine, _dir) = fixtures::stock_machine("bob", Vec::new()).await?;
         let store_dir = tempfile::tempdir()?;
         let store = SqliteStateStore::open(store_dir.path(), Some("bench passphrase")).await?;
+        let heap = HeapMark::start();
         let start = Instant::now();
         let opened = bundle::open(&sealed.ciphertext, info()?, &room_id, BundleLimits::default())?;
         let keys: Vec<_> = opened.room_keys.into_iter().map(bundle::exported_room_key).collect();
@@ -308,7 +312,9 @@ pub(crate) async fn bundle_import(k: usize, plan: Plan) -> Result<Comparison> {
         let file = matrix_sdk_crypto::encrypt_room_key_export(&keys, &passphrase(), IMPORT_ROUNDS)?;
         let read = matrix_sdk_crypto::decrypt_room_key_export(file.as_bytes(), &passphrase())?;
         machine.store().import_exported_room_keys(read, |_, _| {}).await?;
-        Ok(start.elapsed())
+        let time = start.elapsed();
+        peaks.borrow_mut().0.push(heap.peak());
+        Ok(time)
     };
     let stock = || async {
         let (machine, _dir) = fixtures::stock_machine("bob", Vec::new()).await?;
@@ -322,6 +328,7 @@ pub(crate) async fn bundle_import(k: usize, plan: Plan) -> Result<Comparison> {
             ),
             bundle_data: content.clone(),
         };
+        let heap = HeapMark::start();
         let start = Instant::now();
         // Stock downloads the whole file and decrypts it, then parses and imports.
         let mut reader = sealed.ciphertext.as_slice();
@@ -330,14 +337,24 @@ pub(crate) async fn bundle_import(k: usize, plan: Plan) -> Result<Comparison> {
         decryptor.read_to_end(&mut plaintext)?;
         let parsed: RoomKeyBundle = serde_json::from_slice(&plaintext)?;
         machine.store().receive_room_key_bundle(&bundle_info, parsed, |_, _| {}).await?;
-        Ok(start.elapsed())
+        let time = start.elapsed();
+        peaks.borrow_mut().1.push(heap.peak());
+        Ok(time)
     };
     let (o, s) = alternate(plan, ours, stock).await?;
-    Ok(Comparison {
+    let (ours_peaks, stock_peaks) = peaks.into_inner();
+    let comparison = Comparison {
         workload: format!("bundle import, K = {k}"),
         ours: o,
         stock: s,
         primitives: None,
         size: Some((size, size)),
-    })
+    };
+    let memory = MemoryRow {
+        workload: format!("bundle import, K = {k}: peak heap"),
+        ours: median(ours_peaks),
+        stock: median(stock_peaks),
+        input: size,
+    };
+    Ok((comparison, memory))
 }
