@@ -308,10 +308,18 @@ pub(crate) async fn bundle_import(k: usize, plan: Plan) -> Result<(Comparison, M
                 .inbound_sessions
                 .push(InboundStateSession::import(&room_id, key, origin.clone())?.pickle());
         }
-        store.save_changes(changes).await?;
-        let file = matrix_sdk_crypto::encrypt_room_key_export(&keys, &passphrase(), IMPORT_ROUNDS)?;
-        let read = matrix_sdk_crypto::decrypt_room_key_export(file.as_bytes(), &passphrase())?;
-        machine.store().import_exported_room_keys(read, |_, _| {}).await?;
+        // Both key stores take the keys side by side, as the receiver does.
+        let ours = store.save_changes(changes);
+        let client = async {
+            let file =
+                matrix_sdk_crypto::encrypt_room_key_export(&keys, &passphrase(), IMPORT_ROUNDS)?;
+            let read = matrix_sdk_crypto::decrypt_room_key_export(file.as_bytes(), &passphrase())?;
+            machine.store().import_exported_room_keys(read, |_, _| {}).await?;
+            Ok::<_, anyhow::Error>(())
+        };
+        let (stored, imported) = tokio::join!(ours, client);
+        stored?;
+        imported?;
         let time = start.elapsed();
         peaks.borrow_mut().0.push(heap.peak());
         Ok(time)

@@ -1,6 +1,6 @@
 //! A process that accepts an invite with history and is killed (SIGKILL) in the middle of
-//! importing the inviter's bundle: after the bundle's keys are in the extension's store, before
-//! they reach the client's key store. The integration suite runs it, then checks that a new
+//! importing the inviter's bundle: as the client's key store is about to take the bundle's keys
+//! (the extension's store takes them at the same time, and may or may not have them). The integration suite runs it, then checks that a new
 //! process resumes the import.
 //!
 //! Environment: `MATRIX_HOMESERVER_URL`; `IMPORT_STORE_DIR`, `IMPORT_SESSION` (from
@@ -21,8 +21,9 @@ use tracing_subscriber::{
     util::SubscriberInitExt,
 };
 
-/// The receiver's log line between its two imports (`sdk_ext::features::history::receive`).
-const KILL_POINT: &str = "stored the bundle's keys in the state store";
+/// The receiver's log line as the client's key store is about to take the keys
+/// (`sdk_ext::features::history::receive`).
+const KILL_POINT: &str = "importing the bundle's keys into the client's key store";
 
 /// Kills the process when the receiver logs [`KILL_POINT`]. The thread that logged it (the one
 /// running the import) blocks until the signal lands, so the import goes no further.

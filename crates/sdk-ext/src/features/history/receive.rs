@@ -270,8 +270,8 @@ impl History {
             .map_err(BundleImportError::from)
     }
 
-    /// Stores the bundle's keys in our store (state decryption, attribution) and its withheld
-    /// notices, then in the client's key store, then forgets the announcement. Every step can
+    /// Stores the bundle's keys in our store (state decryption, attribution) with its withheld
+    /// notices, and in the client's key store, then forgets the announcement. Every step can
     /// run again without harm, so a crash anywhere leads to the whole import running again at
     /// the next start. Returns the import and the sessions it stored.
     async fn import(
@@ -304,13 +304,20 @@ impl History {
                 withheld_by: shared_by.clone(),
             });
         }
-        ctx.store_sessions(imported, changes).await?;
-        debug!(%room_id, keys = keys.len(), "stored the bundle's keys in the state store");
-
-        if !keys.is_empty() {
-            ctx.import_into_client(&keys).await?;
-        }
-        debug!(%room_id, "imported the bundle's keys into the client's key store");
+        // Our store and the client's key store take the keys side by side (each writes on a
+        // blocking thread of its own); the announcement is forgotten once both have them.
+        let into_client = async {
+            if keys.is_empty() {
+                return Ok(());
+            }
+            debug!(%room_id, keys = keys.len(), "importing the bundle's keys into the client's key store");
+            ctx.import_into_client(&keys).await
+        };
+        let (stored, imported_by_client) =
+            tokio::join!(ctx.store_sessions(imported, changes), into_client);
+        stored?;
+        imported_by_client?;
+        debug!(%room_id, keys = keys.len(), "stored the bundle's keys in both key stores");
         self.forget(announcement).await?;
 
         let imported = ImportedBundle {
