@@ -22,8 +22,8 @@ pub use room::{
     set_power_levels, shared_room,
 };
 pub use state::{
-    StateUser, alice_and_bob_with_encrypted_state, room_with_a_member_at_50, server_state,
-    state_config, stores_encrypted_state,
+    PRE_INVITE_MESSAGE, StateUser, alice_and_bob_with_encrypted_state, room_with_a_member_at_50,
+    room_with_an_admin, room_with_history, server_state, state_config, stores_encrypted_state,
 };
 pub use stock::{STOCK_CLIENT_ENV, StockClient};
 pub use sync::{DEFAULT_TIMEOUT, Syncing, keep_syncing, next_update, sync_until, wait_until};

@@ -131,3 +131,62 @@ pub async fn room_with_a_member_at_50() -> Result<(StateUser, StateUser, StateUs
     .await?;
     Ok((alice, bob, mallory, room))
 }
+
+/// The message [`room_with_history`] posts before anyone is invited.
+pub const PRE_INVITE_MESSAGE: &str = "said before Bob was invited";
+
+/// `alice`'s room with `visibility`, encrypted state whose name was set to each of `names` in
+/// turn, and one message ([`PRE_INVITE_MESSAGE`]), all before anyone is invited with history.
+pub async fn room_with_history(
+    alice: &StateUser,
+    visibility: &str,
+    names: &[&str],
+) -> Result<Room> {
+    let room = crate::shared_room(alice, &[]).await?;
+    room.send_state_event_raw(
+        "m.room.history_visibility",
+        "",
+        serde_json::json!({ "history_visibility": visibility }),
+    )
+    .await?;
+    room.enable_state_encryption().await?;
+    for name in names {
+        room.set_encrypted_name(name).await?;
+    }
+    room.send(matrix_sdk::ruma::events::room::message::RoomMessageEventContent::text_plain(
+        PRE_INVITE_MESSAGE,
+    ))
+    .await?;
+    Ok(room)
+}
+
+/// `alice`'s `joined`-visibility room with encrypted state named `names` in turn; `carol` is a
+/// second admin who has read the current name.
+pub async fn room_with_an_admin(
+    alice: &StateUser,
+    carol: &StateUser,
+    names: &[&str],
+) -> Result<Room> {
+    let room = crate::shared_room(alice, &[carol]).await?;
+    room.send_state_event_raw(
+        "m.room.history_visibility",
+        "",
+        serde_json::json!({ "history_visibility": "joined" }),
+    )
+    .await?;
+    crate::set_power_levels(&room, &[(carol.user_id(), 100)], &[]).await?;
+    room.enable_state_encryption().await?;
+    for name in names {
+        room.set_encrypted_name(name).await?;
+    }
+    let current = names.last().copied();
+    let carol_room = carol.room(room.room_id());
+    crate::sync_until(
+        &carol.client,
+        "Carol reads the current name",
+        crate::DEFAULT_TIMEOUT,
+        || async { carol_room.encrypted_name().await.ok().flatten().as_deref() == current },
+    )
+    .await?;
+    Ok(room)
+}

@@ -11,8 +11,8 @@ use std::{
 use anyhow::{Context, Result};
 use crypto_ext::{KeyOrigin, identifiers};
 use integration_tests::{
-    DEFAULT_TIMEOUT, FaultyServer, KillPoint, StateUser, join, keep_syncing, set_power_levels,
-    shared_room, sync_until, wait_until,
+    DEFAULT_TIMEOUT, FaultyServer, KillPoint, PRE_INVITE_MESSAGE, StateUser, join, keep_syncing,
+    room_with_an_admin, room_with_history, shared_room, sync_until, wait_until,
 };
 use matrix_sdk::{
     event_handler::RawEvent,
@@ -20,7 +20,6 @@ use matrix_sdk::{
     ruma::{RoomId, events::AnyToDeviceEvent},
 };
 use sdk_ext::{RoomHistoryExt, RoomStateExt};
-use serde_json::json;
 
 /// How long a test waits for its server to be killed by the request it armed.
 const KILL_TIMEOUT: Duration = Duration::from_secs(60);
@@ -79,20 +78,8 @@ async fn an_invite_with_history_cut_by_a_crash_is_completed_by_a_retry_with_the_
     let server = FaultyServer::start("faults-invite").await?;
     let alice = StateUser::register_on(server.url(), "alice", |_| {}).await?;
     let bob = StateUser::register_on(server.url(), "bob", |_| {}).await?;
-    let room = shared_room(&alice, &[]).await?;
+    let room = room_with_history(&alice, "shared", &["Named before the crash"]).await?;
     let room_id = room.room_id().to_owned();
-    room.send_state_event_raw(
-        "m.room.history_visibility",
-        "",
-        json!({ "history_visibility": "shared" }),
-    )
-    .await?;
-    room.enable_state_encryption().await?;
-    room.set_encrypted_name("Named before the crash").await?;
-    room.send(matrix_sdk::ruma::events::room::message::RoomMessageEventContent::text_plain(
-        "said before Bob was invited",
-    ))
-    .await?;
     let announcements = record_announcements(&bob);
 
     // Synapse records the invite and dies before Alice hears of it.
@@ -114,7 +101,7 @@ async fn an_invite_with_history_cut_by_a_crash_is_completed_by_a_retry_with_the_
     })
     .await?;
     assert!(
-        reads_message(&bob_room, "said before Bob was invited").await,
+        reads_message(&bob_room, PRE_INVITE_MESSAGE).await,
         "Bob reads the message from before his invite"
     );
 
@@ -194,23 +181,8 @@ async fn a_key_request_and_its_answer_cut_by_crashes_still_bring_the_key() -> Re
         config.key_requests.escalation_delay = Duration::from_secs(1);
     })
     .await?;
-    let room = shared_room(&alice, &[&carol]).await?;
+    let room = room_with_an_admin(&alice, &carol, &["Asked for across crashes"]).await?;
     let room_id = room.room_id().to_owned();
-    room.send_state_event_raw(
-        "m.room.history_visibility",
-        "",
-        json!({ "history_visibility": "joined" }),
-    )
-    .await?;
-    set_power_levels(&room, &[(carol.user_id(), 100)], &[]).await?;
-    room.enable_state_encryption().await?;
-    room.set_encrypted_name("Asked for across crashes").await?;
-    let carol_room = carol.room(&room_id);
-    sync_until(&carol.client, "Carol reads the name", DEFAULT_TIMEOUT, || async {
-        carol_room.encrypted_name().await.ok().flatten().as_deref()
-            == Some("Asked for across crashes")
-    })
-    .await?;
 
     // A plain invite: Bob must ask. Alice goes offline; Carol's client answers.
     room.invite_user_by_id(bob.user_id()).await?;
@@ -250,21 +222,9 @@ async fn a_bundle_download_cut_by_a_crash_is_fetched_again_after_the_restart() -
         config.remote_limits.bundle_retry_delay = Duration::from_secs(1);
     })
     .await?;
-    let room = shared_room(&alice, &[]).await?;
-    let room_id = room.room_id().to_owned();
-    room.send_state_event_raw(
-        "m.room.history_visibility",
-        "",
-        json!({ "history_visibility": "shared" }),
-    )
-    .await?;
-    room.enable_state_encryption().await?;
-    room.set_encrypted_name("Fetched across a crash").await?;
     // The message's key travels only in the bundle (the name's also with the invite).
-    room.send(matrix_sdk::ruma::events::room::message::RoomMessageEventContent::text_plain(
-        "said before Bob was invited",
-    ))
-    .await?;
+    let room = room_with_history(&alice, "shared", &["Fetched across a crash"]).await?;
+    let room_id = room.room_id().to_owned();
     room.invite_with_history(bob.user_id()).await?;
 
     // The download of the bundle, which starts once Bob's client sees his join, dies with the
@@ -277,7 +237,7 @@ async fn a_bundle_download_cut_by_a_crash_is_fetched_again_after_the_restart() -
 
     let bob_room = bob.room(&room_id);
     wait_until("Bob reads the message from the bundle", RECOVERY_TIMEOUT, || async {
-        reads_message(&bob_room, "said before Bob was invited").await
+        reads_message(&bob_room, PRE_INVITE_MESSAGE).await
     })
     .await?;
     assert_eq!(

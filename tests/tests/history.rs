@@ -17,21 +17,7 @@ use serde_json::json;
 /// Alice's room with `visibility`, encrypted state whose name was set twice, and one message,
 /// all before Bob is invited with history.
 async fn room_with_history(alice: &StateUser, visibility: &str) -> Result<matrix_sdk::Room> {
-    let room = shared_room(alice, &[]).await?;
-    room.send_state_event_raw(
-        "m.room.history_visibility",
-        "",
-        json!({ "history_visibility": visibility }),
-    )
-    .await?;
-    room.enable_state_encryption().await?;
-    room.set_encrypted_name("Older name").await?;
-    room.set_encrypted_name("Current name").await?;
-    room.send(matrix_sdk::ruma::events::room::message::RoomMessageEventContent::text_plain(
-        "said before Bob was invited",
-    ))
-    .await?;
-    Ok(room)
+    integration_tests::room_with_history(alice, visibility, &["Older name", "Current name"]).await
 }
 
 async fn first_message(
@@ -96,7 +82,7 @@ async fn an_invitee_reads_shared_history_and_the_current_state_shared_by_the_inv
         Some(KeyOrigin::Bundle { shared_by: alice.user_id().to_owned() })
     );
     let body: serde_json::Value = message.raw().get_field("content")?.expect("content");
-    assert_eq!(body["body"], "said before Bob was invited");
+    assert_eq!(body["body"], integration_tests::PRE_INVITE_MESSAGE);
     Ok(())
 }
 

@@ -6,8 +6,8 @@ use std::time::Duration;
 use anyhow::Result;
 use crypto_ext::{InboundStateSession, KeyOrigin, OutboundStateSession, StateSlot};
 use integration_tests::{
-    DEFAULT_TIMEOUT, StateUser, join, keep_syncing, next_update, restricted_room, set_power_levels,
-    shared_room, sync_until, wait_until,
+    DEFAULT_TIMEOUT, StateUser, join, keep_syncing, next_update, restricted_room,
+    room_with_an_admin, shared_room, sync_until, wait_until,
 };
 use matrix_sdk::{
     Room,
@@ -28,30 +28,6 @@ async fn impatient(prefix: &str) -> Result<StateUser> {
         config.key_requests.escalation_delay = Duration::from_secs(1);
     })
     .await
-}
-
-/// Alice's `joined`-visibility room with encrypted state named `names` in turn; Carol is a
-/// second admin who has read the current name.
-async fn room_with_an_admin(alice: &StateUser, carol: &StateUser, names: &[&str]) -> Result<Room> {
-    let room = shared_room(alice, &[carol]).await?;
-    room.send_state_event_raw(
-        "m.room.history_visibility",
-        "",
-        json!({ "history_visibility": "joined" }),
-    )
-    .await?;
-    set_power_levels(&room, &[(carol.user_id(), 100)], &[]).await?;
-    room.enable_state_encryption().await?;
-    for name in names {
-        room.set_encrypted_name(name).await?;
-    }
-    let current = names.last().copied();
-    let carol_room = carol.room(room.room_id());
-    sync_until(&carol.client, "Carol reads the current name", DEFAULT_TIMEOUT, || async {
-        carol_room.encrypted_name().await.ok().flatten().as_deref() == current
-    })
-    .await?;
-    Ok(room)
 }
 
 /// The session of the room's current encrypted name, as the homeserver has it.

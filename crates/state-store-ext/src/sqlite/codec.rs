@@ -14,6 +14,10 @@ use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
 use crate::{Result, StoreError};
 
+/// The first byte of an encrypted value in the base64 form (a MessagePack map, as the binary
+/// form of earlier values is, never starts with it).
+const BASE64_FORM: u8 = 0x01;
+
 pub(crate) struct Codec {
     cipher: Option<StoreCipher>,
 }
@@ -63,9 +67,14 @@ impl Codec {
         let sealed = SealRef { k: parts, v: value };
         Ok(match &self.cipher {
             Some(cipher) => {
-                let encrypted = cipher.encrypt_value_data(serde_json::to_vec(&sealed)?)?;
-                rmp_serde::to_vec_named(&encrypted)
-                    .map_err(|e| StoreError::Encoding(e.to_string()))?
+                // The base64 form: MessagePack writes its strings as one run of bytes, where
+                // the binary form's `Vec<u8>` fields go out as one integer per byte (most of the
+                // codec's time on large values).
+                let encrypted = cipher.encrypt_value_base64_data(serde_json::to_vec(&sealed)?)?;
+                let mut bytes = vec![BASE64_FORM];
+                rmp_serde::encode::write_named(&mut bytes, &encrypted)
+                    .map_err(|e| StoreError::Encoding(e.to_string()))?;
+                bytes
             }
             None => serde_json::to_vec(&sealed)?,
         })
@@ -80,6 +89,15 @@ impl Codec {
     ) -> Result<T> {
         let sealed: Sealed<T> = match &self.cipher {
             Some(cipher) if bytes.first() == Some(&b'{') => cipher.decrypt_value(bytes)?,
+            Some(cipher) if bytes.first() == Some(&BASE64_FORM) => {
+                let encrypted =
+                    rmp_serde::from_slice(&bytes[1..]).map_err(|e| StoreError::Corrupted {
+                        table,
+                        detail: format!("unreadable encrypted value: {e}"),
+                    })?;
+                serde_json::from_slice(&cipher.decrypt_value_base64_data(encrypted)?)?
+            }
+            // Values written before the base64 form: MessagePack of the binary form.
             Some(cipher) => {
                 let encrypted =
                     rmp_serde::from_slice(bytes).map_err(|e| StoreError::Corrupted {
@@ -115,13 +133,24 @@ mod tests {
     use super::*;
 
     #[test]
-    fn values_round_trip_in_messagepack_and_earlier_json_values_still_open() {
+    fn values_round_trip_in_the_base64_form_and_earlier_forms_still_open() {
         let codec = Codec::new(Some(StoreCipher::new().unwrap()));
         let parts = ["!room:example.org", "m.room.name"];
         let sealed = codec.seal(&parts, &"Room name").unwrap();
-        assert_ne!(sealed.first(), Some(&b'{'), "MessagePack, not JSON");
+        assert_eq!(sealed.first(), Some(&BASE64_FORM), "the base64 form, in MessagePack");
         let value: String = codec.open("t", &sealed, exactly(&parts)).unwrap();
         assert_eq!(value, "Room name");
+        // The ciphertext is one MessagePack string, not one integer per byte.
+        let big = "x".repeat(4096);
+        let sealed_big = codec.seal(&parts, &big).unwrap();
+        assert!(sealed_big.len() < big.len() * 3 / 2, "{} bytes", sealed_big.len());
+
+        // A value written by the previous version: MessagePack of the binary form.
+        let cipher = codec.cipher.as_ref().unwrap();
+        let json = serde_json::to_vec(&SealRef { k: &parts, v: &"Binary form" }).unwrap();
+        let binary = rmp_serde::to_vec_named(&cipher.encrypt_value_data(json).unwrap()).unwrap();
+        let value: String = codec.open("t", &binary, exactly(&parts)).unwrap();
+        assert_eq!(value, "Binary form");
 
         // A value written by an earlier version: `StoreCipher::encrypt_value`'s JSON form.
         let cipher = codec.cipher.as_ref().unwrap();
