@@ -284,15 +284,24 @@ impl Context {
 
     /// Hands keys to the client's key store through matrix-sdk's public key import: an
     /// encrypted key file in a private temporary directory, deleted right after.
-    pub(crate) async fn import_into_client(&self, keys: &[ExportedRoomKey]) -> Result<()> {
+    pub(crate) async fn import_into_client(&self, keys: Vec<ExportedRoomKey>) -> Result<()> {
         let passphrase = random_passphrase();
-        let export =
-            matrix_sdk_crypto::encrypt_room_key_export(keys, &passphrase, IMPORT_FILE_ROUNDS)?;
         let dir = tempfile::tempdir().map_err(StoreError::from)?;
         let path = dir.path().join("bundle-keys.txt");
-        let mut file = std::fs::File::create(&path).map_err(StoreError::from)?;
-        file.write_all(export.as_bytes()).map_err(StoreError::from)?;
-        drop(file);
+        // JSON, AES and HMAC over megabytes, and the file's write: off the async workers.
+        let (file_path, file_passphrase) = (path.clone(), passphrase.clone());
+        tokio::task::spawn_blocking(move || -> Result<()> {
+            let export = matrix_sdk_crypto::encrypt_room_key_export(
+                &keys,
+                &file_passphrase,
+                IMPORT_FILE_ROUNDS,
+            )?;
+            let mut file = std::fs::File::create(&file_path).map_err(StoreError::from)?;
+            file.write_all(export.as_bytes()).map_err(StoreError::from)?;
+            Ok(())
+        })
+        .await
+        .map_err(StoreError::from)??;
         let result = self.client.encryption().import_room_keys(path, &passphrase).await?;
         debug!(imported = result.imported_count, total = result.total_count, "key import");
         Ok(())

@@ -304,6 +304,7 @@ impl History {
                 withheld_by: shared_by.clone(),
             });
         }
+        let session_ids: Vec<String> = keys.iter().map(|k| k.session_id.clone()).collect();
         // Our store and the client's key store take the keys side by side (each writes on a
         // blocking thread of its own); the announcement is forgotten once both have them.
         let into_client = async {
@@ -311,24 +312,24 @@ impl History {
                 return Ok(());
             }
             debug!(%room_id, keys = keys.len(), "importing the bundle's keys into the client's key store");
-            ctx.import_into_client(&keys).await
+            ctx.import_into_client(keys).await
         };
         let (stored, imported_by_client) =
             tokio::join!(ctx.store_sessions(imported, changes), into_client);
         stored?;
         imported_by_client?;
-        debug!(%room_id, keys = keys.len(), "stored the bundle's keys in both key stores");
+        debug!(%room_id, keys = session_ids.len(), "stored the bundle's keys in both key stores");
         self.forget(announcement).await?;
 
         let imported = ImportedBundle {
             room_id: room_id.clone(),
             shared_by,
-            keys: keys.len(),
+            keys: session_ids.len(),
             withheld: opened.withheld.len(),
             foreign_entries: opened.foreign_entries,
             conflicting_sessions: opened.conflicting_sessions.len(),
         };
         info!(?imported, "imported a room-key bundle");
-        Ok((imported, keys.into_iter().map(|k| k.session_id).collect()))
+        Ok((imported, session_ids))
     }
 }
