@@ -40,6 +40,16 @@ impl TestBackend {
             None => Box::new(crate::MemoryStateStore::new()),
         }
     }
+
+    /// `store` again from its files (a new process's view), or the same store when it lives in
+    /// memory only.
+    pub async fn reopen(&self, store: Box<dyn crate::StateStore>) -> Box<dyn crate::StateStore> {
+        if self.path().is_none() {
+            return store;
+        }
+        drop(store);
+        self.open().await
+    }
 }
 
 pub(crate) fn room(n: u8) -> OwnedRoomId {
@@ -513,13 +523,7 @@ macro_rules! state_store_integration_tests {
                         .await
                         .unwrap();
                 }
-                let store = match backend.path() {
-                    Some(_) => {
-                        drop(store);
-                        backend.open().await
-                    }
-                    None => store,
-                };
+                let store = backend.reopen(store).await;
                 let kept = store.received_preview(&restricted).await.unwrap().unwrap();
                 assert_eq!(kept.received_at, ts(2), "the newer preview replaces the older");
                 assert_eq!(kept.via, allowed);
@@ -563,13 +567,7 @@ macro_rules! state_store_integration_tests {
                         .await
                         .unwrap();
                 }
-                let store = match backend.path() {
-                    Some(_) => {
-                        drop(store);
-                        backend.open().await
-                    }
-                    None => store,
-                };
+                let store = backend.reopen(store).await;
                 assert_eq!(
                     store.sent_bundle(&r, bob).await.unwrap(),
                     Some(sent("mxc://example.org/second")),
