@@ -71,28 +71,26 @@ fn record_announcements(user: &StateUser) -> Arc<Mutex<Vec<String>>> {
     seen
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_invite_with_history_cut_by_a_crash_is_completed_by_a_retry_with_the_same_bundle()
--> Result<()> {
+/// Alice invites Bob with history; Synapse dies at `point` of her `/invite` request and comes
+/// back; her app calls again, and Bob joins and reads the history. Returns the file URLs of the
+/// bundle announcements Bob's client received, and the one the successful call reported.
+async fn invite_cut_by_a_crash(label: &str, point: KillPoint) -> Result<(Vec<String>, String)> {
     integration_tests::init_tracing("warn");
-    let server = FaultyServer::start("faults-invite").await?;
+    let server = FaultyServer::start(label).await?;
     let alice = StateUser::register_on(server.url(), "alice", |_| {}).await?;
     let bob = StateUser::register_on(server.url(), "bob", |_| {}).await?;
     let room = room_with_history(&alice, "shared", &["Named before the crash"]).await?;
     let room_id = room.room_id().to_owned();
     let announcements = record_announcements(&bob);
 
-    // Synapse records the invite and dies before Alice hears of it.
-    let kill = server.kill_on(&["/invite HTTP/1.1", &token(&alice)], KillPoint::BeforeAnswer);
+    let kill = server.kill_on(&["/invite HTTP/1.1", &token(&alice)], point);
     let cut = room.invite_with_history(bob.user_id()).await;
     assert!(cut.is_err(), "the invite's answer never came: {cut:?}");
     killed(kill, "Alice's invite").await?;
     server.restart().await?;
 
-    // Alice's app tries again: the invite stands, the bundle is the one already announced.
     let report = room.invite_with_history(bob.user_id()).await?;
     assert_eq!(report.shared_state_keys, 1, "{report:?}");
-    let bundle_url = report.bundle_url.to_string();
 
     join(&bob, &room_id).await?;
     let bob_room = bob.room(&room_id);
@@ -104,13 +102,34 @@ async fn an_invite_with_history_cut_by_a_crash_is_completed_by_a_retry_with_the_
         reads_message(&bob_room, PRE_INVITE_MESSAGE).await,
         "Bob reads the message from before his invite"
     );
-
     let seen = announcements.lock().unwrap().clone();
+    Ok((seen, report.bundle_url.to_string()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_invite_with_history_cut_by_a_crash_is_completed_by_a_retry_with_the_same_bundle()
+-> Result<()> {
+    // Synapse records the invite and dies before Alice hears of it: the invite stands, and the
+    // retry announces the bundle already announced.
+    let (seen, bundle_url) =
+        invite_cut_by_a_crash("faults-invite-answer", KillPoint::BeforeAnswer).await?;
     assert!(!seen.is_empty(), "Bob's client received the announcement");
     assert!(
         seen.iter().all(|url| *url == bundle_url),
         "every announcement names the one bundle of this invite: {seen:?}, kept {bundle_url}"
     );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_invite_that_never_reached_the_server_is_retried_with_a_new_bundle() -> Result<()> {
+    // Synapse dies before it sees the invite: no invite holds the first bundle, and the retry
+    // shares a new one, which Bob's client takes in its place.
+    let (seen, bundle_url) =
+        invite_cut_by_a_crash("faults-invite-lost", KillPoint::BeforeRequest).await?;
+    assert_eq!(seen.len(), 2, "one announcement per call: {seen:?}");
+    assert_ne!(seen[0], seen[1], "the retry's bundle is a new one");
+    assert_eq!(seen[1], bundle_url, "the bundle of the invite that went through");
     Ok(())
 }
 

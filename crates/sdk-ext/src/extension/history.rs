@@ -19,9 +19,10 @@ pub trait RoomHistoryExt {
     /// The bundle is uploaded and announced first, then the invite is sent (as matrix-sdk and
     /// matrix-js-sdk do), so an invitee who accepts at once already has it. The bundle is kept
     /// in our store until the invite goes through: if this call fails after the announcement
-    /// (the homeserver down, the answer to the invite lost), calling it again announces the
-    /// same bundle again and invites again, so one invite never has two bundles with different
-    /// content. The invite is a plain
+    /// and the invite did go through (its answer lost), calling it again announces the same
+    /// bundle again, so one invite never has two bundles with different content; if the invite
+    /// never reached the homeserver, calling again shares a new bundle, which replaces the
+    /// first on the invitee's side. The invite is a plain
     /// `/invite` request, so matrix-sdk's own share-on-invite does not send a second, different
     /// bundle for the same invite. Invitees running matrix-sdk 0.18 (stock or with this crate)
     /// import the bundle when they accept the invite.

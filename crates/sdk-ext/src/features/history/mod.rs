@@ -149,11 +149,16 @@ impl History {
         ctx.require_cross_signing().await?;
 
         let room_id = room.room_id().to_owned();
-        // A bundle announced for this invite before a failure is announced again as it was:
-        // the invitee may hold it already, and one invite has one bundle.
-        let sent = match ctx.store.sent_bundle(&room_id, user_id).await? {
+        // A bundle announced before a failure belongs to the invite if the invite went through
+        // (its answer lost): it is announced again as it was, since one invite has one bundle.
+        // Otherwise no invite holds it yet, and a new one (with the history since) replaces it.
+        let kept = match ctx.store.sent_bundle(&room_id, user_id).await? {
+            Some(sent) if is_invited(room, user_id).await? => Some(sent),
+            _ => None,
+        };
+        let sent = match kept {
             Some(sent) => {
-                info!(%user_id, "announcing again the bundle of an invite that did not go through");
+                info!(%user_id, "announcing again the bundle of an invite whose answer was lost");
                 sent
             }
             None => {
@@ -339,6 +344,26 @@ fn megolm_session_id(event: &TimelineEvent) -> Option<String> {
     }
     let content: serde_json::Value = event.raw().get_field("content").ok()??;
     content.get("session_id")?.as_str().map(str::to_owned)
+}
+
+/// Whether the homeserver has `user_id` invited to `room` now (the local copy may be a sync
+/// behind, or miss an invite whose answer never came).
+async fn is_invited(room: &Room, user_id: &UserId) -> Result<bool> {
+    let request = get_state_event_for_key::v3::Request::new(
+        room.room_id().to_owned(),
+        StateEventType::RoomMember,
+        user_id.to_string(),
+    );
+    match room.client().send(request).await {
+        Ok(response) => {
+            let value: serde_json::Value =
+                serde_json::from_str(response.event_or_content.get()).unwrap_or_default();
+            let content = value.get("content").unwrap_or(&value);
+            Ok(content.get("membership").and_then(|m| m.as_str()) == Some("invite"))
+        }
+        Err(error) if error.client_api_error_kind() == Some(&ErrorKind::NotFound) => Ok(false),
+        Err(error) => Err(error.into()),
+    }
 }
 
 /// The room's history visibility as the homeserver has it now: the local copy may be a sync
