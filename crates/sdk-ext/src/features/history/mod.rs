@@ -198,8 +198,9 @@ impl History {
             }
         }
         // The invite goes out once the bundle is announced, so an invitee who accepts at once
-        // has it (as matrix-sdk and matrix-js-sdk do). Should it fail, the kept bundle is
-        // announced again by the retry; it is forgotten once the invite went through.
+        // has it (as matrix-sdk and matrix-js-sdk do). Should its answer be lost, the retry
+        // finds the invitee invited and announces the kept bundle again; it is forgotten once
+        // the invite went through.
         client
             .send(Request::new(
                 room_id.clone(),
@@ -349,30 +350,34 @@ fn megolm_session_id(event: &TimelineEvent) -> Option<String> {
 /// Whether the homeserver has `user_id` invited to `room` now (the local copy may be a sync
 /// behind, or miss an invite whose answer never came).
 async fn is_invited(room: &Room, user_id: &UserId) -> Result<bool> {
-    let request = get_state_event_for_key::v3::Request::new(
-        room.room_id().to_owned(),
-        StateEventType::RoomMember,
-        user_id.to_string(),
-    );
-    match room.client().send(request).await {
-        Ok(response) => {
-            let value: serde_json::Value =
-                serde_json::from_str(response.event_or_content.get()).unwrap_or_default();
-            let content = value.get("content").unwrap_or(&value);
-            Ok(content.get("membership").and_then(|m| m.as_str()) == Some("invite"))
-        }
-        Err(error) if error.client_api_error_kind() == Some(&ErrorKind::NotFound) => Ok(false),
-        Err(error) => Err(error.into()),
-    }
+    let membership =
+        current_state_field(room, StateEventType::RoomMember, user_id.as_str(), "membership")
+            .await?;
+    Ok(membership.as_deref() == Some("invite"))
 }
 
 /// The room's history visibility as the homeserver has it now: the local copy may be a sync
 /// behind, and sharing keys on a stale `shared` after a switch to `joined` would leak history.
 async fn current_history_visibility(room: &Room) -> Result<HistoryVisibility> {
+    let visibility =
+        current_state_field(room, StateEventType::RoomHistoryVisibility, "", "history_visibility")
+            .await?;
+    // No history visibility event: the spec's default.
+    Ok(visibility.map_or(HistoryVisibility::Shared, |v| HistoryVisibility::from(v.as_str())))
+}
+
+/// The string `field` of the content of `room`'s current `event_type` / `state_key` state event,
+/// as the homeserver has it now; `None` without such an event or field.
+async fn current_state_field(
+    room: &Room,
+    event_type: StateEventType,
+    state_key: &str,
+    field: &str,
+) -> Result<Option<String>> {
     let request = get_state_event_for_key::v3::Request::new(
         room.room_id().to_owned(),
-        StateEventType::RoomHistoryVisibility,
-        String::new(),
+        event_type,
+        state_key.to_owned(),
     );
     match room.client().send(request).await {
         Ok(response) => {
@@ -380,16 +385,9 @@ async fn current_history_visibility(room: &Room) -> Result<HistoryVisibility> {
                 serde_json::from_str(response.event_or_content.get()).unwrap_or_default();
             // The server answers with the content, or the whole event if asked to.
             let content = value.get("content").unwrap_or(&value);
-            let content: Option<String> =
-                content.get("history_visibility").and_then(|h| h.as_str()).map(str::to_owned);
-            Ok(content
-                .map(|v| HistoryVisibility::from(v.as_str()))
-                .unwrap_or(HistoryVisibility::Shared))
+            Ok(content.get(field).and_then(|v| v.as_str()).map(str::to_owned))
         }
-        // No history visibility event: the spec's default.
-        Err(error) if error.client_api_error_kind() == Some(&ErrorKind::NotFound) => {
-            Ok(HistoryVisibility::Shared)
-        }
+        Err(error) if error.client_api_error_kind() == Some(&ErrorKind::NotFound) => Ok(None),
         Err(error) => Err(error.into()),
     }
 }
