@@ -7,6 +7,7 @@
 
 mod fixtures;
 mod flood;
+mod instructions;
 mod memory;
 mod report;
 mod send;
@@ -17,7 +18,10 @@ use std::time::Duration;
 
 use anyhow::Result;
 
-use crate::report::{Measurement, Report};
+use crate::{
+    instructions::Side,
+    report::{Measurement, Report},
+};
 
 /// How a run is sized.
 #[derive(Clone, Copy, Debug)]
@@ -36,6 +40,9 @@ pub(crate) struct Plan {
     syncs: usize,
     /// State events sent per send-latency round.
     sends: usize,
+    /// How long the in-process homeserver takes to answer each send: zero (the floor, every
+    /// microsecond ours adds shows) and a homeserver's typical time to store an event.
+    send_server_delays: &'static [Duration],
     /// Junk encrypted state events in the flood.
     flood_events: usize,
 }
@@ -48,6 +55,7 @@ const FULL: Plan = Plan {
     bundle_sizes: &[1_000, 10_000],
     syncs: 50,
     sends: 50,
+    send_server_delays: &[Duration::ZERO, Duration::from_millis(10)],
     flood_events: 10_000,
 };
 
@@ -59,6 +67,7 @@ const QUICK: Plan = Plan {
     bundle_sizes: &[10],
     syncs: 2,
     sends: 2,
+    send_server_delays: &[Duration::ZERO, Duration::from_millis(1)],
     flood_events: 20,
 };
 
@@ -68,9 +77,13 @@ async fn main() -> Result<()> {
         tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
     }
     let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().is_some_and(|a| a == "--instructions-child") {
+        return instructions::child(&args[1..]).await;
+    }
     let quick = args.iter().any(|a| a == "--quick");
     let write = args.iter().any(|a| a == "--write");
-    // `--only GROUP[,GROUP..]`: join, bundle, send, sync, flood, scaling (all by default).
+    // `--only GROUP[,GROUP..]`: join, bundle, send, sync, flood, scaling, instructions (all by
+    // default).
     let only: Option<Vec<String>> = args
         .iter()
         .position(|a| a == "--only")
@@ -94,7 +107,9 @@ async fn main() -> Result<()> {
         }
     }
     if runs("send") {
-        report.push(send::send_latency(plan.sends, plan).await?);
+        for delay in plan.send_server_delays {
+            report.push(send::send_latency(plan.sends, *delay, plan).await?);
+        }
     }
     if runs("sync") {
         let (wall, cpu) = sync::sync_overhead(plan.syncs, plan).await?;
@@ -105,6 +120,11 @@ async fn main() -> Result<()> {
         let (flood, memory) = flood::flood(plan.flood_events, plan).await?;
         report.push_flood(flood);
         report.push_memory(memory);
+    }
+    if runs("instructions") {
+        for row in instructions::count(quick).await? {
+            report.push_instructions(row);
+        }
     }
     let mut scaling = Vec::new();
     if runs("scaling") {
@@ -125,7 +145,8 @@ async fn main() -> Result<()> {
 }
 
 /// Runs `ours` and `stock` alternately: `plan.warmup` untimed rounds, then
-/// `plan.repetitions` timed ones. Each closure builds its own fixture state (untimed) and
+/// `plan.repetitions` timed ones (only the side an instruction-counting child runs, if this is
+/// one). Each closure builds its own fixture state (untimed) and
 /// returns the time of the measured part.
 pub(crate) async fn alternate<O, S, FO, FS>(
     plan: Plan,
@@ -138,14 +159,23 @@ where
     FO: Future<Output = Result<Duration>>,
     FS: Future<Output = Result<Duration>>,
 {
+    let (run_ours, run_stock) = (instructions::runs(Side::Ours), instructions::runs(Side::Stock));
     for _ in 0..plan.warmup {
-        ours().await?;
-        stock().await?;
+        if run_ours {
+            ours().await?;
+        }
+        if run_stock {
+            stock().await?;
+        }
     }
     let (mut o, mut s) = (Vec::new(), Vec::new());
     for _ in 0..plan.repetitions {
-        o.push(ours().await?);
-        s.push(stock().await?);
+        if run_ours {
+            o.push(ours().await?);
+        }
+        if run_stock {
+            s.push(stock().await?);
+        }
     }
     Ok((Measurement::new(o), Measurement::new(s)))
 }

@@ -73,6 +73,7 @@ pub(crate) struct Report {
     rows: Vec<Comparison>,
     memory: Vec<MemoryRow>,
     flood: Vec<crate::flood::FloodRow>,
+    instructions: Vec<crate::instructions::InstructionRow>,
 }
 
 fn ms(d: Duration) -> String {
@@ -80,7 +81,12 @@ fn ms(d: Duration) -> String {
 }
 
 fn ratio(a: Duration, b: Duration) -> String {
-    if b.is_zero() { "-".to_owned() } else { format!("{:.2}", a.as_secs_f64() / b.as_secs_f64()) }
+    fraction(a.as_secs_f64(), b.as_secs_f64())
+}
+
+/// `a / b` with two decimals, or `-` when `b` is zero.
+fn fraction(a: f64, b: f64) -> String {
+    if b == 0.0 { "-".to_owned() } else { format!("{:.2}", a / b) }
 }
 
 impl Report {
@@ -96,7 +102,11 @@ impl Report {
         self.flood.push(row);
     }
 
-    /// The memory and flood sections, each under its heading (empty when not run).
+    pub(crate) fn push_instructions(&mut self, row: crate::instructions::InstructionRow) {
+        self.instructions.push(row);
+    }
+
+    /// The memory, flood and instruction sections, each under its heading (empty when not run).
     pub(crate) fn sections(&self) -> String {
         let mut out = String::new();
         if !self.memory.is_empty() {
@@ -104,6 +114,40 @@ impl Report {
         }
         if !self.flood.is_empty() {
             let _ = write!(out, "## Flood\n\n{}\n", self.flood_markdown());
+        }
+        if !self.instructions.is_empty() {
+            let _ = write!(
+                out,
+                "## Instructions (callgrind)\n\n\
+                 Each side in a process of its own under `valgrind --tool=callgrind`, run once: \
+                 the instructions of every thread through the timed part, less those of a run \
+                 that stops where the timed part starts. They do not change when the machine is \
+                 busy.\n\n{}\n",
+                self.instructions_markdown()
+            );
+        }
+        out
+    }
+
+    /// The instruction table: millions of instructions per side, ours/stock, ours/primitives.
+    fn instructions_markdown(&self) -> String {
+        let mut out = String::from(
+            "| workload | ours M instr. | stock M instr. | ours/stock | primitives M instr. | ours/primitives |\n\
+             |---|---|---|---|---|---|\n",
+        );
+        let millions = |n: u64| format!("{:.1}", n as f64 / 1e6);
+        let per = |a: u64, b: u64| fraction(a as f64, b as f64);
+        for row in &self.instructions {
+            let _ = writeln!(
+                out,
+                "| {} | {} | {} | {} | {} | {} |",
+                row.workload,
+                millions(row.ours),
+                millions(row.stock),
+                per(row.ours, row.stock),
+                row.primitives.map_or("-".to_owned(), millions),
+                row.primitives.map_or("-".to_owned(), |p| per(row.ours, p)),
+            );
         }
         out
     }
@@ -146,9 +190,7 @@ impl Report {
              |---|---|---|---|---|---|---|\n",
         );
         let mb = |bytes: usize| format!("{:.1}", bytes as f64 / 1e6);
-        let per = |a: usize, b: usize| {
-            if b == 0 { "-".to_owned() } else { format!("{:.2}", a as f64 / b as f64) }
-        };
+        let per = |a: usize, b: usize| fraction(a as f64, b as f64);
         for row in &self.memory {
             let _ = writeln!(
                 out,

@@ -5,7 +5,7 @@
 
 use std::{
     sync::atomic::{AtomicU64, Ordering},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use anyhow::Result;
@@ -17,7 +17,7 @@ use wiremock::{
     matchers::{method, path, path_regex},
 };
 
-use crate::{Plan, alternate, report::Comparison, sync::logged_in_client};
+use crate::{Plan, alternate, instructions, report::Comparison, sync::logged_in_client};
 
 /// The first sync: a room whose only member is the client's user, admin, with encrypted state.
 fn room_sync(room_id: &OwnedRoomId, user_id: &OwnedUserId) -> Value {
@@ -54,20 +54,30 @@ fn room_sync(room_id: &OwnedRoomId, user_id: &OwnedUserId) -> Value {
     })
 }
 
-/// Answers every PUT of an event with a new event id.
-struct EventIds(AtomicU64);
+/// Answers every PUT of an event with a new event id, after `delay` (the homeserver's own time
+/// to store the event; zero for the in-process floor).
+struct EventIds {
+    next: AtomicU64,
+    delay: Duration,
+}
 
 impl Respond for EventIds {
     fn respond(&self, _: &Request) -> ResponseTemplate {
-        let n = self.0.fetch_add(1, Ordering::Relaxed);
+        let n = self.next.fetch_add(1, Ordering::Relaxed);
         ResponseTemplate::new(200)
             .set_body_json(json!({ "event_id": format!("$sent{n}:bench.example") }))
+            .set_delay(self.delay)
     }
 }
 
 /// Per round, `sends` sends of a room name: ours encrypted through the extension, stock in clear
-/// with `send_state_event_raw`; the median of the rounds' mean latency per send.
-pub(crate) async fn send_latency(sends: usize, plan: Plan) -> Result<Comparison> {
+/// with `send_state_event_raw`; the median of the rounds' mean latency per send. The homeserver
+/// answers each PUT after `server_delay`.
+pub(crate) async fn send_latency(
+    sends: usize,
+    server_delay: Duration,
+    plan: Plan,
+) -> Result<Comparison> {
     let dir = tempfile::tempdir()?;
     let server = MockServer::start().await;
     let user_id: OwnedUserId = "@bench:bench.example".try_into()?;
@@ -80,7 +90,7 @@ pub(crate) async fn send_latency(sends: usize, plan: Plan) -> Result<Comparison>
         .await;
     Mock::given(method("PUT"))
         .and(path_regex(r"^/_matrix/client/v3/rooms/[^/]+/state/"))
-        .respond_with(EventIds(AtomicU64::new(0)))
+        .respond_with(EventIds { next: AtomicU64::new(0), delay: server_delay })
         .mount(&server)
         .await;
     Mock::given(method("GET"))
@@ -99,14 +109,14 @@ pub(crate) async fn send_latency(sends: usize, plan: Plan) -> Result<Comparison>
     let (ours, stock) = alternate(
         plan,
         || async {
-            let start = Instant::now();
+            let Some(start) = instructions::start() else { return Ok(Duration::ZERO) };
             for _ in 0..sends {
                 room.set_encrypted_state("m.room.name", "", json!({ "name": name() })).await?;
             }
             Ok(per_send(start.elapsed()))
         },
         || async {
-            let start = Instant::now();
+            let Some(start) = instructions::start() else { return Ok(Duration::ZERO) };
             for _ in 0..sends {
                 room.send_state_event_raw("m.room.name", "", json!({ "name": name() })).await?;
             }
@@ -115,7 +125,14 @@ pub(crate) async fn send_latency(sends: usize, plan: Plan) -> Result<Comparison>
     )
     .await?;
     Ok(Comparison {
-        workload: format!("send latency, one state event (mean of {sends})"),
+        workload: if server_delay.is_zero() {
+            format!("send latency, one state event (mean of {sends})")
+        } else {
+            format!(
+                "send latency, server answering in {} ms (mean of {sends})",
+                server_delay.as_millis()
+            )
+        },
         ours,
         stock,
         primitives: None,

@@ -1,10 +1,6 @@
 //! The workloads, each as ours against stock.
 
-use std::{
-    collections::BTreeMap,
-    io::Read,
-    time::{Duration, Instant},
-};
+use std::{collections::BTreeMap, io::Read, time::Duration};
 
 use anyhow::{Context, Result, ensure};
 use crypto_ext::{
@@ -27,6 +23,7 @@ use vodozemac::megolm::{InboundGroupSession, MegolmMessage, SessionConfig};
 use crate::{
     Plan, alternate,
     fixtures::{self, Room},
+    instructions::{self, Side},
     memory::HeapMark,
     report::{Comparison, Measurement, MemoryRow, median},
 };
@@ -43,8 +40,10 @@ pub(crate) async fn join_to_readable(n: usize, plan: Plan) -> Result<Comparison>
     let room = fixtures::room(n)?;
     let (ours, stock) = alternate(plan, || ours_join(&room), || stock_join(&room)).await?;
     let mut primitives = Vec::new();
-    for _ in 0..plan.repetitions {
-        primitives.push(primitives_join(&room)?);
+    if instructions::runs(Side::Primitives) {
+        for _ in 0..plan.repetitions {
+            primitives.push(primitives_join(&room)?);
+        }
     }
     Ok(Comparison {
         workload: format!("join-to-readable, N = {n}"),
@@ -83,7 +82,7 @@ async fn ours_join(room: &Room) -> Result<Duration> {
 
     // The steps of `sdk-ext`'s scan of a room: parse, one batch lookup of the sessions,
     // `decrypt_batch` (every core), validation with the facts of the one sender key, one save.
-    let start = Instant::now();
+    let Some(start) = instructions::start() else { return Ok(Duration::ZERO) };
     let mut by_session: BTreeMap<String, Vec<EncryptedStateEvent>> = BTreeMap::new();
     for raw in &room.events {
         let event = EncryptedStateEvent::from_raw(raw)?;
@@ -138,7 +137,7 @@ async fn stock_join(room: &Room) -> Result<Duration> {
     let (machine, _dir) = fixtures::stock_machine("bob", fixtures::copies(&room.keys)?).await?;
     let settings =
         DecryptionSettings { sender_device_trust_requirement: TrustRequirement::Untrusted };
-    let start = Instant::now();
+    let Some(start) = instructions::start() else { return Ok(Duration::ZERO) };
     let mut decrypted = 0;
     for raw in &room.events {
         let event: &Raw<OriginalSyncRoomEncryptedEvent> = raw.cast_ref_unchecked();
@@ -185,7 +184,7 @@ fn primitives_join(room: &Room) -> Result<Duration> {
         })
         .collect::<Result<_>>()?;
 
-    let start = Instant::now();
+    let Some(start) = instructions::start() else { return Ok(Duration::ZERO) };
     let mut plaintexts = Vec::with_capacity(messages.len());
     for (event_id, session_id, message) in &messages {
         let session = sessions.get_mut(session_id).context("session")?;
@@ -216,7 +215,7 @@ pub(crate) async fn bundle_build(k: usize, plan: Plan) -> Result<Comparison> {
         let machine = machine.clone();
         let (room_id, alice) = (room_id.clone(), alice.clone());
         async move {
-            let start = Instant::now();
+            let Some(start) = instructions::start() else { return Ok((Duration::ZERO, 0)) };
             let store = machine.store();
             let sessions = store.get_inbound_group_sessions_by_room_id(&room_id).await?;
             let mut builder = BundleBuilder::new(&room_id, &alice);
@@ -226,7 +225,10 @@ pub(crate) async fn bundle_build(k: usize, plan: Plan) -> Result<Comparison> {
             for withheld in store.get_withheld_sessions_by_room_id(&room_id).await? {
                 builder.add_withheld(withheld.content);
             }
-            let sealed = bundle::seal(&builder.build())?;
+            let bundle = builder.build();
+            let sealed = bundle::seal(&bundle)?;
+            // Both sides drop what they built on the way to the ciphertext inside the timing.
+            drop(bundle);
             Ok::<_, anyhow::Error>((start.elapsed(), sealed.ciphertext.len()))
         }
     };
@@ -234,13 +236,17 @@ pub(crate) async fn bundle_build(k: usize, plan: Plan) -> Result<Comparison> {
         let machine = machine.clone();
         let room_id = room_id.clone();
         async move {
-            let start = Instant::now();
+            let Some(start) = instructions::start() else { return Ok((Duration::ZERO, 0)) };
             let bundle = machine.store().build_room_key_bundle(&room_id).await?;
             let json = serde_json::to_vec(&bundle)?;
-            let mut reader = json.as_slice();
-            let mut encryptor = AttachmentEncryptor::new(&mut reader);
             let mut ciphertext = Vec::new();
-            encryptor.read_to_end(&mut ciphertext)?;
+            {
+                let mut reader = json.as_slice();
+                let mut encryptor = AttachmentEncryptor::new(&mut reader);
+                encryptor.read_to_end(&mut ciphertext)?;
+                let _info = encryptor.finish();
+            }
+            drop((bundle, json));
             Ok::<_, anyhow::Error>((start.elapsed(), ciphertext.len()))
         }
     };
@@ -294,7 +300,7 @@ pub(crate) async fn bundle_import(k: usize, plan: Plan) -> Result<(Comparison, M
         let store_dir = tempfile::tempdir()?;
         let store = SqliteStateStore::open(store_dir.path(), Some("bench passphrase")).await?;
         let heap = HeapMark::start();
-        let start = Instant::now();
+        let Some(start) = instructions::start() else { return Ok(Duration::ZERO) };
         let opened = bundle::open(&sealed.ciphertext, info()?, &room_id, BundleLimits::default())?;
         let keys: Vec<_> = opened.room_keys.into_iter().map(bundle::exported_room_key).collect();
         let origin = KeyOrigin::Bundle { shared_by: alice.user_id.clone() };
@@ -310,10 +316,17 @@ pub(crate) async fn bundle_import(k: usize, plan: Plan) -> Result<(Comparison, M
         }
         // Both key stores take the keys side by side, as the receiver does.
         let ours = store.save_changes(changes);
+        // As `import_into_client` does: the keys move into the key file's writer, off the async
+        // workers, and are gone before matrix-sdk reads the file back (`import_room_keys`).
         let client = async {
-            let file =
-                matrix_sdk_crypto::encrypt_room_key_export(&keys, &passphrase(), IMPORT_ROUNDS)?;
-            let read = matrix_sdk_crypto::decrypt_room_key_export(file.as_bytes(), &passphrase())?;
+            let file = tokio::task::spawn_blocking(move || {
+                matrix_sdk_crypto::encrypt_room_key_export(&keys, &passphrase(), IMPORT_ROUNDS)
+            })
+            .await??;
+            let read = tokio::task::spawn_blocking(move || {
+                matrix_sdk_crypto::decrypt_room_key_export(file.as_bytes(), &passphrase())
+            })
+            .await??;
             machine.store().import_exported_room_keys(read, |_, _| {}).await?;
             Ok::<_, anyhow::Error>(())
         };
@@ -337,7 +350,7 @@ pub(crate) async fn bundle_import(k: usize, plan: Plan) -> Result<(Comparison, M
             bundle_data: content.clone(),
         };
         let heap = HeapMark::start();
-        let start = Instant::now();
+        let Some(start) = instructions::start() else { return Ok(Duration::ZERO) };
         // Stock downloads the whole file and decrypts it, then parses and imports.
         let mut reader = sealed.ciphertext.as_slice();
         let mut decryptor = matrix_sdk_crypto::AttachmentDecryptor::new(&mut reader, info()?)?;

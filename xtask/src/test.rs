@@ -327,12 +327,37 @@ pub fn demo(root: &Path) -> Result<()> {
 }
 
 /// `cargo xtask bench`: every workload, ours against stock, in a release build; the table goes
-/// to `docs/benchmarks.md` with the scaling plot.
+/// to `docs/benchmarks.md` with the scaling plot. Installs valgrind from Debian's packages first
+/// if it is missing (the instruction counts run under callgrind).
 pub fn bench(root: &Path) -> Result<()> {
+    ensure_valgrind(root)?;
     cmd::run(
         root,
         "cargo",
         &["run", "--release", "--quiet", "--package", "benches", "--bin", "bench", "--", "--write"],
         &[],
     )
+}
+
+/// Installs valgrind with `apt-get` (through `sudo` when not root) unless it runs already.
+fn ensure_valgrind(root: &Path) -> Result<()> {
+    if cmd::succeeds("valgrind", &["--version"]) {
+        return Ok(());
+    }
+    let root_user = std::process::Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|out| String::from_utf8_lossy(&out.stdout).trim() == "0");
+    let (program, prefix): (&str, &[&str]) =
+        if root_user { ("apt-get", &[]) } else { ("sudo", &["apt-get"]) };
+    let apt = |args: &[&str]| {
+        let all: Vec<&str> = prefix.iter().chain(args).copied().collect();
+        cmd::run(root, program, &all, &[("DEBIAN_FRONTEND", "noninteractive")])
+    };
+    apt(&["update"])?;
+    apt(&["install", "--yes", "--no-install-recommends", "valgrind"])?;
+    if !cmd::succeeds("valgrind", &["--version"]) {
+        bail!("valgrind was installed but does not run");
+    }
+    Ok(())
 }

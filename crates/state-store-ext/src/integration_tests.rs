@@ -271,6 +271,49 @@ macro_rules! state_store_integration_tests {
             }
 
             #[tokio::test]
+            async fn a_large_batch_resolves_each_slot_as_one_record_per_batch_does() {
+                // Enough records that a backend may seal them on several threads; each slot's
+                // updates come out of room order inside the batch, with a plaintext copy among
+                // them.
+                let (r, slots) = (room(1), (0..8).map(|s| ruma_slot(&format!("org.example.{s}"))).collect::<Vec<_>>());
+                let mut records = Vec::new();
+                for round in 0..40u64 {
+                    for (s, slot) in slots.iter().enumerate() {
+                        // Rounds visit the slot's 40 places in room order as a permutation.
+                        let position = 1 + (round * 17 % 40) * 8 + s as u64;
+                        let id = format!("$e{position}");
+                        records.push(if round == 20 {
+                            plaintext(&r, slot, &id, position, "plain")
+                        } else {
+                            encrypted(&r, slot, &id, position, &format!("v{position}"))
+                        });
+                    }
+                }
+                let batched = backend();
+                let batched_store = batched.open().await;
+                batched_store
+                    .save_changes(StateChanges { state: records.clone(), ..Default::default() })
+                    .await
+                    .unwrap();
+                let single = backend();
+                let single_store = single.open().await;
+                for record in records {
+                    single_store
+                        .save_changes(StateChanges { state: vec![record], ..Default::default() })
+                        .await
+                        .unwrap();
+                }
+                for (s, slot) in slots.iter().enumerate() {
+                    let current = batched_store.current_state(&r, slot).await.unwrap().unwrap();
+                    // The latest in room order, whichever round wrote it.
+                    assert_eq!(current.event_id().as_str(), format!("$e{}", 1 + 39 * 8 + s));
+                    let one_by_one = single_store.current_state(&r, slot).await.unwrap().unwrap();
+                    assert_eq!(current.event_id(), one_by_one.event_id());
+                    assert_eq!(batched_store.slot_history(&r, slot).await.unwrap().len(), 40);
+                }
+            }
+
+            #[tokio::test]
             async fn a_redacted_record_saved_again_empties_the_slot_and_positions_persist() {
                 let backend = backend();
                 let store = backend.open().await;

@@ -164,43 +164,119 @@ fn slot_parts<'a>(room_id: &'a str, slot: &'a StateSlot) -> [&'a str; 3] {
     [room_id, slot.event_type.as_str(), slot.state_key.as_str()]
 }
 
+/// Batches with at least this many state records are sealed on every core.
+const PARALLEL_SEAL: usize = 128;
+
+/// One state record as it is written: its lookup keys and its two sealed values (the slot's
+/// current value, written only if it replaces the current one, and the event's own row).
+struct SealedRecord {
+    room_key: Vec<u8>,
+    slot_key: Vec<u8>,
+    event_key: Vec<u8>,
+    rejected_key: Vec<u8>,
+    current_value: Vec<u8>,
+    event_value: Vec<u8>,
+}
+
+fn seal_record(codec: &Codec, record: &StateRecord) -> Result<SealedRecord> {
+    let room = record.room_id.as_str();
+    let parts = slot_parts(room, &record.slot);
+    let event_id = record.event_id().as_str();
+    Ok(SealedRecord {
+        room_key: codec.key("state.room", &[room]),
+        slot_key: codec.key("state.slot", &parts),
+        event_key: codec.key("state.event", &[room, event_id]),
+        rejected_key: codec.key("rejected.event", &[room, event_id]),
+        current_value: codec.seal(&parts, record)?,
+        event_value: codec.seal(&[parts[0], parts[1], parts[2], event_id], record)?,
+    })
+}
+
+/// Seals every record, in order; large batches on every core (JSON, encryption and keyed
+/// hashes need no database, so only the writes stay on the connection's thread).
+fn seal_records(codec: &Codec, records: &[StateRecord]) -> Result<Vec<SealedRecord>> {
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    if records.len() < PARALLEL_SEAL || threads < 2 {
+        return records.iter().map(|record| seal_record(codec, record)).collect();
+    }
+    let chunk = records.len().div_ceil(threads);
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = records
+            .chunks(chunk)
+            .map(|part| {
+                scope.spawn(move || {
+                    part.iter().map(|record| seal_record(codec, record)).collect::<Result<Vec<_>>>()
+                })
+            })
+            .collect();
+        let mut sealed = Vec::with_capacity(records.len());
+        for handle in handles {
+            let part = handle.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic))?;
+            sealed.extend(part);
+        }
+        Ok(sealed)
+    })
+}
+
+/// What a slot's current value is while a batch is written: read once from the database,
+/// then whatever the batch put there.
+enum Current<'a> {
+    Stored(Option<StateRecord>),
+    Batch(&'a StateRecord),
+}
+
+impl Current<'_> {
+    fn record(&self) -> Option<&StateRecord> {
+        match self {
+            Current::Stored(record) => record.as_ref(),
+            Current::Batch(record) => Some(record),
+        }
+    }
+}
+
 fn save(tx: &Transaction<'_>, codec: &Codec, changes: StateChanges) -> Result<()> {
-    for record in changes.state {
-        let room = record.room_id.as_str();
-        let parts = slot_parts(room, &record.slot);
-        let event_id = record.event_id().as_str().to_owned();
-        let room_key = codec.key("state.room", &[room]);
-        let slot_key = codec.key("state.slot", &parts);
-
+    let sealed = seal_records(codec, &changes.state)?;
+    let mut currents: std::collections::HashMap<&[u8], Current<'_>> =
+        std::collections::HashMap::new();
+    for (record, sealed) in changes.state.iter().zip(&sealed) {
         tx.prepare_cached("DELETE FROM rejected_event WHERE room = ?1 AND event = ?2")?
-            .execute(params![room_key, codec.key("rejected.event", &[room, &event_id])])?;
-
-        let current: Option<Vec<u8>> = tx
-            .query_row(
-                "SELECT value FROM current_state WHERE room = ?1 AND slot = ?2",
-                params![room_key, slot_key],
-                |row| row.get(0),
-            )
-            .optional()?;
-        let current: Option<StateRecord> = current
-            .map(|bytes| codec.open("current_state", &bytes, exactly(&parts)))
-            .transpose()?;
-        let sealed_current = codec.seal(&parts, &record)?;
-        if record.replaces_or_updates(current.as_ref()) {
+            .execute(params![sealed.room_key, sealed.rejected_key])?;
+        let current = match currents.entry(&sealed.slot_key) {
+            std::collections::hash_map::Entry::Occupied(entry) => entry.into_mut(),
+            std::collections::hash_map::Entry::Vacant(entry) => {
+                let stored: Option<Vec<u8>> = tx
+                    .query_row(
+                        "SELECT value FROM current_state WHERE room = ?1 AND slot = ?2",
+                        params![sealed.room_key, sealed.slot_key],
+                        |row| row.get(0),
+                    )
+                    .optional()?;
+                let parts = slot_parts(record.room_id.as_str(), &record.slot);
+                let stored = stored
+                    .map(|bytes| codec.open("current_state", &bytes, exactly(&parts)))
+                    .transpose()?;
+                entry.insert(Current::Stored(stored))
+            }
+        };
+        if record.replaces_or_updates(current.record()) {
             tx.prepare_cached(
                 "INSERT OR REPLACE INTO current_state (room, slot, value) VALUES (?1, ?2, ?3)",
             )?
-            .execute(params![room_key, slot_key, sealed_current])?;
+            .execute(params![
+                sealed.room_key,
+                sealed.slot_key,
+                sealed.current_value
+            ])?;
+            *current = Current::Batch(record);
         }
-        let event_parts = [parts[0], parts[1], parts[2], event_id.as_str()];
         tx.prepare_cached(
             "INSERT OR REPLACE INTO state_event (room, slot, event, value) VALUES (?1, ?2, ?3, ?4)",
         )?
         .execute(params![
-            room_key,
-            slot_key,
-            codec.key("state.event", &[room, &event_id]),
-            codec.seal(&event_parts, &record)?
+            sealed.room_key,
+            sealed.slot_key,
+            sealed.event_key,
+            sealed.event_value
         ])?;
     }
     for (room_id, position) in changes.room_positions {
