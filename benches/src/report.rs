@@ -384,7 +384,8 @@ pub(crate) fn write_docs(
          `set_encrypted_state` (power check, the slot's session shared with devices that lack \
          it, Megolm encryption, the ratchet saved before the PUT, the event recorded after it); \
          stock = `send_state_event_raw` of the same content in clear; same in-process \
-         homeserver.\n\
+         homeserver, answering each PUT at once (the floor, where every microsecond of ours \
+         shows) and after 10 ms (about what a homeserver takes to store an event).\n\
          * peak heap: a counting global allocator (`peak_alloc`) reads the most bytes live at \
          once during the timed part of each run, above what was live when it started (SQLite's \
          own page cache is allocated outside it, on both sides).\n\
