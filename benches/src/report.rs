@@ -316,15 +316,15 @@ const TARGETS: &str = "## Targets, and where they are missed\n\
 \n\
 On this 2-core machine, whose speed varies from run to run (the wall times of one run compare\n\
 with each other; the instruction counts compare across runs). Met: join-to-readable at most\n\
-0.5x the stock decrypt time and at most 1.2x the sum of its primitives (about 1.0x at N = 1,000\n\
-and 5,000: our decryption runs on both cores, so in instructions, which count every core's\n\
-work, ours is about 1.3x the primitives); sync overhead at most 3% in wall time (the CPU row\n\
+0.5x the stock decrypt time and at most 1.2x the sum of its primitives (0.96-1.16x at N = 1,000\n\
+and 5,000 over the last runs: our decryption runs on both cores, so in instructions, which\n\
+count every core's work, ours is 1.32x the primitives); sync overhead at most 3% in wall time (the CPU row\n\
 moves by the 10 ms ticks of its clock); bundle build at most 1.0x stock in instructions\n\
 (1.01x).\n\
 \n\
 Missed, with what it would take:\n\
 \n\
-* Bundle build at most 1.0x stock in wall time: 1.05-1.15x. Ours reads the same sessions from\n\
+* Bundle build at most 1.0x stock in wall time: 1.02-1.15x over the last runs. Ours reads the same sessions from\n\
   the shared crypto store (`ClientCryptoStore`) and exports each, as `build_room_key_bundle`\n\
   does, then adds the withheld notices and the state sessions at their slots' indices; it\n\
   executes the same instructions within 1%, so the gap is in how the work meets the memory\n\
@@ -332,7 +332,7 @@ Missed, with what it would take:\n\
   then moves them out), not measured further. A client that does not share its crypto store\n\
   goes through `Encryption::export_room_keys` instead (two PBKDF2 runs of 500,000 rounds,\n\
   about 600 ms whatever the number of sessions).\n\
-* Bundle import at most 1.0x stock: 1.3-1.5x in wall time, 2.2x in instructions. The only\n\
+* Bundle import at most 1.0x stock: 1.2-1.5x in wall time, 2.2x in instructions. The only\n\
   public way into the client's key store that also tells matrix-sdk that new keys arrived (so\n\
   timelines retry decryption) is `Encryption::import_room_keys`, which reads a key file: ours\n\
   writes one (1,000 rounds) and matrix-sdk decrypts it, one more parse of every key (Ed25519\n\
@@ -348,7 +348,7 @@ Missed, with what it would take:\n\
   Streaming the bundle's entries into both stores in chunks would bound it, for stock's part\n\
   only inside matrix-sdk.\n\
 * Send latency at most 1.1x stock: 1.18x against a homeserver that answers in 10 ms, 2-7x\n\
-  against one that answers at once, 11x in instructions. Ours saves the advanced ratchet\n\
+  against one that answers at once (see the instruction counts). Ours saves the advanced ratchet\n\
   durably before sending (never the same index twice, even after a crash), reads the room's\n\
   members and devices to share the key, and records the event after the answer: about 1.9\n\
   million instructions per send (callgrind), of which Megolm encryption with its Ed25519\n\
