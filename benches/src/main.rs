@@ -145,9 +145,9 @@ async fn main() -> Result<()> {
 }
 
 /// Runs `ours` and `stock` alternately: `plan.warmup` untimed rounds, then
-/// `plan.repetitions` timed ones (only the side an instruction-counting child runs, if this is
-/// one). Each closure builds its own fixture state (untimed) and
-/// returns the time of the measured part.
+/// `plan.repetitions` timed ones, each side first in every other round (only the side an
+/// instruction-counting child runs, if this is one). Each closure builds its own fixture state
+/// (untimed) and returns the time of the measured part.
 pub(crate) async fn alternate<O, S, FO, FS>(
     plan: Plan,
     mut ours: O,
@@ -169,11 +169,16 @@ where
         }
     }
     let (mut o, mut s) = (Vec::new(), Vec::new());
-    for _ in 0..plan.repetitions {
+    for round in 0..plan.repetitions {
+        // Each side goes first in every other round: the first of a pair pays for what the
+        // process has not warmed yet (fresh heap pages from the kernel, cold caches).
+        if round % 2 == 1 && run_stock {
+            s.push(stock().await?);
+        }
         if run_ours {
             o.push(ours().await?);
         }
-        if run_stock {
+        if round % 2 == 0 && run_stock {
             s.push(stock().await?);
         }
     }

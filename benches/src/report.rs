@@ -379,8 +379,8 @@ pub(crate) fn write_docs(
     let doc = format!(
         "# Benchmarks\n\n\
          Written by `cargo xtask bench` (release build). Each workload runs our path and the stock \
-         matrix-sdk 0.18 path in the same process, alternating, after one warm-up round; five timed \
-         rounds each; medians with min-max. What each side does is described in \
+         matrix-sdk 0.18 path in the same process, alternating (each side first in every other \
+         round), after one warm-up round; five timed rounds each; medians with min-max. What each side does is described in \
          `benches/src/workloads.rs` and below.\n\n\
          Machine: {cpu}, {cores} cores. Versions: matrix-sdk / matrix-sdk-crypto 0.18, vodozemac \
          0.10, rustc {rustc}.\n\n\
