@@ -69,6 +69,22 @@ impl StateUser {
     pub fn room(&self, room_id: &RoomId) -> Room {
         self.user.client.get_room(room_id).expect("the user knows the room")
     }
+
+    /// Syncs until our API reports `name` as the room's encrypted name (`None`: no name), or
+    /// fails after `timeout` naming `what` was awaited.
+    pub async fn sync_until_name(
+        &self,
+        room_id: &RoomId,
+        name: Option<&str>,
+        what: &str,
+        timeout: std::time::Duration,
+    ) -> Result<()> {
+        let room = self.room(room_id);
+        crate::sync_until(&self.user.client, what, timeout, || async {
+            room.encrypted_name().await.ok().flatten().as_deref() == name
+        })
+        .await
+    }
 }
 
 impl Deref for StateUser {
@@ -180,13 +196,13 @@ pub async fn room_with_an_admin(
         room.set_encrypted_name(name).await?;
     }
     let current = names.last().copied();
-    let carol_room = carol.room(room.room_id());
-    crate::sync_until(
-        &carol.client,
-        "Carol reads the current name",
-        crate::DEFAULT_TIMEOUT,
-        || async { carol_room.encrypted_name().await.ok().flatten().as_deref() == current },
-    )
-    .await?;
+    carol
+        .sync_until_name(
+            room.room_id(),
+            current,
+            "Carol reads the current name",
+            crate::DEFAULT_TIMEOUT,
+        )
+        .await?;
     Ok(room)
 }

@@ -12,7 +12,7 @@ use anyhow::{Context, Result};
 use crypto_ext::{KeyOrigin, identifiers};
 use integration_tests::{
     DEFAULT_TIMEOUT, FaultyServer, KillPoint, PRE_INVITE_MESSAGE, StateUser, join, keep_syncing,
-    room_with_an_admin, room_with_history, shared_room, sync_until, wait_until,
+    room_with_an_admin, room_with_history, shared_room, wait_until,
 };
 use matrix_sdk::{
     event_handler::RawEvent,
@@ -94,9 +94,12 @@ async fn invite_cut_by_a_crash(label: &str, point: KillPoint) -> Result<(Vec<Str
 
     join(&bob, &room_id).await?;
     let bob_room = bob.room(&room_id);
-    sync_until(&bob.client, "Bob reads the name from the bundle", RECOVERY_TIMEOUT, || async {
-        bob_room.encrypted_name().await.ok().flatten().as_deref() == Some("Named before the crash")
-    })
+    bob.sync_until_name(
+        &room_id,
+        Some("Named before the crash"),
+        "Bob reads the name from the bundle",
+        RECOVERY_TIMEOUT,
+    )
     .await?;
     assert!(
         reads_message(&bob_room, PRE_INVITE_MESSAGE).await,
@@ -145,9 +148,12 @@ async fn state_sent_as_the_server_crashes_reaches_members_after_the_restart_with
     room.enable_state_encryption().await?;
     room.set_encrypted_name("Before the crash").await?;
     let bob_room = bob.room(&room_id);
-    sync_until(&bob.client, "Bob reads the first name", DEFAULT_TIMEOUT, || async {
-        bob_room.encrypted_name().await.ok().flatten().as_deref() == Some("Before the crash")
-    })
+    bob.sync_until_name(
+        &room_id,
+        Some("Before the crash"),
+        "Bob reads the first name",
+        DEFAULT_TIMEOUT,
+    )
     .await?;
     let first_index = name_index(&bob, &room_id).await?;
 
